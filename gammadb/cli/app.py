@@ -1,0 +1,19 @@
+"""The root Typer app: sub-apps per noun, top-level verbs."""
+
+from __future__ import annotations
+
+from gammadb.cli import analyze, db, plot, runs, sql, transfer
+from gammadb.cli.common import new_app
+
+app = new_app(
+    "gammadb: an experiment database for SGD across feature-learning strength (gamma) and learning "
+    "rate (eta). Store URL: --url, else $GAMMADB_URL, else ./gammadb.sqlite."
+)
+app.add_typer(db.app, name="db")
+app.add_typer(runs.runs_app, name="runs")
+app.add_typer(runs.sweeps_app, name="sweeps")
+app.command("sql")(sql.sql)
+app.command("import")(transfer.import_)
+app.command("export")(transfer.export)
+app.add_typer(analyze.app, name="analyze")
+app.add_typer(plot.app, name="plot")

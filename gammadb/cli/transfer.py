@@ -1,0 +1,40 @@
+"""gammadb import / export: runs produced elsewhere in, one long table out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gammadb.cli.common import SweepOpt, UrlOpt, echo
+
+
+def import_(file: Annotated[Path, typer.Argument(help="Parquet or CSV, one row per (run, step).")],
+            sweep: SweepOpt, url: UrlOpt = None) -> None:
+    """Import runs from a Parquet/CSV file: columns gamma, eta, seed, step, loss (+ run columns, metrics).
+
+    Example: gammadb import their_runs.parquet --sweep authors-mnist
+    """
+    from gammadb.store import Store
+    from gammadb.transfer import import_file
+
+    with Store.open(url) as store:
+        rep = import_file(store, file, sweep)
+    echo(f"imported {rep.rows} rows into sweep {rep.sweep!r}: {rep.runs} runs ({rep.new_runs} new, "
+         f"{rep.diverged} diverged), {rep.values} values of {', '.join(rep.metrics)}")
+
+
+def export(sweep: SweepOpt,
+           out: Annotated[Path, typer.Option("--out", "-o", help="FILE.parquet or FILE.csv")],
+           url: UrlOpt = None) -> None:
+    """Export a sweep as one long table: run hyper-parameters joined to every per-step metric.
+
+    Example: gammadb export --sweep quick --out quick.parquet
+    """
+    from gammadb.store import Store
+    from gammadb.transfer import export_sweep
+
+    with Store.open(url) as store:
+        n = export_sweep(store, sweep, out)
+    echo(f"wrote {n} rows to {out}")

@@ -1,0 +1,162 @@
+"""ORM models: tables only. The store (gammadb.store) is the only code that opens a Session.
+
+Layout, and why:
+- ``metric_values`` holds every per-step value, keyed by integers ``(run_id, metric_id, step)`` so one
+  series is one range scan (SQLite: a clustered ``WITHOUT ROWID`` table, ~20 bytes a value).
+- ``metrics`` is the dictionary of series names: (name, layer), layer 0 = whole model.
+- ``run_summaries`` caches per-run aggregates so sweep-wide questions need not scan every step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Annotated, Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Double,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class RunStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.DIVERGED)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+IntPk = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
+Name = Annotated[str, mapped_column(String(200))]
+Timestamp = Annotated[dt.datetime, mapped_column(DateTime(timezone=True), server_default=func.now())]
+MaybeTimestamp = Annotated[Optional[dt.datetime], mapped_column(DateTime(timezone=True))]
+Real = Annotated[float, mapped_column(Double)]
+JsonDoc = Annotated[dict[str, Any], mapped_column(JSON)]
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[IntPk]
+    name: Mapped[Name] = mapped_column(unique=True)
+    spec: Mapped[JsonDoc]
+    code_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[Timestamp]
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        # A run is unique by (sweep, hyper-parameters, seed): point_key is a canonical digest of them,
+        # so no float takes part in a key.
+        UniqueConstraint("sweep_id", "point_key"),
+        Index("ix_runs_sweep_status", "sweep_id", "status"),
+        Index("ix_runs_sweep_gamma_eta", "sweep_id", "gamma", "eta"),
+    )
+
+    id: Mapped[IntPk]
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    point_key: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(32))
+    dataset: Mapped[str] = mapped_column(String(64))
+    loss_fn: Mapped[str] = mapped_column(String(16))
+    optimizer: Mapped[str] = mapped_column(String(16))
+    depth: Mapped[Optional[int]]  # NULL: not recorded (e.g. imported without a depth column)
+    width: Mapped[Optional[int]]
+    batch_size: Mapped[Optional[int]]
+    gamma: Mapped[Real]
+    eta: Mapped[Real]
+    seed: Mapped[int]
+    dtype: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(32))
+    config: Mapped[JsonDoc]
+    status: Mapped[RunStatus] = mapped_column(
+        Enum(RunStatus, name="run_status", native_enum=False, length=16,
+             values_callable=lambda e: [m.value for m in e]),
+        default=RunStatus.PENDING,
+    )
+    steps_planned: Mapped[int]
+    steps_done: Mapped[int] = mapped_column(default=0)
+    diverged_at: Mapped[Optional[int]]
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    heartbeat_at: Mapped[MaybeTimestamp]
+    created_at: Mapped[Timestamp]
+    started_at: Mapped[MaybeTimestamp]
+    finished_at: Mapped[MaybeTimestamp]
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("name", "layer"),)
+
+    # INTEGER on SQLite so the key aliases the rowid and autoincrements.
+    id: Mapped[int] = mapped_column(
+        SmallInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    layer: Mapped[int] = mapped_column(SmallInteger, default=0)  # 0: whole model; 1..L: W_1..W_L
+    kind: Mapped[str] = mapped_column(String(16))  # gammadb.metrics.MetricKind value
+
+
+class MetricValue(Base):
+    """One value of one series at one step. value NULL encodes NaN: SQLite cannot store a NaN
+    (it turns it into NULL), and a row exists only when a value was logged, so NULL is never
+    'missing'. +-inf are stored as they are on both backends."""
+
+    __tablename__ = "metric_values"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric_id: Mapped[int] = mapped_column(SmallInteger, ForeignKey("metrics.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    value: Mapped[Optional[float]] = mapped_column(Double)
+
+
+class RunSummary(Base):
+    """Per-run aggregates of the training loss, filled when a run ends; rebuildable on demand."""
+
+    __tablename__ = "run_summaries"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    initial_loss: Mapped[Optional[float]] = mapped_column(Double)
+    final_loss: Mapped[Optional[float]] = mapped_column(Double)
+    final_step: Mapped[Optional[int]]
+    min_loss: Mapped[Optional[float]] = mapped_column(Double)
+    min_loss_step: Mapped[Optional[int]]
+    tail_mean_loss: Mapped[Optional[float]] = mapped_column(Double)  # mean over the last 10% of steps
+    diverged: Mapped[bool]
+    steps_logged: Mapped[int]
+    updated_at: Mapped[Timestamp]

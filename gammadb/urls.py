@@ -1,0 +1,55 @@
+"""Store URLs: resolution order, backend detection, masking of credentials."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from gammadb.errors import InvalidSpecError
+
+DEFAULT_URL = "sqlite:///gammadb.sqlite"
+ENV_VAR = "GAMMADB_URL"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """--url, else $GAMMADB_URL, else the embedded SQLite file ./gammadb.sqlite."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+
+
+def parse_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidSpecError(
+            f"not a database URL: {mask(url)!r} (expected e.g. sqlite:///path.sqlite or "
+            "postgresql+psycopg://user@host/db)"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend not in ("sqlite", "postgresql"):
+        raise InvalidSpecError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
+    return parsed
+
+
+def sqlite_path(url: URL) -> Path:
+    if not url.database or url.database == ":memory:":
+        raise InvalidSpecError("an in-memory SQLite store cannot be shared: give a file, sqlite:///path.sqlite")
+    return Path(url.database)
+
+
+def libpq_uri(url: URL) -> str:
+    """postgresql+psycopg://... -> postgresql://... for libpq clients (psycopg, ADBC)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+def mask(text: str) -> str:
+    """Hide any password embedded in a URL inside ``text`` (for messages and logs)."""
+    return _PASSWORD_IN_URL.sub(r"\1***\3", text)
