@@ -73,10 +73,12 @@ class MetricWriter:
     def log(self, run_id: int, step: int, values: Mapping[MetricKey, float]) -> None:
         """Queue one step's values of one run. NaN and +-inf are kept (NaN is stored as NULL on SQLite)."""
         ids = self._ids
-        missing = [k for k in values if k not in ids]
-        if missing:
-            ids.update(self._store.metric_ids(missing))
-        self.write_rows([(run_id, ids[k], step, v) for k, v in values.items()], progress=(run_id, step))
+        try:
+            rows = [(run_id, ids[k], step, v) for k, v in values.items()]
+        except KeyError:
+            ids.update(self._store.metric_ids(values))
+            rows = [(run_id, ids[k], step, v) for k, v in values.items()]
+        self.write_rows(rows, progress=(run_id, step))
 
     def write_rows(self, rows: Iterable[Row], *, progress: tuple[int, int] | None = None) -> None:
         """Queue raw (run_id, metric_id, step, value) rows; ``progress`` = (run_id, steps_done)."""
@@ -211,8 +213,10 @@ class MetricWriter:
 
     def _write_sqlite(self, rows: list[Row], progress: dict[int, int]) -> None:
         conn = self._connection()
-        # SQLite turns NaN into NULL anyway; doing it here makes the encoding explicit.
-        data = [(r, m, s, None if v != v else v) for (r, m, s), v in _latest(rows)]
+        # No per-row Python work here (it would compete with training for the GIL): executemany
+        # applies rows in order, so a step re-written later in the batch wins, and SQLite binds a
+        # NaN as NULL by itself, the documented encoding of NaN in metric_values.
+        data = rows
         now = _sqlite_now()
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Union, get_args
+from typing import Any, Container, Literal, Mapping, Union, get_args
 
 from gammadb.errors import InvalidSpecError
 
@@ -127,6 +127,10 @@ class RunConfig:
     def image_shape(self) -> tuple[int, int, int] | None:
         """(C, H, W) for image tasks, else None."""
         return IMAGE_SHAPES.get(self.task)
+
+    def cadence_steps(self) -> Container[int]:
+        """The steps (1..steps) at which cadence metrics are measured (see the class docstring)."""
+        return cadence_steps(self.cadence, self.steps)
 
     # ----- validation ------------------------------------------------------------------------
     def validate(self, *, check_files: bool = True) -> RunConfig:
@@ -279,6 +283,25 @@ class RunConfig:
         }
 
 
+def cadence_steps(cadence: str | int, steps: int) -> Container[int]:
+    """Steps in 1..steps for a cadence: 'log' = 1, 2, 5, 10, 20, 50, ... plus ``steps``; 'every';
+    'none'; int N = N, 2N, ... plus ``steps``."""
+    if cadence == "every":
+        return range(1, steps + 1)
+    if cadence == "none":
+        return frozenset()
+    if cadence == "log":
+        chosen = {steps}
+        scale = 1
+        while scale <= steps:
+            chosen.update(m * scale for m in (1, 2, 5) if m * scale <= steps)
+            scale *= 10
+        return frozenset(chosen)
+    if isinstance(cadence, int) and cadence >= 1:
+        return frozenset(range(cadence, steps + 1, cadence)) | {steps}
+    raise InvalidSpecError(f"cadence must be 'log', 'every', 'none' or a number of steps, got {cadence!r}")
+
+
 # ----- field parsing helpers (shared with runners.spec) ----------------------------------------
 _TYPE_HINTS: dict[str, Any] | None = None
 
@@ -306,12 +329,11 @@ def _coerce(name: str, hint: Any, value: Any, *, from_text: bool = False) -> Any
         if value is None or (from_text and isinstance(value, str) and value.lower() in ("none", "null", "")):
             if type(None) in args:
                 return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(name, arg, value, from_text=from_text)
-            except InvalidSpecError as exc:
-                errors.append(str(exc))
+            except InvalidSpecError:
+                continue
         raise InvalidSpecError(f"{name}: cannot use {value!r}")
     if origin is Literal:
         if not isinstance(value, str):

@@ -215,8 +215,10 @@ class _Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        # muP attention: scores scaled by 1/d_head (not 1/sqrt(d_head)).
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / q.shape[-1])
+        # muP attention: scores scaled by 1/d_head (not 1/sqrt(d_head)). Written out rather than
+        # F.scaled_dot_product_attention, whose fused CPU kernels have no double backward (sharpness).
+        weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1], dim=-1)
+        out = weights @ v
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 

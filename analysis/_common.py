@@ -1,0 +1,330 @@
+"""Shared pieces of the learning-rate analyses: the per-run table read from the store, grouping,
+the theory exponents, and small numeric helpers.
+
+The per-run table is the only place these analyses touch the store. It pushes every per-step
+aggregation into SQL (``GROUP BY run_id`` over the rows up to the budget, or the stored run summaries
+when the budget is each run's last step), so a sweep of millions of steps arrives as one row per run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+import polars as pl
+
+from gammadb.errors import AnalysisError, InvalidSpecError
+from gammadb.metrics import LOSS, TEST_LOSS
+from gammadb.records import RUN_COLUMNS
+from gammadb.schema import RunStatus
+
+#: Columns that define a group: runs sharing all of them differ only in (gamma, eta, seed).
+GROUP_COLUMNS: tuple[str, ...] = RUN_COLUMNS
+#: The fraction of the steps up to the budget that the tail mean averages (as the run summaries do).
+TAIL_FRACTION = 0.1
+_IN_CHUNK = 900  # bound parameters per IN (...) list: under SQLite's and PostgreSQL's limits
+
+
+class Criterion(str, enum.Enum):
+    """How one run's loss at the budget is measured (for eta*)."""
+
+    final = "final"  # training loss at the last logged step <= budget
+    tail_mean = "tail-mean"  # mean training loss over the last 10% of the steps up to the budget
+    min = "min"  # smallest training loss at any step <= budget
+    test = "test"  # test loss at the last test evaluation <= budget
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTable:
+    """One row per finished run of a sweep, with its loss aggregates at ``budget_step``.
+
+    Columns: run_id, the group columns, gamma, eta, seed, diverged (NaN/inf at any step: such a run
+    counts as infinitely bad), first_step, last_step (the last logged step <= budget), initial_loss,
+    final_loss, tail_mean_loss, and where asked min_loss, max_loss (finite steps <= budget),
+    test_loss. Aggregates are null for diverged runs.
+    """
+
+    frame: pl.DataFrame
+    budget_step: int
+    source: str  # "summaries" (stored run summaries) or "sql" (GROUP BY over the steps)
+
+
+def load_runs(store: Any, sweep: str, *, budget: Optional[int] = None, want_min: bool = False,
+              want_max: bool = False, want_test: bool = False, force_sql: bool = False) -> RunTable:
+    """Read the per-run table of ``sweep`` at ``budget`` (default: the last step that every
+    non-diverged run reached). Raises AnalysisError when the data cannot support it."""
+    store.get_sweep(sweep)  # NotFoundError with the known sweeps
+    loss_id = _metric_id(store, LOSS)
+    if loss_id is None:
+        raise AnalysisError("the store has no training-loss series (metric 'loss'): nothing to analyse")
+    finished = (RunStatus.COMPLETED.value, RunStatus.DIVERGED.value)
+    cols = ", ".join(f"r.{c}" for c in GROUP_COLUMNS)
+    runs = store.read(
+        f"SELECT r.id AS run_id, {cols}, r.gamma, r.eta, r.seed, r.status, r.diverged_at, "
+        "u.final_step AS s_final_step, u.steps_logged AS s_steps, u.final_loss AS s_final, "
+        "u.min_loss AS s_min, u.tail_mean_loss AS s_tail, "
+        "(SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS first_step, "
+        "(SELECT MAX(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS max_step, "
+        "(SELECT v.value FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ? "
+        " ORDER BY v.step LIMIT 1) AS initial_loss "
+        "FROM runs r JOIN sweeps s ON s.id = r.sweep_id LEFT JOIN run_summaries u ON u.run_id = r.id "
+        "WHERE s.name = ? AND r.status IN (?, ?) ORDER BY r.id",
+        [loss_id, loss_id, loss_id, sweep, *finished],
+    )
+    if runs.is_empty():
+        raise AnalysisError(f"sweep {sweep!r} has no finished (completed or diverged) runs yet")
+    runs = _cast_runs(runs)
+    runs = runs.with_columns(
+        (pl.col("status").eq(RunStatus.DIVERGED.value) | pl.col("diverged_at").is_not_null()
+         | pl.col("max_step").is_null() | ~_finite("initial_loss")).alias("diverged"),
+    )
+    ok = runs.filter(~pl.col("diverged"))
+    if ok.is_empty():
+        raise AnalysisError(
+            f"every run of sweep {sweep!r} diverged ({runs.height} runs): no eta trained; "
+            "rerun with smaller learning rates"
+        )
+    reach = int(ok["max_step"].min())
+    if budget is None:
+        budget = reach
+    elif budget > reach:
+        short = ok.filter(pl.col("max_step") < budget).sort("max_step")
+        raise AnalysisError(
+            f"budget step {budget} was not reached by {short.height} non-diverged run(s) (run "
+            f"{short['run_id'][0]} stopped at step {short['max_step'][0]}); use --budget {reach} or less"
+        )
+    first = int(ok["first_step"].max())
+    if budget <= first:
+        raise AnalysisError(
+            f"budget step {budget} is not after the first logged step ({first}) of every run: "
+            f"use a budget between {first + 1} and {reach}"
+        )
+
+    ok_ids = ok["run_id"].to_list()
+    dense = (pl.col("s_steps") == pl.col("s_final_step") - pl.col("first_step") + 1)
+    use_summaries = (
+        not force_sql and not want_max and not want_test
+        and ok.select((pl.col("s_final_step").eq(budget) & pl.col("max_step").eq(budget)
+                       & pl.col("s_final").is_not_null() & dense.fill_null(False)).all()).item()
+    )
+    if use_summaries:
+        agg = ok.select("run_id", pl.col("s_final_step").alias("last_step"), pl.col("s_final").alias("final_loss"),
+                        pl.col("s_tail").alias("tail_mean_loss"), pl.col("s_min").alias("min_loss"))
+        source = "summaries"
+    else:
+        agg = _sql_aggregates(store, loss_id, ok, budget, want_min=want_min, want_max=want_max)
+        source = "sql"
+    if want_test:
+        agg = agg.join(_test_values(store, ok_ids, budget), on="run_id", how="left")
+    frame = (
+        runs.drop("s_final_step", "s_steps", "s_final", "s_min", "s_tail", "max_step", "status", "diverged_at")
+        .join(agg, on="run_id", how="left")
+    )
+    # A non-finite aggregate of a run the runs table calls healthy (a NaN stored in place) is a
+    # divergence all the same.
+    checks = [c for c in ("final_loss", "tail_mean_loss", "min_loss", "max_loss") if c in frame.columns]
+    frame = frame.with_columns(
+        (pl.col("diverged") | pl.any_horizontal(*(_nonfinite(c) for c in checks))).alias("diverged"))
+    frame = frame.with_columns(
+        *(pl.when(pl.col("diverged")).then(None).otherwise(pl.col(c)).alias(c)
+          for c in (*checks, "last_step", *(["test_loss"] if want_test else []))),
+    )
+    return RunTable(frame.sort("run_id"), int(budget), source)
+
+
+def _cast_runs(runs: pl.DataFrame) -> pl.DataFrame:
+    ints = ["run_id", "depth", "width", "batch_size", "seed", "diverged_at", "s_final_step", "s_steps",
+            "first_step", "max_step"]
+    floats = ["gamma", "eta", "s_final", "s_min", "s_tail", "initial_loss"]
+    strings = ["model", "dataset", "loss_fn", "optimizer", "status"]
+    return runs.with_columns(
+        *(pl.col(c).cast(pl.Int64) for c in ints),
+        *(pl.col(c).cast(pl.Float64) for c in floats),
+        *(pl.col(c).cast(pl.String) for c in strings),
+    ).with_columns(pl.col("initial_loss").fill_null(math.nan))
+
+
+def _finite(col: str) -> pl.Expr:
+    return pl.col(col).is_not_null() & pl.col(col).is_finite()
+
+
+def _nonfinite(col: str) -> pl.Expr:
+    """A logged NaN/inf (a null is "not measured", not a divergence)."""
+    return (pl.col(col).is_not_null() & ~pl.col(col).is_finite()).fill_null(False)
+
+
+def _metric_id(store: Any, name: str) -> Optional[int]:
+    df = store.read("SELECT id FROM metrics WHERE name = ? AND layer = 0", [name])
+    return None if df.is_empty() else int(df["id"][0])
+
+
+def tail_start(budget: int, first_step: int) -> int:
+    """The tail window is the steps ``> tail_start`` and ``<= budget``: the last ceil(10%) of the
+    steps from ``first_step`` to ``budget``, the same window the run summaries average when every
+    step is logged."""
+    n = budget - first_step + 1
+    return budget - math.ceil(TAIL_FRACTION * n)
+
+
+def _sql_aggregates(store: Any, loss_id: int, ok: pl.DataFrame, budget: int, *, want_min: bool,
+                    want_max: bool) -> pl.DataFrame:
+    """Per-run aggregates computed in the database: the value at the last step <= budget by a key
+    lookup, the tail mean by GROUP BY over the tail window only (a range of the (run_id, metric_id,
+    step) key), and, when asked, the extremes by one GROUP BY pass over the steps <= budget."""
+    parts = []
+    for (first,), sub in ok.group_by(["first_step"]):
+        t0 = tail_start(budget, int(first))
+        for chunk in _chunks(sub["run_id"].to_list(), _IN_CHUNK):
+            marks = ", ".join("?" * len(chunk))
+            last = store.read(
+                "SELECT r.id AS run_id, "
+                "(SELECT f.step FROM metric_values f WHERE f.run_id = r.id AND f.metric_id = ? AND f.step <= ? "
+                " ORDER BY f.step DESC LIMIT 1) AS last_step, "
+                "(SELECT f.value FROM metric_values f WHERE f.run_id = r.id AND f.metric_id = ? AND f.step <= ? "
+                " ORDER BY f.step DESC LIMIT 1) AS final_loss "
+                f"FROM runs r WHERE r.id IN ({marks})",
+                [loss_id, budget, loss_id, budget, *chunk],
+            )
+            tail = store.read(
+                "SELECT v.run_id, SUM(v.value) AS tail_sum, COUNT(v.value) AS tail_n, COUNT(*) AS tail_rows "
+                f"FROM metric_values v WHERE v.metric_id = ? AND v.step > ? AND v.step <= ? AND v.run_id IN ({marks}) "
+                "GROUP BY v.run_id",
+                [loss_id, t0, budget, *chunk],
+            )
+            part = _cast_ints(last, "run_id", "last_step").join(
+                _cast_ints(tail, "run_id", "tail_n", "tail_rows"), on="run_id", how="left")
+            if want_min or want_max:
+                ext = store.read(
+                    "SELECT v.run_id, MIN(v.value) AS min_loss, MAX(v.value) AS max_loss, "
+                    "COUNT(*) - COUNT(v.value) AS n_null "
+                    f"FROM metric_values v WHERE v.metric_id = ? AND v.step <= ? AND v.run_id IN ({marks}) "
+                    "GROUP BY v.run_id",
+                    [loss_id, budget, *chunk],
+                )
+                part = part.join(_cast_ints(ext, "run_id", "n_null"), on="run_id", how="left")
+            parts.append(part)
+    agg = pl.concat(parts, how="diagonal_relaxed")
+    # SQLite stores NaN as NULL, so a NULL where a row exists is a logged NaN: keep it a NaN.
+    out = agg.with_columns(
+        pl.when(pl.col("tail_n") < pl.col("tail_rows")).then(math.nan)
+        .otherwise(pl.col("tail_sum").cast(pl.Float64) / pl.col("tail_n")).alias("tail_mean_loss"),
+        pl.when(pl.col("last_step").is_not_null())
+        .then(pl.col("final_loss").cast(pl.Float64).fill_null(math.nan)).alias("final_loss"),
+    )
+    keep = ["run_id", "last_step", "final_loss", "tail_mean_loss"]
+    if want_min or want_max:
+        bad = pl.col("n_null").fill_null(0) > 0
+        out = out.with_columns(
+            *(pl.when(bad).then(math.nan).otherwise(pl.col(c).cast(pl.Float64)).alias(c)
+              for c in ("min_loss", "max_loss")))
+        keep += [c for c, w in (("min_loss", want_min), ("max_loss", want_max)) if w]
+    return out.select(keep)
+
+
+def _test_values(store: Any, run_ids: Sequence[int], budget: int) -> pl.DataFrame:
+    test_id = _metric_id(store, TEST_LOSS)
+    if test_id is None:
+        raise AnalysisError("this store has no test-loss series: use --criterion final, tail-mean or min")
+    parts = []
+    for chunk in _chunks(list(run_ids), _IN_CHUNK):
+        parts.append(store.read(
+            "SELECT r.id AS run_id, (SELECT v.value FROM metric_values v WHERE v.run_id = r.id "
+            " AND v.metric_id = ? AND v.step <= ? ORDER BY v.step DESC LIMIT 1) AS test_loss "
+            f"FROM runs r WHERE r.id IN ({', '.join('?' * len(chunk))})",
+            [test_id, budget, *chunk],
+        ))
+    out = pl.concat(parts).with_columns(pl.col("run_id").cast(pl.Int64), pl.col("test_loss").cast(pl.Float64))
+    if out["test_loss"].is_null().all():
+        raise AnalysisError(f"no run of this sweep logged test_loss at or before step {budget}: "
+                            "use --criterion final, tail-mean or min")
+    return out
+
+
+def _cast_ints(df: pl.DataFrame, *cols: str) -> pl.DataFrame:
+    return df.with_columns(*(pl.col(c).cast(pl.Int64) for c in cols if c in df.columns))
+
+
+def _chunks(items: Sequence[Any], size: int):
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+# ---------------------------------------------------------------------- groups
+def group_key(row: dict[str, Any]) -> dict[str, Any]:
+    return {c: row.get(c) for c in GROUP_COLUMNS}
+
+
+def iter_groups(df: pl.DataFrame):
+    """Yield (group dict, frame) per group, in a stable order (nulls first)."""
+    keys = df.select(GROUP_COLUMNS).unique().sort(list(GROUP_COLUMNS), nulls_last=False)
+    for key in keys.iter_rows(named=True):
+        cond = pl.lit(True)
+        for c, v in key.items():
+            cond = cond & (pl.col(c).is_null() if v is None else pl.col(c).eq(v))
+        yield key, df.filter(cond)
+
+
+# ---------------------------------------------------------------------- theory
+#: Models whose `depth` column is the L of the theory (weight layers; the CNN counts as 4).
+_DEPTH_IS_L = {"mlp", "toy", "cnn", "unknown"}
+
+
+def theory_exponent(target: str, regime: str, group: dict[str, Any]) -> Optional[float]:
+    """The exponent PAPER.md states for ``target`` (eta_star / eta_max) in ``regime``, or None.
+
+    MSE: 2 at small gamma, 2/L at large gamma (L = depth). Cross-entropy: the divergence boundary
+    (eta_max) goes as gamma^1 at small gamma; nothing is stated for its eta* or its large side.
+    Only plain SGD is covered.
+    """
+    if group.get("optimizer") not in (None, "sgd"):
+        return None
+    loss = group.get("loss_fn")
+    if loss in (None, "mse"):
+        if regime == "small_gamma":
+            return 2.0
+        depth, model = group.get("depth"), group.get("model")
+        if depth and model in _DEPTH_IS_L:
+            return 2.0 / int(depth)
+        return None
+    if loss == "xent" and regime == "small_gamma" and target == "eta_max":
+        return 1.0
+    return None
+
+
+def toy_eta_max(gamma: np.ndarray | float, depth: int) -> np.ndarray:
+    """2 / lambda* of the width-1 deep linear toy model (PAPER.md):
+    lambda* = L (1 + gamma)^(2(L-1)/L) / gamma^2."""
+    g = np.asarray(gamma, dtype=float)
+    lam = depth * (1.0 + g) ** (2.0 * (depth - 1) / depth) / g**2
+    return 2.0 / lam
+
+
+# ---------------------------------------------------------------------- numerics
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> Optional[tuple[float, float]]:
+    """Percentile interval of the finite samples, or None when fewer than 10 are finite."""
+    s = np.asarray(samples, dtype=float)
+    s = s[np.isfinite(s)]
+    if s.size < 10:
+        return None
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(s, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def none_if_nan(x: Any) -> Any:
+    if x is None:
+        return None
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def check_fraction(name: str, value: float) -> None:
+    if not (0.0 < value < 1.0) or not math.isfinite(value):
+        raise InvalidSpecError(f"{name} must be a fraction between 0 and 1 (exclusive), got {value}")

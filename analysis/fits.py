@@ -1,0 +1,304 @@
+"""Power-law fits: y = A x^k by least squares in log-log space with bootstrap intervals, the offset
+law y = a x^-alpha + c, and a smoothly broken power law (scipy).
+
+Every fit reports how many points it used and, when it cannot be made, a null estimate with a
+reason; nothing here invents a number from fewer points than a fit needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import numpy as np
+import polars as pl
+
+from analysis._common import none_if_nan, percentile_ci
+from gammadb.errors import AnalysisError, InvalidSpecError
+
+MIN_POINTS = 3  # a power law through 2 points has no residual: it says nothing about the law
+MIN_POINTS_BROKEN = 5  # 4 parameters + 1 degree of freedom
+DEFAULT_BOOT = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLawFit:
+    """y = prefactor * x^exponent, fitted as log10 y = log10 prefactor + exponent log10 x."""
+
+    exponent: Optional[float]
+    exponent_ci: Optional[tuple[float, float]]
+    prefactor: Optional[float]
+    r2_log: Optional[float]
+    n_points: int
+    x_range: Optional[tuple[float, float]]
+    reason: Optional[str] = None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.exponent is None or self.prefactor is None:
+            return np.full(np.shape(x), np.nan)
+        return self.prefactor * np.asarray(x, dtype=float) ** self.exponent
+
+
+@dataclasses.dataclass(frozen=True)
+class OffsetLawFit:
+    """y = a x^-alpha + c (a loss curve that levels off at c)."""
+
+    a: Optional[float]
+    alpha: Optional[float]
+    alpha_ci: Optional[tuple[float, float]]
+    c: Optional[float]
+    c_ci: Optional[tuple[float, float]]
+    r2: Optional[float]
+    n_points: int
+    reason: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokenPowerLaw:
+    """y = A (x/x_b)^s1 (1 + x/x_b)^(s2 - s1): slope s1 well below the knee x_b, s2 well above.
+
+    The smoothness is fixed at one decade-wide bend: the form that 2/lambda* of the deep linear toy
+    model takes exactly (PAPER.md), and one parameter fewer to pin down from a sparse gamma grid.
+    """
+
+    slope_small: Optional[float]
+    slope_large: Optional[float]
+    knee: Optional[float]
+    prefactor: Optional[float]
+    n_points: int
+    reason: Optional[str] = None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.knee is None:
+            return np.full(np.shape(x), np.nan)
+        return 10 ** _broken_log10(np.log10(np.asarray(x, dtype=float)),
+                                   math.log10(self.prefactor), self.slope_small, self.slope_large,
+                                   math.log10(self.knee))
+
+
+# ---------------------------------------------------------------------- log-log least squares
+def loglog_slopes(lx: np.ndarray, ly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and intercept of each row of ``ly`` (B, n) against ``lx`` (B, n) or (n,),
+    ignoring NaN entries; NaN where a row has fewer than two distinct x."""
+    ly = np.atleast_2d(np.asarray(ly, dtype=float))
+    lx = np.broadcast_to(np.asarray(lx, dtype=float), ly.shape)
+    m = np.isfinite(ly) & np.isfinite(lx)
+    n = m.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm = np.where(m, lx, 0.0).sum(axis=1) / n
+        ym = np.where(m, ly, 0.0).sum(axis=1) / n
+        dx = np.where(m, lx - xm[:, None], 0.0)
+        dy = np.where(m, ly - ym[:, None], 0.0)
+        sxx = (dx * dx).sum(axis=1)
+        slope = np.where(sxx > 1e-12, (dx * dy).sum(axis=1) / sxx, np.nan)
+    return slope, ym - slope * xm
+
+
+def power_law(x: Any, y: Any, *, y_boot: Optional[np.ndarray] = None, n_boot: int = DEFAULT_BOOT,
+              seed: int = 0, what: str = "points") -> PowerLawFit:
+    """Fit y = A x^k on the points with x > 0 and y > 0 (both finite).
+
+    The interval on k is a bootstrap: each replicate resamples the points (pairs) and, when
+    ``y_boot`` (shape (n_boot, n)) is given, takes replicate b's values of y (e.g. from a bootstrap
+    over seeds), so it carries both the scatter about the law and the per-point uncertainty.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    n_distinct = len(np.unique(x[keep]))
+    if n_distinct < MIN_POINTS:
+        return PowerLawFit(None, None, None, None, int(keep.sum()),
+                           (float(x[keep].min()), float(x[keep].max())) if keep.any() else None,
+                           f"{n_distinct} distinct x value(s) with a usable {what} (need >= {MIN_POINTS})")
+    lx, ly = np.log10(x[keep]), np.log10(y[keep])
+    slope, icpt = (float(v[0]) for v in loglog_slopes(lx, ly))
+    resid = ly - (icpt + slope * lx)
+    ss_tot = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else None
+
+    rng = np.random.default_rng(seed)
+    n = lx.size
+    idx = rng.integers(0, n, size=(n_boot, n))
+    if y_boot is not None:
+        yb = np.asarray(y_boot, dtype=float)[:n_boot][:, keep]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ly_b = np.where(yb > 0, np.log10(np.where(yb > 0, yb, 1.0)), np.nan)
+        ly_b = np.take_along_axis(ly_b, idx, axis=1)
+    else:
+        ly_b = ly[idx]
+    slopes, _ = loglog_slopes(lx[idx], ly_b)
+    return PowerLawFit(slope, percentile_ci(slopes), 10**icpt, r2, int(n),
+                       (float(x[keep].min()), float(x[keep].max())))
+
+
+# ---------------------------------------------------------------------- offset law
+def offset_law(x: Any, y: Any, *, n_boot: int = 200, seed: int = 0) -> OffsetLawFit:
+    """Fit y = a x^-alpha + c by nonlinear least squares (scipy), with bootstrap intervals (pairs)
+    on alpha and c. Needs x > 0 and at least 4 points (3 parameters + 1)."""
+    from scipy.optimize import curve_fit
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    x, y = x[keep], y[keep]
+    if len(np.unique(x)) < 4:
+        return OffsetLawFit(None, None, None, None, None, None, int(x.size),
+                            f"{len(np.unique(x))} distinct x value(s) (need >= 4 for a, alpha and c)")
+
+    def model(xx: np.ndarray, a: float, alpha: float, c: float) -> np.ndarray:
+        return a * xx ** (-alpha) + c
+
+    def fit(xx: np.ndarray, yy: np.ndarray, p0: tuple[float, float, float]) -> Optional[np.ndarray]:
+        try:
+            p, _ = curve_fit(model, xx, yy, p0=p0, maxfev=5000)
+        except (RuntimeError, ValueError, FloatingPointError):
+            return None
+        return p if np.all(np.isfinite(p)) else None
+
+    # Start from a pure power law fitted to y - c0, c0 just below the smallest y.
+    c0 = float(y.min()) - 0.05 * float(np.ptp(y) or abs(y.min()) or 1.0)
+    start = power_law(x, y - c0, n_boot=1)
+    alpha0 = -start.exponent if start.exponent is not None else 1.0
+    a0 = start.prefactor if start.prefactor is not None else float(np.ptp(y) or 1.0)
+    p = None
+    with np.errstate(all="ignore"):
+        for guess in ((a0, alpha0, c0), (float(np.ptp(y) or 1.0), 1.0, float(y.min())), (1.0, 0.5, 0.0)):
+            p = fit(x, y, guess)
+            if p is not None:
+                break
+    if p is None:
+        return OffsetLawFit(None, None, None, None, None, None, int(x.size), "the offset law did not converge")
+    resid = y - model(x, *p)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else None
+    rng = np.random.default_rng(seed)
+    boots = []
+    with np.errstate(all="ignore"):
+        for _ in range(n_boot):
+            i = rng.integers(0, x.size, x.size)
+            if len(np.unique(x[i])) < 4:
+                continue
+            q = fit(x[i], y[i], tuple(p))
+            if q is not None:
+                boots.append(q)
+    b = np.array(boots) if boots else np.full((0, 3), np.nan)
+    return OffsetLawFit(float(p[0]), float(p[1]), percentile_ci(b[:, 1]), float(p[2]),
+                        percentile_ci(b[:, 2]), r2, int(x.size))
+
+
+# ---------------------------------------------------------------------- broken power law
+def _broken_log10(u: np.ndarray, log_a: float, s1: float, s2: float, ub: float) -> np.ndarray:
+    z = u - ub
+    return log_a + s1 * z + (s2 - s1) * np.logaddexp(0.0, z * math.log(10)) / math.log(10)
+
+
+def broken_power_law(x: Any, y: Any, *, slope_small: Optional[float] = None,
+                     slope_large: Optional[float] = None) -> BrokenPowerLaw:
+    """Fit a smoothly broken power law in log-log space (scipy.optimize.least_squares), with the
+    knee searched from several starts inside the data's x range. The slopes' starting values may
+    come from the one-sided fits."""
+    from scipy.optimize import least_squares
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    u, v = np.log10(x[keep]), np.log10(y[keep])
+    n = int(len(np.unique(u)))
+    if n < MIN_POINTS_BROKEN:
+        return BrokenPowerLaw(None, None, None, None, n,
+                              f"{n} distinct gamma value(s) (a broken power law needs >= {MIN_POINTS_BROKEN})")
+    lo, hi = float(u.min()), float(u.max())
+    s1 = slope_small if slope_small is not None else 2.0
+    s2 = slope_large if slope_large is not None else 0.5
+    best = None
+    for ub0 in np.linspace(lo, hi, 7)[1:-1]:
+        la0 = float(np.median(v - _broken_log10(u, 0.0, s1, s2, ub0)))
+        try:
+            res = least_squares(lambda p: _broken_log10(u, *p) - v, x0=[la0, s1, s2, ub0],
+                                bounds=([-np.inf, -10, -10, lo], [np.inf, 10, 10, hi]))
+        except ValueError:
+            continue
+        if res.success and (best is None or res.cost < best.cost):
+            best = res
+    if best is None:
+        return BrokenPowerLaw(None, None, None, None, n, "the broken power law did not converge")
+    la, a1, a2, ub = (float(p) for p in best.x)
+    reason = None
+    span = hi - lo
+    if ub - lo < 0.02 * span or hi - ub < 0.02 * span:
+        reason = "the knee sits at the edge of the gamma range: no break is resolved inside it"
+    return BrokenPowerLaw(a1, a2, 10**ub, 10**la, n, reason)
+
+
+# ---------------------------------------------------------------------- columns of a frame
+@dataclasses.dataclass(frozen=True)
+class ColumnFit:
+    x: str
+    y: str
+    n_rows: int
+    n_dropped: int
+    power_law: PowerLawFit
+    offset_law: OffsetLawFit
+
+    def to_json(self) -> dict[str, Any]:
+        p, o = self.power_law, self.offset_law
+        return {
+            "x": self.x, "y": self.y, "n_rows": self.n_rows, "n_dropped": self.n_dropped,
+            "power_law": {
+                "exponent": none_if_nan(p.exponent), "exponent_ci": _pair(p.exponent_ci),
+                "prefactor": none_if_nan(p.prefactor), "r2_log": none_if_nan(p.r2_log),
+                "x_range": _pair(p.x_range), "n_points": p.n_points, "reason": p.reason,
+            },
+            "offset_law": {
+                "a": none_if_nan(o.a), "alpha": none_if_nan(o.alpha), "alpha_ci": _pair(o.alpha_ci),
+                "c": none_if_nan(o.c), "c_ci": _pair(o.c_ci), "r2": none_if_nan(o.r2),
+                "n_points": o.n_points, "reason": o.reason,
+            },
+        }
+
+    def table(self) -> pl.DataFrame:
+        p, o = self.power_law, self.offset_law
+        return pl.DataFrame([
+            {"law": "y = A x^k", "exponent": p.exponent,
+             "ci_lo": p.exponent_ci[0] if p.exponent_ci else None,
+             "ci_hi": p.exponent_ci[1] if p.exponent_ci else None,
+             "prefactor": p.prefactor, "offset": None, "r2": p.r2_log, "n_points": p.n_points,
+             "reason": p.reason},
+            {"law": "y = a x^-alpha + c", "exponent": -o.alpha if o.alpha is not None else None,
+             "ci_lo": -o.alpha_ci[1] if o.alpha_ci else None, "ci_hi": -o.alpha_ci[0] if o.alpha_ci else None,
+             "prefactor": o.a, "offset": o.c, "r2": o.r2, "n_points": o.n_points, "reason": o.reason},
+        ], schema={"law": pl.String, "exponent": pl.Float64, "ci_lo": pl.Float64, "ci_hi": pl.Float64,
+                   "prefactor": pl.Float64, "offset": pl.Float64, "r2": pl.Float64, "n_points": pl.Int64,
+                   "reason": pl.String})
+
+
+def fit_columns(df: pl.DataFrame, x: str, y: str, *, xmin: Optional[float] = None,
+                xmax: Optional[float] = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> ColumnFit:
+    """Fit y against x (two numeric columns of ``df``) on xmin <= x <= xmax: a power law in log
+    space and the offset law. Rows with a missing, non-finite or (for the log fit) non-positive value
+    are dropped and counted."""
+    for c in (x, y):
+        if c not in df.columns:
+            raise InvalidSpecError(f"no column {c!r} in the data (columns: {', '.join(df.columns)})")
+        if not df.schema[c].is_numeric():
+            raise InvalidSpecError(f"column {c!r} is {df.schema[c]}, not numeric")
+    if xmin is not None and xmax is not None and xmin >= xmax:
+        raise InvalidSpecError(f"--xmin ({xmin}) must be below --xmax ({xmax})")
+    d = df.select(pl.col(x).cast(pl.Float64).alias("x"), pl.col(y).cast(pl.Float64).alias("y"))
+    if xmin is not None:
+        d = d.filter(pl.col("x") >= xmin)
+    if xmax is not None:
+        d = d.filter(pl.col("x") <= xmax)
+    n_rows = d.height
+    if n_rows == 0:
+        raise AnalysisError(f"no rows with {x} in the requested range: nothing to fit")
+    xs, ys = d["x"].to_numpy(), d["y"].to_numpy()
+    usable = np.isfinite(xs) & np.isfinite(ys) & (xs > 0) & (ys > 0)
+    pl_fit = power_law(xs, ys, n_boot=n_boot, seed=seed, what=y)
+    off = offset_law(xs, ys, seed=seed)
+    return ColumnFit(x, y, n_rows, int(n_rows - usable.sum()), pl_fit, off)
+
+
+def _pair(p: Optional[tuple[float, float]]) -> Optional[list[float]]:
+    return None if p is None else [float(p[0]), float(p[1])]

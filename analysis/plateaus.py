@@ -1,0 +1,506 @@
+"""Plateaus and staircases in loss curves, and how the plateau length scales with gamma.
+
+Method (all in log time, on the log loss, so that a decade of steps weighs the same early and late):
+
+1. **Reduce.** Each curve is bucketed on a log-spaced step grid (:mod:`analysis.downsample`,
+   ``per_decade`` = 40 buckets a decade); a bucket keeps the mean of ln(loss) and its count.
+2. **Smooth.** A Gaussian kernel in log10(step), weighted by the bucket counts (so it is the mean of
+   every minibatch loss in the window), with bandwidth ``bandwidth`` = 0.05 decades (a factor 1.12
+   in time), widened where needed until the window holds ``min_samples`` = 16 logged steps. Why:
+   a minibatch loss scatters by tens of percent around its mean; averaging >= 16 of them cuts that
+   four-fold, and from step ~150 on the 0.05-decade window already holds hundreds of steps. A drop is
+   smeared over about +-2 bandwidths = +-0.1 decades, so its location stays well within the factor
+   1.3 (0.11 decades) the acceptance asks for. Early on (steps < ~100) the window must widen to
+   collect 16 steps, so drops there are located less sharply. The smoothed curve is evaluated on a
+   uniform grid of ``grid`` = 0.01 decades.
+3. **Find drops.** The local log-log slope d log10 L / d log10 t of the smoothed curve. A drop is a
+   stretch where it is steeper than ``-min_slope`` = -1 (faster than 1/t: SGD's power-law phases in
+   these models decay more slowly than that, so only a genuine descent off a plateau qualifies),
+   widened on both sides while the slope stays below ``-edge_slope`` = -0.25 (hysteresis: the drop's
+   extent, hence its loss before and after, includes its shoulders; two steep pieces joined by a
+   still-falling stretch are one drop). A drop counts only if it takes the loss at least
+   ``min_drop`` = 0.2 decades (a factor 1.6) below everything before it: smoothed noise is ~0.01-0.03
+   decades, and the recovery from a catapult spike is not a new step.
+   Its **step** is the point of steepest descent; ``plateau_steps`` is the time from the end of the
+   previous drop (or the first logged step) to the start of this one.
+4. **Escape.** The first step where the smoothed loss has fallen ``escape_fraction`` = half way
+   (in loss, not log loss) from its starting level to its final level; none when the loss never fell
+   by ``min_drop`` decades overall.
+
+The per-sweep scaling fits the plateau length (the escape step by default) against gamma as a power
+law, along eta*(gamma) (the grid eta with the lowest seed-mean tail loss, diverged seeds counting as
+infinitely bad), at a fixed eta, or over all runs. The toy model's theory: plateau escape happens at
+tau = eta t / gamma ~ const, so along eta* ~ gamma^(2/L) the plateau lasts ~ gamma^(1 - 2/L) steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import polars as pl
+
+from analysis.downsample import DEFAULT_PER_DECADE, bucket_frame, bucketed_series
+from gammadb.errors import AnalysisError, InvalidSpecError
+from gammadb.metrics import LOSS
+from gammadb.records import RUN_COLUMNS
+
+if TYPE_CHECKING:
+    from gammadb.store import Store
+
+LN10 = math.log(10.0)
+GROUP_COLUMNS = RUN_COLUMNS  # what must match for runs to be compared across (gamma, eta, seed)
+MIN_SPAN_DECADES = 0.3  # shorter curves cannot show a plateau followed by a drop
+ALONG = ("eta_star", "fixed", "all")
+MEASURES = ("escape_step", "plateau_end_step")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlateauOptions:
+    """Smoother and thresholds (units: decades of step for times, decades of loss for levels)."""
+
+    per_decade: int = DEFAULT_PER_DECADE
+    bandwidth: float = 0.05
+    min_samples: int = 16
+    grid: float = 0.01
+    min_slope: float = 1.0
+    edge_slope: float = 0.25
+    min_drop: float = 0.2
+    escape_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.bandwidth > 0, "bandwidth must be > 0 decades"),
+            (self.min_samples >= 1, "min_samples must be >= 1"),
+            (0 < self.grid <= 0.1, "grid must be in (0, 0.1] decades"),
+            (self.min_slope > 0, "min_slope must be > 0"),
+            (0 <= self.edge_slope <= self.min_slope, "edge_slope must be in [0, min_slope]"),
+            (self.min_drop > 0, "min_drop must be > 0 decades"),
+            (0 < self.escape_fraction < 1, "escape_fraction must be in (0, 1)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InvalidSpecError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["smoother"] = "gaussian kernel in log10(step), count-weighted, adaptive to min_samples"
+        return d
+
+
+# ---------------------------------------------------------------------------------------- smoothing
+def smooth_log_curve(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, *, bandwidth: float = 0.05,
+                     min_samples: int = 16, grid: Optional[float] = 0.01,
+                     max_bandwidth: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel-smooth bucket means ``y`` at ``log_t`` (weights ``n``) and resample on a uniform grid.
+
+    Each bucket's value becomes a count-weighted Gaussian average with bandwidth
+    max(``bandwidth``, the half-width that holds ``min_samples`` samples), capped at
+    ``max_bandwidth``; the smoothed values are then linearly interpolated onto a grid of spacing
+    ``grid`` decades (``None``: return them at the bucket positions).
+    """
+    log_t = np.asarray(log_t, float)
+    y = np.asarray(y, float)
+    n = np.asarray(n, float)
+    if log_t.size == 0:
+        return log_t, y
+    d = np.abs(log_t[:, None] - log_t[None, :])
+    order = np.argsort(d, axis=1)
+    d_sorted = np.take_along_axis(d, order, axis=1)
+    cum = np.cumsum(n[order], axis=1)
+    enough = cum >= min_samples
+    idx = np.where(enough.any(axis=1), enough.argmax(axis=1), log_t.size - 1)
+    h = np.clip(d_sorted[np.arange(log_t.size), idx], bandwidth, max_bandwidth)
+    w = n[None, :] * np.exp(-0.5 * (d / h[:, None]) ** 2)
+    smooth = (w @ y) / w.sum(axis=1)
+    if grid is None or log_t.size == 1:
+        return log_t, smooth
+    gx = np.arange(log_t[0], log_t[-1], grid)
+    if gx.size == 0 or gx[-1] < log_t[-1]:
+        gx = np.append(gx, log_t[-1])
+    return gx, np.interp(gx, log_t, smooth)
+
+
+# ---------------------------------------------------------------------------------------- drops
+@dataclasses.dataclass(frozen=True)
+class Drop:
+    step: int  # steepest descent of the smoothed log loss
+    loss_before: float  # smoothed loss where the drop starts
+    loss_after: float  # smoothed loss where it ends
+    plateau_steps: int  # from the end of the previous drop (or the first step) to this drop's start
+    start_step: int
+    end_step: int
+
+
+def find_drops(gx: np.ndarray, gy: np.ndarray, opts: PlateauOptions = PlateauOptions()) -> list[Drop]:
+    """Drops of a smoothed curve: ``gx`` = log10 step on a uniform grid, ``gy`` = log10 loss."""
+    if gx.size < 3:
+        return []
+    slope = np.gradient(gy, gx)
+    core = slope < -opts.min_slope
+    regions: list[list[int]] = []
+    i = 0
+    while i < gx.size:
+        if not core[i]:
+            i += 1
+            continue
+        a = b = i
+        while b + 1 < gx.size and core[b + 1]:
+            b += 1
+        while a > 0 and slope[a - 1] < -opts.edge_slope:
+            a -= 1
+        while b + 1 < gx.size and slope[b + 1] < -opts.edge_slope:
+            b += 1
+        if regions and a <= regions[-1][1] + 1:
+            regions[-1][1] = max(regions[-1][1], b)
+        else:
+            regions.append([a, b])
+        i = b + 1
+    drops: list[Drop] = []
+    prev_end_t = 10 ** gx[0]
+    for a, b in regions:
+        before_min = float(np.min(gy[: a + 1]))
+        if before_min - gy[b] < opts.min_drop:
+            continue
+        k = a + int(np.argmin(slope[a : b + 1]))
+        start_t, end_t = 10 ** gx[a], 10 ** gx[b]
+        drops.append(Drop(
+            step=int(round(10 ** gx[k])), loss_before=float(10 ** gy[a]), loss_after=float(10 ** gy[b]),
+            plateau_steps=int(round(max(0.0, start_t - prev_end_t))),
+            start_step=int(round(start_t)), end_step=int(round(end_t)),
+        ))
+        prev_end_t = end_t
+    return drops
+
+
+def escape_log_step(gx: np.ndarray, gy: np.ndarray, opts: PlateauOptions = PlateauOptions()) -> Optional[float]:
+    """log10 of the first step where the smoothed loss is ``escape_fraction`` of the way down from
+    its start to its end level (linear interpolation in log time); None if it never fell."""
+    if gx.size < 2 or gy[0] - gy[-1] < opts.min_drop:
+        return None
+    start, final = 10 ** gy[0], 10 ** gy[-1]
+    target = start - opts.escape_fraction * (start - final)
+    loss = 10 ** gy
+    below = np.nonzero(loss <= target)[0]
+    if below.size == 0:
+        return None
+    i = int(below[0])
+    if i == 0:
+        return float(gx[0])
+    l0, l1 = loss[i - 1], loss[i]
+    frac = (l0 - target) / (l0 - l1) if l0 != l1 else 1.0
+    return float(gx[i - 1] + frac * (gx[i] - gx[i - 1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class CurvePlateaus:
+    status: str  # ok | no_drop | diverged | too_short | no_data
+    note: str
+    first_step: Optional[int]
+    last_step: Optional[int]
+    plateau_end_step: Optional[int]
+    escape_step: Optional[int]
+    initial_loss: Optional[float]
+    final_loss: Optional[float]
+    drops: tuple[Drop, ...]
+
+
+def curve_plateaus(buckets: pl.DataFrame, opts: PlateauOptions = PlateauOptions(),
+                   diverged_at: Optional[int] = None) -> CurvePlateaus:
+    """Plateaus and drops of one curve given its buckets (columns step, n, mean_log)."""
+    b = buckets.filter(pl.col("mean_log").is_not_null() & pl.col("mean_log").is_finite()).sort("step")
+    if b.is_empty():
+        why = f"diverged at step {diverged_at} before any finite loss" if diverged_at is not None \
+            else "no finite positive loss at step >= 1"
+        return CurvePlateaus("diverged" if diverged_at is not None else "no_data", why,
+                             None, None, None, None, None, None, ())
+    log_t = np.log10(b["step"].to_numpy())
+    y = b["mean_log"].to_numpy() / LN10
+    n = b["n"].to_numpy().astype(float)
+    first, last = int(b["step_lo"][0]), int(b["step_hi"][-1])
+    n_steps = int(n.sum())
+    if b.height < 3 or log_t[-1] - log_t[0] < MIN_SPAN_DECADES:
+        note = (f"{n_steps} logged step{'s' if n_steps != 1 else ''} (steps {first}..{last}): need at least "
+                f"{MIN_SPAN_DECADES} decades of steps to find a plateau")
+        if diverged_at is not None:
+            note += f"; diverged at step {diverged_at}"
+        return CurvePlateaus("diverged" if diverged_at is not None else "too_short", note, first, last,
+                             None, None, float(math.exp(b["mean_log"][0])), float(math.exp(b["mean_log"][-1])), ())
+    gx, gy = smooth_log_curve(log_t, y, n, bandwidth=opts.bandwidth, min_samples=opts.min_samples,
+                              grid=opts.grid)
+    drops = tuple(find_drops(gx, gy, opts))
+    esc = escape_log_step(gx, gy, opts)
+    plateau_end = drops[0].start_step if drops else None
+    if diverged_at is not None:
+        status, note = "diverged", f"diverged at step {diverged_at}; analysed the {n_steps} finite steps before"
+    elif drops:
+        status, note = "ok", f"{len(drops)} drop{'s' if len(drops) > 1 else ''}"
+    else:
+        fell = gy[0] - gy[-1]
+        status = "no_drop"
+        note = (f"no drop: the smoothed loss fell {fell:.2f} decades over steps {first}..{last} without a "
+                f"stretch steeper than t^-{opts.min_slope:g} taking it {opts.min_drop:g} decades lower")
+    return CurvePlateaus(
+        status, note, first, last, plateau_end, None if esc is None else int(round(10 ** esc)),
+        float(10 ** gy[0]), float(10 ** gy[-1]), drops,
+    )
+
+
+# ---------------------------------------------------------------------------------------- per run
+RUN_TABLE_SCHEMA = {
+    "run_id": pl.Int64, "gamma": pl.Float64, "eta": pl.Float64, "seed": pl.Int64, "status": pl.String,
+    "note": pl.String, "first_step": pl.Int64, "last_step": pl.Int64, "diverged_at": pl.Int64,
+    "plateau_end_step": pl.Int64, "escape_step": pl.Int64, "initial_loss": pl.Float64,
+    "final_loss": pl.Float64, "n_drops": pl.Int64,
+}
+DROP_TABLE_SCHEMA = {
+    "run_id": pl.Int64, "drop": pl.Int64, "step": pl.Int64, "loss_before": pl.Float64,
+    "loss_after": pl.Float64, "plateau_steps": pl.Int64, "start_step": pl.Int64, "end_step": pl.Int64,
+}
+
+
+def detect_plateaus(buckets: pl.DataFrame, runs: pl.DataFrame,
+                    opts: PlateauOptions = PlateauOptions()) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per-run plateaus and drops.
+
+    ``buckets``: :func:`analysis.downsample.bucket_frame` of the loss; ``runs``: one row per run with
+    run_id, gamma, eta, seed (and optionally diverged_at). Returns (runs table, drops table) with the
+    columns of ``RUN_TABLE_SCHEMA`` and ``DROP_TABLE_SCHEMA``.
+    """
+    by_run = {int(k[0]): g for k, g in buckets.group_by("run_id")} if not buckets.is_empty() else {}
+    empty = pl.DataFrame(schema={c: buckets.schema.get(c, pl.Float64) for c in buckets.columns})
+    run_rows, drop_rows = [], []
+    for r in runs.iter_rows(named=True):
+        rid = int(r["run_id"])
+        div = r.get("diverged_at")
+        res = curve_plateaus(by_run.get(rid, empty), opts, None if div is None else int(div))
+        run_rows.append(dict(
+            run_id=rid, gamma=r["gamma"], eta=r["eta"], seed=r["seed"], status=res.status, note=res.note,
+            first_step=res.first_step, last_step=res.last_step, diverged_at=div,
+            plateau_end_step=res.plateau_end_step, escape_step=res.escape_step,
+            initial_loss=res.initial_loss, final_loss=res.final_loss, n_drops=len(res.drops),
+        ))
+        for k, d in enumerate(res.drops, start=1):
+            drop_rows.append(dict(run_id=rid, drop=k, **dataclasses.asdict(d)))
+    return (pl.DataFrame(run_rows, schema=RUN_TABLE_SCHEMA, orient="row") if run_rows
+            else pl.DataFrame(schema=RUN_TABLE_SCHEMA),
+            pl.DataFrame(drop_rows, schema=DROP_TABLE_SCHEMA) if drop_rows else pl.DataFrame(schema=DROP_TABLE_SCHEMA))
+
+
+def plateaus_of_steps(steps: Sequence[int], losses: Sequence[float], opts: PlateauOptions = PlateauOptions(),
+                      diverged_at: Optional[int] = None) -> CurvePlateaus:
+    """Convenience: plateaus of one raw curve given as arrays (bucketed in polars)."""
+    raw = pl.DataFrame({"run_id": 0, "step": np.asarray(steps, np.int64), "value": np.asarray(losses, float)})
+    return curve_plateaus(bucket_frame(raw, opts.per_decade), opts, diverged_at)
+
+
+# ---------------------------------------------------------------------------------------- power laws
+def power_law_fit(y: Sequence[float], regressors: Mapping[str, Sequence[float]], *,
+                  level: float = 0.95) -> dict[str, Any]:
+    """Least squares of log10 y = a + sum_k b_k log10 x_k, with Student-t intervals on each b_k.
+
+    Returns ``{"exponents": {k: b_k}, "ci": {k: [lo, hi]}, "prefactor": 10^a, "r2", "n", "dof"}``; the
+    intervals are null when there is no residual degree of freedom. Raises AnalysisError for
+    non-positive data or regressors that do not vary independently (e.g. eta fixed, or eta a
+    function of gamma).
+    """
+    from scipy import stats
+
+    yv = np.asarray(y, float)
+    names = list(regressors)
+    xs = [np.asarray(regressors[k], float) for k in names]
+    if yv.size == 0 or any(x.size != yv.size for x in xs):
+        raise AnalysisError("power-law fit: no points, or regressors of unequal length")
+    if np.any(~np.isfinite(yv)) or np.any(yv <= 0) or any(np.any(~np.isfinite(x)) or np.any(x <= 0) for x in xs):
+        raise AnalysisError("power-law fit needs finite positive values")
+    X = np.column_stack([np.ones(yv.size)] + [np.log10(x) for x in xs])
+    Y = np.log10(yv)
+    if yv.size < X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
+        raise AnalysisError(
+            f"power-law fit on {', '.join(names)}: {yv.size} points do not pin down {X.shape[1]} coefficients "
+            "(a regressor is constant or varies in lock-step with another)")
+    coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    resid = Y - X @ coef
+    dof = yv.size - X.shape[1]
+    ss_tot = float(np.sum((Y - Y.mean()) ** 2))
+    r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else 1.0
+    ci: dict[str, Optional[list[float]]] = {}
+    if dof > 0:
+        s2 = float(resid @ resid) / dof
+        cov = s2 * np.linalg.inv(X.T @ X)
+        t = float(stats.t.ppf(0.5 + level / 2, dof))
+        for j, k in enumerate(names, start=1):
+            half = t * math.sqrt(max(cov[j, j], 0.0))
+            ci[k] = [float(coef[j] - half), float(coef[j] + half)]
+    else:
+        ci = {k: None for k in names}
+    return {"exponents": {k: float(coef[j]) for j, k in enumerate(names, start=1)}, "ci": ci,
+            "prefactor": float(10 ** coef[0]), "r2": r2, "n": int(yv.size), "dof": int(dof), "level": level}
+
+
+# ---------------------------------------------------------------------------------------- families
+def group_columns(runs: pl.DataFrame) -> list[str]:
+    """The run columns that define comparable groups (everything but gamma, eta, seed)."""
+    return [c for c in GROUP_COLUMNS if c in runs.columns]
+
+
+def varying_columns(runs: pl.DataFrame, cols: Sequence[str]) -> list[str]:
+    return [c for c in cols if runs[c].n_unique() > 1]
+
+
+def eta_star_table(runs: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+    """Per (keys, gamma): eta_star, the grid eta with the lowest seed-mean tail loss. A (gamma, eta)
+    with any diverged or unfinished seed counts as infinitely bad; gammas where every eta is bad are
+    left out."""
+    finished = runs.filter(pl.col("status").is_in(["completed", "diverged"]))
+    if finished.is_empty():
+        return pl.DataFrame(schema={**{k: runs.schema[k] for k in keys}, "gamma": pl.Float64,
+                                    "eta_star": pl.Float64, "loss_at_eta_star": pl.Float64})
+    cell = (
+        finished.with_columns(
+            pl.when((pl.col("status") == "diverged") | pl.col("tail_mean_loss").is_null()
+                    | ~pl.col("tail_mean_loss").is_finite())
+            .then(float("inf")).otherwise(pl.col("tail_mean_loss")).alias("_loss"))
+        .group_by(*keys, "gamma", "eta").agg(pl.col("_loss").mean().alias("_loss"))
+        .filter(pl.col("_loss").is_finite())
+    )
+    return (
+        cell.sort("_loss").group_by(*keys, "gamma", maintain_order=True)
+        .agg(pl.col("eta").first().alias("eta_star"), pl.col("_loss").first().alias("loss_at_eta_star"))
+        .sort(*keys, "gamma")
+    )
+
+
+def select_family(runs: pl.DataFrame, along: str, eta: Optional[float], keys: Sequence[str]) -> pl.DataFrame:
+    """The runs of a family: ``eta_star`` (each gamma at its eta*), ``fixed`` (one eta: ``eta``, or
+    the eta shared by the most gammas), or ``all``."""
+    if along not in ALONG:
+        raise InvalidSpecError(f"unknown family {along!r}: use one of {', '.join(ALONG)}")
+    if along == "all" or runs.is_empty():
+        return runs
+    if along == "fixed":
+        if eta is None:
+            counts = (runs.group_by("eta").agg(pl.col("gamma").n_unique().alias("k"), pl.len().alias("n"))
+                      .sort(["k", "n", "eta"], descending=True))
+            eta = float(counts["eta"][0])
+        etas = runs["eta"].unique().to_numpy()
+        near = etas[np.isclose(etas, eta, rtol=1e-6)]
+        if near.size == 0:
+            shown = ", ".join(f"{e:g}" for e in sorted(etas)[:12])
+            raise InvalidSpecError(f"no run at eta = {eta:g} (etas: {shown})")
+        return runs.filter(pl.col("eta") == float(near[0]))
+    star = eta_star_table(runs, keys)
+    if star.is_empty():
+        raise AnalysisError("no eta* at any gamma: every (gamma, eta) diverged or is unfinished")
+    return runs.join(star.select(*keys, "gamma", pl.col("eta_star").alias("eta")),
+                     on=[*keys, "gamma", "eta"], how="semi", nulls_equal=True)
+
+
+def plateau_scaling(table: pl.DataFrame, runs: pl.DataFrame, *, along: str = "eta_star",
+                    eta: Optional[float] = None, gamma_min: Optional[float] = 1.0,
+                    measure: str = "escape_step", level: float = 0.95) -> dict[str, Any]:
+    """Fit plateau length ~ gamma^p per group of comparable runs (see the module docstring).
+
+    ``table``: :func:`detect_plateaus`' runs table; ``runs``: the sweep's runs frame (hyper-parameters,
+    status, tail_mean_loss). Each run that escaped is one point; runs that never escaped within
+    their budget are counted (``n_censored``) but not fitted.
+    """
+    if measure not in MEASURES:
+        raise InvalidSpecError(f"unknown plateau measure {measure!r}: use one of {', '.join(MEASURES)}")
+    keys = group_columns(runs)
+    out: dict[str, Any] = {"measure": measure, "along": along, "eta": eta, "gamma_min": gamma_min,
+                           "level": level, "method": "least squares in log10-log10 over runs, Student-t interval",
+                           "groups": []}
+    if runs.is_empty():
+        return out
+    shown_keys = varying_columns(runs, keys)
+    for _, grp in runs.group_by(*keys, maintain_order=True):
+        out["groups"].append(_scaling_group(grp, table, keys, shown_keys, along, eta, gamma_min, measure, level))
+    return out
+
+
+def _scaling_group(grp: pl.DataFrame, table: pl.DataFrame, keys: Sequence[str], shown: Sequence[str],
+                   along: str, eta: Optional[float], gamma_min: Optional[float], measure: str,
+                   level: float) -> dict[str, Any]:
+    first = grp.row(0, named=True)
+    depth = first.get("depth")
+    res: dict[str, Any] = {
+        "group": {k: first[k] for k in shown}, "depth": depth,
+        "theory_exponent": (1.0 - 2.0 / depth) if depth else None,
+        "points": [], "exponent": None, "exponent_ci": None, "prefactor": None, "r2": None,
+        "n_points": 0, "n_censored": 0, "reason": None,
+    }
+    if gamma_min is not None:
+        grp = grp.filter(pl.col("gamma") >= gamma_min)
+    try:
+        fam = select_family(grp, along, eta, keys)
+    except (AnalysisError, InvalidSpecError) as exc:
+        res["reason"] = str(exc)
+        return res
+    pts = fam.select("run_id").join(table, on="run_id", how="inner")
+    ok = pts.filter(pl.col(measure).is_not_null() & (pl.col("status") != "diverged"))
+    res["n_censored"] = int(pts.filter(pl.col(measure).is_null() & (pl.col("status") != "diverged")).height)
+    per_gamma = (ok.group_by("gamma", "eta").agg(  # geometric mean over seeds
+        (10 ** pl.col(measure).cast(pl.Float64).log10().mean()).alias("plateau_steps"),
+        pl.len().alias("n_seeds")).sort("gamma"))
+    res["points"] = per_gamma.to_dicts()
+    res["n_points"] = ok.height
+    n_gamma = ok["gamma"].n_unique() if not ok.is_empty() else 0
+    if n_gamma < 3:
+        where = f"gamma >= {gamma_min:g}" if gamma_min is not None else "the sweep"
+        res["reason"] = (f"{n_gamma} gamma value{'s' if n_gamma != 1 else ''} with an escaped plateau in "
+                         f"{where} along {along}: a power law needs at least 3")
+        return res
+    fit = power_law_fit(ok[measure].cast(pl.Float64).to_numpy(), {"gamma": ok["gamma"].to_numpy()}, level=level)
+    res.update(exponent=fit["exponents"]["gamma"], exponent_ci=fit["ci"]["gamma"], prefactor=fit["prefactor"],
+               r2=fit["r2"])
+    if fit["ci"]["gamma"] is None:
+        res["reason"] = "as many points as coefficients: no residual to set an interval"
+    return res
+
+
+# ---------------------------------------------------------------------------------------- store edge
+@dataclasses.dataclass(frozen=True)
+class PlateauReport:
+    sweep: str
+    options: PlateauOptions
+    runs: pl.DataFrame  # RUN_TABLE_SCHEMA
+    drops: pl.DataFrame  # DROP_TABLE_SCHEMA
+    scaling: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        drops_by_run: dict[int, list[dict[str, Any]]] = {}
+        for d in self.drops.iter_rows(named=True):
+            drops_by_run.setdefault(d["run_id"], []).append(
+                {k: d[k] for k in ("step", "loss_before", "loss_after", "plateau_steps", "start_step", "end_step")})
+        runs = []
+        for r in self.runs.iter_rows(named=True):
+            runs.append({**{k: r[k] for k in ("run_id", "gamma", "eta", "seed", "plateau_end_step",
+                                              "escape_step", "n_drops")},
+                         "drops": drops_by_run.get(r["run_id"], []),
+                         **{k: r[k] for k in ("status", "note", "first_step", "last_step", "diverged_at",
+                                              "initial_loss", "final_loss")}})
+        return {"sweep": self.sweep, "runs": runs, "scaling": self.scaling, "options": self.options.to_dict()}
+
+
+def analyze_plateaus(store: "Store", sweep: str, run_ids: Optional[Sequence[int]] = None, *,
+                     opts: PlateauOptions = PlateauOptions(), along: str = "eta_star",
+                     eta: Optional[float] = None, gamma_min: Optional[float] = 1.0,
+                     measure: str = "escape_step") -> PlateauReport:
+    """Plateaus of every run of ``sweep`` (or of ``run_ids`` in it) and the per-sweep scaling."""
+    runs = store.runs_frame(sweep)
+    if run_ids:
+        wanted = {int(r) for r in run_ids}
+        missing = wanted - set(runs["run_id"].to_list())
+        if missing:
+            raise InvalidSpecError(f"runs {', '.join(map(str, sorted(missing)))} are not in sweep {sweep!r}")
+        runs = runs.filter(pl.col("run_id").is_in(sorted(wanted)))
+    if runs.is_empty():
+        raise AnalysisError(f"sweep {sweep!r} has no runs")
+    buckets = bucketed_series(store, runs["run_id"].to_list(), LOSS, opts.per_decade)
+    table, drops = detect_plateaus(buckets, runs, opts)
+    scaling = plateau_scaling(table, runs, along=along, eta=eta, gamma_min=gamma_min, measure=measure)
+    return PlateauReport(sweep, opts, table, drops, scaling)

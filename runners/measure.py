@@ -1,0 +1,185 @@
+"""What the trainer measures besides the loss: kernel alignment, the empirical NTK, sharpness, test error.
+
+All functions leave the model's parameters, gradients and (with ``preserved_buffers``) BatchNorm
+statistics untouched, and draw no global randomness, so measuring never changes a run's trajectory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev
+
+# ----- centered kernel alignment ------------------------------------------------------------------
+
+
+def center_kernel(kernel: Tensor) -> Tensor:
+    """H K H with H = I - 11^T/n (subtract row and column means, add back the grand mean)."""
+    return kernel - kernel.mean(dim=0, keepdim=True) - kernel.mean(dim=1, keepdim=True) + kernel.mean()
+
+
+def centered_alignment(k1: Tensor, k2: Tensor) -> Tensor:
+    """A(K1, K2) = <H K1 H, H K2 H>_F / (||H K1 H||_F ||H K2 H||_F), a 0-d tensor in [-1, 1].
+
+    Invariant to scaling either kernel by c > 0 and to adding a constant to it; NaN when a centered
+    kernel is zero (alignment undefined).
+    """
+    c1, c2 = center_kernel(k1), center_kernel(k2)
+    return (c1 * c2).sum() / (torch.linalg.matrix_norm(c1) * torch.linalg.matrix_norm(c2))
+
+
+class TargetKernel:
+    """The centered target kernel H Y H, Y = T T^T, of a fixed batch, precomputed for per-step use.
+
+    ``alignment_of_features(phi)`` equals ``centered_alignment(phi phi^T, Y)`` but costs one (n x n)
+    product of centered features: H (phi phi^T) H = (H phi)(H phi)^T, and H Y H is computed once.
+    """
+
+    def __init__(self, targets: Tensor):
+        t = targets.reshape(targets.shape[0], -1)
+        t = t - t.mean(dim=0, keepdim=True)
+        self.centered = t @ t.t()
+        self.norm = torch.linalg.matrix_norm(self.centered)
+
+    def alignment_of_features(self, features: Tensor) -> Tensor:
+        phi = features - features.mean(dim=0, keepdim=True)
+        k = phi @ phi.t()
+        return (k * self.centered).sum() / (torch.linalg.matrix_norm(k) * self.norm)
+
+    def alignment_of_kernel(self, kernel: Tensor) -> Tensor:
+        c = center_kernel(kernel)
+        return (c * self.centered).sum() / (torch.linalg.matrix_norm(c) * self.norm)
+
+
+# ----- empirical NTK ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def preserved_buffers(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Restore all buffers (BatchNorm running statistics) on exit: a train-mode measurement forward
+    must not count as a training step."""
+    if not enabled:
+        yield
+        return
+    saved = [b.detach().clone() for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), saved):
+                buffer.copy_(value)
+
+
+def empirical_ntk(net: nn.Module, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+    """The output-traced empirical NTK on the batch ``x``: K_ij = sum_c <df_c(x_i)/dtheta, df_c(x_j)/dtheta>.
+
+    ``net`` is the raw network f_NN (the centered model's NTK is this divided by gamma^2; alignments
+    and relative distances do not see the factor). ``params`` defaults to the net's trainable
+    parameters; pass theta_0's to get K at init. The Jacobian is taken of the whole batch's output, so
+    BatchNorm (batch statistics) is differentiated correctly; it is built one output at a time, so
+    memory stays at n x (number of parameters). Buffers are passed as copies and never updated.
+    """
+    if params is None:
+        params = {k: v.detach() for k, v in net.named_parameters() if v.requires_grad}
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        # A grad transform may not update running statistics in place: differentiate a copy whose
+        # BatchNorms always use batch statistics (what a train-mode forward uses anyway).
+        net = copy.deepcopy(net)
+        torch.func.replace_all_batch_norm_modules_(net)
+    buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
+    n = x.shape[0]
+    with torch.no_grad():
+        out_dim = functional_call(net, (params, buffers), (x,)).reshape(n, -1).shape[1]
+    kernel = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    for c in range(out_dim):
+        def output_c(p: dict[str, Tensor], c: int = c) -> Tensor:
+            return functional_call(net, (p, dict(buffers)), (x,)).reshape(n, -1)[:, c]
+
+        for jac in jacrev(output_c)(params).values():
+            j = jac.reshape(n, -1)
+            kernel += j @ j.t()
+    return kernel
+
+
+# ----- sharpness -------------------------------------------------------------------------------------
+
+
+def top_hessian_eigenvalue(
+    loss_fn: Callable[[], Tensor],
+    params: list[Tensor],
+    *,
+    iters: int = 20,
+    generator: torch.Generator | None = None,
+) -> float:
+    """The largest (most positive) eigenvalue of the Hessian of ``loss_fn()`` w.r.t. ``params``.
+
+    Power iteration on Hessian-vector products (double backward; the gradient graph is built once).
+    Returns the Rayleigh quotient after ``iters`` steps. If the dominant eigenvalue is negative, a
+    second power iteration on H - lambda_min I finds the top one. Start vectors come from
+    ``generator`` (CPU), not the global RNG. Never touches ``.grad``.
+    """
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+
+    def hvp(vec: list[Tensor]) -> list[Tensor]:
+        return list(torch.autograd.grad(grads, params, grad_outputs=vec, retain_graph=True))
+
+    def power(shift: float) -> float:
+        vec = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
+        eig = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+        for _ in range(iters):
+            norm = torch.sqrt(sum((v * v).sum() for v in vec))
+            vec = [v / norm for v in vec]
+            hv = hvp(vec)
+            if shift:
+                hv = [h - shift * v for h, v in zip(hv, vec)]
+            eig = sum((h * v).sum() for h, v in zip(hv, vec))
+            vec = [h.detach() for h in hv]
+        return float(eig) + shift
+
+    top = power(0.0)
+    if top < 0 and math.isfinite(top):
+        top = power(top)
+    return top
+
+
+# ----- test error ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    labels: Tensor | None,
+    loss_fn: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    *,
+    chunk: int = 1000,
+) -> tuple[float, float | None]:
+    """(mean loss, accuracy or None) of ``model`` on a fixed set, in eval mode, in chunks.
+
+    The loss is the training loss averaged over examples (chunks weighted by size); accuracy is the
+    fraction of argmax predictions equal to ``labels`` (classification only).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        hits = torch.zeros((), dtype=torch.int64, device=x.device)
+        n = x.shape[0]
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            out = model(x[start:stop])
+            part_labels = None if labels is None else labels[start:stop]
+            total += loss_fn(out, y[start:stop], part_labels).to(torch.float64) * (stop - start)
+            if part_labels is not None:
+                hits += (out.argmax(dim=1) == part_labels).sum()
+        accuracy = None if labels is None else float(hits) / n
+        return float(total) / n, accuracy
+    finally:
+        model.train(was_training)
