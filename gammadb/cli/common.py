@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import polars as pl
 import typer
 from typer.core import TyperGroup
@@ -43,16 +42,16 @@ class GammadbGroup(TyperGroup):
     """Maps gammadb errors to one line on stderr and the error's exit code (traceback only with
     GAMMADB_DEBUG=1)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except GammadbError as exc:
             if os.environ.get("GAMMADB_DEBUG") == "1":
                 raise
-            click.echo(f"error: {mask(str(exc))}", err=True)
+            typer.echo(f"error: {mask(str(exc))}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            click.echo("interrupted: everything logged so far is committed", err=True)
+            typer.echo("interrupted: everything logged so far is committed", err=True)
             raise typer.Exit(130) from None
 
 
