@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import os
 import uuid
+
+# Tests train tiny models: one intra-op thread each is fastest, and stays fast when the machine's
+# cores are shared (subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 from collections.abc import Iterator
 from pathlib import Path
 

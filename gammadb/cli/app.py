@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gammadb.cli import analyze, db, plot, runs, sql, transfer
+from gammadb.cli import analyze, db, plot, run, runs, sql, transfer
 from gammadb.cli.common import new_app
 
 app = new_app(
@@ -12,6 +12,8 @@ app = new_app(
 app.add_typer(db.app, name="db")
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(runs.sweeps_app, name="sweeps")
+app.command("run")(run.run)
+app.command("worker")(run.worker)
 app.command("sql")(sql.sql)
 app.command("import")(transfer.import_)
 app.command("export")(transfer.export)

@@ -1,0 +1,3 @@
+from gammadb.cli import main
+
+main()

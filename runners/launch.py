@@ -1,0 +1,239 @@
+"""Launching sweeps: in this process, as local worker processes, or as submitit jobs (local/SLURM).
+
+Every path goes through the store: `prepare` creates the runs, workers claim them transactionally,
+so any mix of launchers and machines can drain one sweep without running a point twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from gammadb.errors import InvalidSpecError
+from gammadb.records import RunRecord
+from gammadb.schema import RunStatus
+from gammadb.store import Store
+from gammadb.urls import resolve_url
+from runners.spec import SweepSpec
+from runners.sweep import NullReporter, SweepPlan, SweepReport, WorkOptions, prepare, run_sweep, work
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchOptions:
+    device: str = "auto"
+    workers: int = 1
+    launcher: str = "none"  # none | local | slurm
+    partition: Optional[str] = None
+    gpus_per_task: int = 0
+    array_parallelism: int = 64
+    time_min: int = 240
+    checkpoint_dir: Optional[Path] = None
+    checkpoint_every: float = 300.0
+    threads: Optional[int] = None
+    progress: bool = True
+    quiet: bool = False
+
+
+def plan_of(spec: SweepSpec) -> SweepPlan:
+    return SweepPlan(name=spec.name, spec=spec.to_dict(), configs=spec.expand(),
+                     adaptive=spec.adaptive, decades_below=spec.decades_below)
+
+
+def set_threads(threads: Optional[int], workers: int = 1) -> None:
+    import torch
+
+    n = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(n)
+
+
+def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
+    """Run ``spec`` as ``opts`` says; returns the final summary text."""
+    plan = plan_of(spec)  # validates every config before anything is written
+    work_opts = WorkOptions(device=opts.device, checkpoint_dir=opts.checkpoint_dir,
+                            checkpoint_every_seconds=opts.checkpoint_every)
+    with Store.open(url) as store:
+        if opts.workers == 1 and opts.launcher == "none":
+            set_threads(opts.threads)
+            reporter: Any = (RichReporter() if opts.progress else LineReporter()) if not opts.quiet else NullReporter()
+            with reporter:
+                report = run_sweep(store, plan, work_opts, reporter)
+            return summary_text(store, report)
+        if plan.adaptive:
+            raise InvalidSpecError("the adaptive eta scan runs in one process: drop --workers/--launcher, "
+                                   "or use --full-grid")
+        t0 = time.perf_counter()
+        _, runs = prepare(store, plan)
+        if opts.launcher == "none":
+            _local_workers(url, plan.name, opts)
+        else:
+            done = _submitit(url, plan.name, opts)
+            if not done:
+                return (f"submitted {opts.workers} workers for sweep {plan.name!r} to SLURM; watch with "
+                        f"`gammadb sweeps ls` and `gammadb runs ls --sweep {plan.name}`")
+        report = SweepReport(sweep=plan.name, total=len(runs), run_ids=[r.id for r in runs],
+                             skipped=sum(r.status.finished for r in runs))
+        for r in store.runs(sweep=plan.name):
+            if r.id in set(report.run_ids) and not any(r.id == x.id and x.status.finished for x in runs):
+                if r.status == RunStatus.COMPLETED:
+                    report.completed += 1
+                elif r.status == RunStatus.DIVERGED:
+                    report.diverged += 1
+                elif r.status == RunStatus.FAILED:
+                    report.failed += 1
+        report.seconds = time.perf_counter() - t0
+        return summary_text(store, report)
+
+
+def worker_main(url: Optional[str], sweep: str, *, device: str = "auto", max_runs: Optional[int] = None,
+                grace: float = 300.0, checkpoint_dir: Optional[Path] = None, checkpoint_every: float = 300.0,
+                threads: Optional[int] = None, quiet: bool = False) -> str:
+    """`gammadb worker`: drain a sweep's pending runs."""
+    set_threads(threads)
+    with Store.open(url) as store:
+        reporter = NullReporter() if quiet else LineReporter()
+        report = work(store, sweep, WorkOptions(device=device, checkpoint_dir=checkpoint_dir,
+                                                checkpoint_every_seconds=checkpoint_every),
+                      reporter, max_runs=max_runs, stale_after_s=grace)
+    return (f"worker done: {report.total} runs ({report.completed} completed, {report.diverged} diverged, "
+            f"{report.failed} failed) in {report.seconds:.1f} s")
+
+
+def _worker_env(url: Optional[str]) -> dict[str, str]:
+    # The URL travels in the environment, not on a command line that `ps` shows to every user.
+    return {**os.environ, "GAMMADB_URL": resolve_url(url)}
+
+
+def _local_workers(url: Optional[str], sweep: str, opts: LaunchOptions) -> None:
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // opts.workers)
+    cmd = [sys.executable, "-m", "gammadb", "worker", "--sweep", sweep, "--device", opts.device,
+           "--threads", str(threads), "--quiet"]
+    if opts.checkpoint_dir is not None:
+        cmd += ["--checkpoint-dir", str(opts.checkpoint_dir), "--checkpoint-every", str(opts.checkpoint_every)]
+    procs = [subprocess.Popen(cmd, env=_worker_env(url)) for _ in range(opts.workers)]
+    try:
+        for p in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()  # each worker commits its batch and puts its run back to pending
+        for p in procs:
+            p.wait()
+        raise
+
+
+def _submitit_job(url: str, sweep: str, device: str, checkpoint_dir: Optional[str], threads: Optional[int]) -> str:
+    return worker_main(url, sweep, device=device, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+                       threads=threads, quiet=True)
+
+
+def _submitit(url: Optional[str], sweep: str, opts: LaunchOptions) -> bool:
+    """Submit workers through submitit; True when they ran to completion here (local executor)."""
+    try:
+        import submitit
+    except ImportError:
+        raise InvalidSpecError("--launcher needs submitit: pip install 'gammadb[slurm]'") from None
+    folder = Path(".gammadb-submitit") / sweep
+    if opts.launcher == "local":
+        executor: Any = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=opts.time_min)
+    else:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params: dict[str, Any] = dict(timeout_min=opts.time_min, slurm_array_parallelism=opts.array_parallelism,
+                                      gpus_per_node=opts.gpus_per_task, tasks_per_node=1, cpus_per_task=max(1, opts.threads or 4))
+        if opts.partition:
+            params["slurm_partition"] = opts.partition
+        executor.update_parameters(**params)
+    args = [resolve_url(url)] * opts.workers
+    ck = str(opts.checkpoint_dir) if opts.checkpoint_dir else None
+    jobs = executor.map_array(_submitit_job, args, [sweep] * opts.workers, [opts.device] * opts.workers,
+                              [ck] * opts.workers, [opts.threads or 1] * opts.workers)
+    if opts.launcher == "local":
+        for job in jobs:
+            job.result()
+        return True
+    return False
+
+
+def summary_text(store: Store, report: SweepReport) -> str:
+    runs = store.runs_frame(report.sweep)
+    if report.run_ids:
+        import polars as pl
+
+        runs = runs.filter(pl.col("run_id").is_in(report.run_ids))
+    by_status = {s: int((runs["status"] == s).sum()) for s in ("completed", "diverged", "failed", "pending", "running")}
+    lines = [
+        f"sweep {report.sweep!r}: {runs.height} runs in the store for this spec "
+        + ", ".join(f"{n} {s}" for s, n in by_status.items() if n),
+        f"this invocation: {report.completed} completed, {report.diverged} diverged, {report.failed} failed, "
+        f"{report.skipped} already done" + (f", {report.not_needed} skipped by the adaptive scan" if report.not_needed else "")
+        + f" ({report.seconds:.1f} s)",
+    ]
+    if runs.height and "final_loss" in runs.columns:
+        import polars as pl
+
+        best = (runs.filter(pl.col("status") == "completed").sort("final_loss").head(1))
+        if best.height:
+            b = best.row(0, named=True)
+            lines.append(f"best final loss {b['final_loss']:.4g} at gamma={b['gamma']:g}, eta={b['eta']:g} (run {b['run_id']})")
+    lines.append(f"next: gammadb analyze optimal-lr --sweep {report.sweep}")
+    return "\n".join(lines)
+
+
+class LineReporter:
+    """One line per finished run on stderr (no terminal needed)."""
+
+    def __enter__(self) -> "LineReporter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def run_started(self, run: RunRecord, index: int, total: int) -> None:
+        self._index, self._total = index, total
+
+    def step(self, run_id: int, step: int, total: int) -> None:
+        pass
+
+    def run_finished(self, run: RunRecord, status: RunStatus, steps: int, final_loss: Optional[float]) -> None:
+        where = f"[{self._index}/{self._total}] " if getattr(self, "_total", 0) else ""
+        loss = f"{final_loss:.4g}" if final_loss is not None else "-"
+        print(f"{where}run {run.id} gamma={run.gamma:g} eta={run.eta:g} seed={run.seed}: {status.value} "
+              f"after {steps} steps, loss {loss}", file=sys.stderr, flush=True)
+
+
+class RichReporter(LineReporter):
+    """A progress bar (runs done / total with ETA; the current run's steps) and a line per run."""
+
+    def __enter__(self) -> "RichReporter":
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self._progress.__enter__()
+        self._runs = self._progress.add_task("runs", total=None)
+        self._steps = self._progress.add_task("steps", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def run_started(self, run: RunRecord, index: int, total: int) -> None:
+        super().run_started(run, index, total)
+        self._progress.update(self._runs, total=total, completed=index - 1)
+        self._progress.update(self._steps, total=run.steps_planned, completed=0,
+                              description=f"run {run.id} gamma={run.gamma:g} eta={run.eta:g}")
+
+    def step(self, run_id: int, step: int, total: int) -> None:
+        self._progress.update(self._steps, completed=step)
+
+    def run_finished(self, run: RunRecord, status: RunStatus, steps: int, final_loss: Optional[float]) -> None:
+        self._progress.update(self._runs, advance=1)
+        loss = f"{final_loss:.4g}" if final_loss is not None else "-"
+        self._progress.console.print(f"run {run.id} gamma={run.gamma:g} eta={run.eta:g} seed={run.seed}: "
+                                     f"{status.value} after {steps} steps, loss {loss}")

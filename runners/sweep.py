@@ -1,0 +1,290 @@
+"""Sweeps against the store: create the runs of a plan, claim them one at a time, train, record.
+
+The same claim loop serves `gammadb run` (this process works through its own sweep) and
+`gammadb worker` (any number of processes on any number of machines drain a sweep together):
+claims are transactional (see :meth:`gammadb.store.Store.claim_next`), so no run is trained twice.
+
+Idempotent and resumable: completed and diverged runs are results and are skipped; runs left
+'running' by a dead local process, and failed runs, go back to pending when the sweep is run again;
+a restarted run resumes from its last checkpoint (when a checkpoint directory is set) or from step 1,
+and the store upserts the steps it rewrites.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+from gammadb.errors import GammadbError, InvalidSpecError
+from gammadb.metrics import MetricKey
+from gammadb.records import RunRecord, RunSpec
+from gammadb.schema import RunStatus
+from gammadb.store import Store, worker_id
+from gammadb.writer import MetricWriter
+from runners.config import RunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    """What to run: the sweep's name, its spec (stored verbatim with the sweep) and its runs.
+
+    With ``adaptive``, the paper's learning-rate scan: for each (group, gamma), etas are tried from
+    large to small; the first eta at which no seed diverges is the largest convergent one; the scan
+    continues ``decades_below`` decades below it and stops (the remaining etas are never created).
+    """
+
+    name: str
+    spec: Mapping[str, Any]
+    configs: Sequence[RunConfig]
+    adaptive: bool = False
+    decades_below: float = 2.0
+
+
+@dataclasses.dataclass
+class SweepReport:
+    sweep: str
+    total: int = 0
+    skipped: int = 0  # already finished before this invocation
+    completed: int = 0
+    diverged: int = 0
+    failed: int = 0
+    not_needed: int = 0  # adaptive scan: grid points below the scan's range
+    run_ids: list[int] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Reporter(Protocol):
+    def run_started(self, run: RunRecord, index: int, total: int) -> None: ...
+    def step(self, run_id: int, step: int, total: int) -> None: ...
+    def run_finished(self, run: RunRecord, status: RunStatus, steps: int, final_loss: Optional[float]) -> None: ...
+
+
+class NullReporter:
+    def run_started(self, run: RunRecord, index: int, total: int) -> None:
+        pass
+
+    def step(self, run_id: int, step: int, total: int) -> None:
+        pass
+
+    def run_finished(self, run: RunRecord, status: RunStatus, steps: int, final_loss: Optional[float]) -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkOptions:
+    device: str = "auto"
+    checkpoint_dir: Optional[Path] = None
+    checkpoint_every_steps: Optional[int] = None
+    checkpoint_every_seconds: Optional[float] = 300.0
+    flush_seconds: float = 2.0
+    batch_rows: int = 20_000
+
+
+def run_spec(config: RunConfig) -> RunSpec:
+    hp = config.hyper_params()
+    return RunSpec(
+        model=hp["model"], dataset=hp["dataset"], loss_fn=hp["loss_fn"], optimizer=hp["optimizer"],
+        depth=hp["depth"], width=hp["width"], batch_size=hp["batch_size"], gamma=hp["gamma"],
+        eta=hp["eta"], seed=hp["seed"], dtype=hp["dtype"], steps_planned=hp["steps"],
+        config=config.to_dict(),
+    )
+
+
+def prepare(store: Store, plan: SweepPlan) -> tuple[int, list[RunRecord]]:
+    """Validate every config (nothing is written when one is bad), then create the sweep and runs."""
+    if not plan.configs:
+        raise InvalidSpecError(f"sweep {plan.name!r} has no runs: check the gamma/eta grids and seeds")
+    for c in plan.configs:
+        c.validate()
+    sweep = store.ensure_sweep(plan.name, dict(plan.spec))
+    store.requeue(plan.name, failed=True)  # runs left by a dead local process, and failed ones
+    if plan.adaptive:
+        return sweep.id, []
+    return sweep.id, store.ensure_runs(sweep.id, [run_spec(c) for c in plan.configs])
+
+
+def run_sweep(store: Store, plan: SweepPlan, options: WorkOptions = WorkOptions(),
+              reporter: Reporter = NullReporter()) -> SweepReport:
+    """Run (or resume) a sweep in this process. Ctrl-C / SIGTERM stop cleanly: the current run's steps
+    so far are committed and it goes back to pending, to resume on the next invocation."""
+    t0 = time.perf_counter()
+    sweep_id, runs = prepare(store, plan)
+    report = SweepReport(sweep=plan.name)
+    with _terminate_as_interrupt():
+        if plan.adaptive:
+            _adaptive(store, sweep_id, plan, options, reporter, report)
+        else:
+            report.total = len(runs)
+            report.run_ids = [r.id for r in runs]
+            report.skipped = sum(r.status.finished for r in runs)
+            done = report.skipped
+            ids = [r.id for r in runs]
+            while True:
+                run = store.claim_next(sweep_id, run_ids=ids)
+                if run is None:
+                    break
+                done += 1
+                reporter.run_started(run, done, report.total)
+                _tally(report, train_claimed(store, run, options, reporter))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
+         reporter: Reporter = NullReporter(), *, max_runs: Optional[int] = None,
+         stale_after_s: float = 300.0) -> SweepReport:
+    """`gammadb worker`: claim pending runs of ``sweep`` until none is left (or ``max_runs``)."""
+    t0 = time.perf_counter()
+    rec = store.get_sweep(sweep)
+    report = SweepReport(sweep=sweep)
+    with _terminate_as_interrupt():
+        while max_runs is None or report.total < max_runs:
+            store.requeue(sweep, stale_after_s=stale_after_s)
+            run = store.claim_next(rec.id)
+            if run is None:
+                break
+            report.total += 1
+            report.run_ids.append(run.id)
+            reporter.run_started(run, report.total, 0)
+            _tally(report, train_claimed(store, run, options, reporter))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: Reporter) -> RunStatus:
+    """Train one claimed run and record its end. Exceptions in training mark it failed (with the
+    error text) and the sweep goes on; a store failure or an interrupt propagates."""
+    from runners.checkpoint import CheckpointPolicy
+    from runners.train import resolve_device, train
+
+    config = RunConfig.from_dict(run.config)
+    device = str(resolve_device(options.device))
+    store.mark_running(run.id, worker=worker_id(), device=device)
+    policy = None
+    if options.checkpoint_dir is not None:
+        policy = CheckpointPolicy(
+            directory=Path(options.checkpoint_dir) / _safe(run.sweep) / str(run.id),
+            every_steps=options.checkpoint_every_steps, every_seconds=options.checkpoint_every_seconds,
+        )
+    writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
+    sink = _StoreSink(writer, run.id, config.steps, reporter)
+    try:
+        try:
+            outcome = train(config, sink, device=device, checkpoint=policy)
+        except (KeyboardInterrupt, SystemExit):
+            writer.close()  # keep every step logged so far
+            store.reset_runs([run.id])
+            raise
+        except GammadbError:
+            writer.close()
+            raise
+        except Exception as exc:  # a bug or a bad config in one run must not stop the sweep
+            writer.close()
+            text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            store.finish_run(run.id, RunStatus.FAILED, steps_done=sink.last_step, error=text)
+            reporter.run_finished(run, RunStatus.FAILED, sink.last_step, None)
+            return RunStatus.FAILED
+        writer.close()
+    finally:
+        writer.close()
+    status = RunStatus.DIVERGED if outcome.status == "diverged" else RunStatus.COMPLETED
+    # A restarted run may have left steps beyond where this one ended (e.g. it diverged earlier on a
+    # non-deterministic GPU): drop them so the series is exactly this run's.
+    store.delete_steps_after(run.id, outcome.steps_done)
+    store.finish_run(run.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at)
+    reporter.run_finished(run, status, outcome.steps_done, sink.last_loss)
+    return status
+
+
+class _StoreSink:
+    """Adapts the trainer's per-step calls to the batched writer (which only appends to a list)."""
+
+    def __init__(self, writer: MetricWriter, run_id: int, total: int, reporter: Reporter) -> None:
+        self.writer, self.run_id, self.total, self.reporter = writer, run_id, total, reporter
+        self.last_step = 0
+        self.last_loss: Optional[float] = None
+        self._loss_key = MetricKey("loss")
+        self._every = max(1, total // 200)
+
+    def log(self, step: int, values: Mapping[MetricKey, float]) -> None:
+        self.writer.log(self.run_id, step, values)
+        self.last_step = step
+        self.last_loss = values.get(self._loss_key, self.last_loss)
+        if step % self._every == 0:
+            self.reporter.step(self.run_id, step, self.total)
+
+
+def _adaptive(store: Store, sweep_id: int, plan: SweepPlan, options: WorkOptions, reporter: Reporter,
+              report: SweepReport) -> None:
+    ladders: dict[tuple, dict[float, list[RunConfig]]] = {}
+    for c in plan.configs:
+        key = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ("eta", "seed")))
+        ladders.setdefault(key, {}).setdefault(float(c.eta), []).append(c)
+    report.total = len(plan.configs)
+    index = 0
+    for ladder in ladders.values():
+        largest_convergent: Optional[float] = None
+        for eta in sorted(ladder, reverse=True):
+            if largest_convergent is not None and eta < largest_convergent * 10 ** (-plan.decades_below) * (1 - 1e-9):
+                report.not_needed += len(ladder[eta])
+                continue
+            runs = store.ensure_runs(sweep_id, [run_spec(c) for c in ladder[eta]])
+            report.run_ids.extend(r.id for r in runs)
+            statuses = []
+            for run in runs:
+                index += 1
+                if run.status.finished:
+                    report.skipped += 1
+                    statuses.append(run.status)
+                    continue
+                claimed = store.claim_next(sweep_id, run_ids=[run.id])
+                if claimed is None:  # another process has it
+                    continue
+                reporter.run_started(claimed, index, report.total)
+                status = train_claimed(store, claimed, options, reporter)
+                _tally(report, status)
+                statuses.append(status)
+            if largest_convergent is None and statuses and RunStatus.DIVERGED not in statuses:
+                largest_convergent = eta
+
+
+def _tally(report: SweepReport, status: RunStatus) -> None:
+    if status == RunStatus.COMPLETED:
+        report.completed += 1
+    elif status == RunStatus.DIVERGED:
+        report.diverged += 1
+    elif status == RunStatus.FAILED:
+        report.failed += 1
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (e.g. from SLURM or `kill`) stops like Ctrl-C: the current batch is committed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def finite_or_none(v: Optional[float]) -> Optional[float]:
+    return v if v is not None and math.isfinite(v) else None

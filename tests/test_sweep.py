@@ -1,0 +1,131 @@
+"""Sweeps against a real store: every step recorded, idempotent re-runs, divergence, crash recovery."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from gammadb.schema import RunStatus
+from gammadb.store import Store
+from runners.config import RunConfig
+from runners.sweep import SweepPlan, WorkOptions, run_sweep
+
+ROOT = Path(__file__).parent.parent
+
+
+def tiny(**kw) -> RunConfig:
+    base = dict(model="mlp", task="teacher", depth=3, width=16, batch_size=8, steps=25, cadence="log",
+                sharpness_iters=5, test_size=64)
+    return RunConfig(**{**base, **kw})
+
+
+def plan(name: str = "tiny", etas=(0.05, 0.2), gammas=(0.5, 2.0), **kw) -> SweepPlan:
+    configs = [tiny(gamma=g, eta=e, **kw) for g in gammas for e in etas]
+    return SweepPlan(name=name, spec={"test": True}, configs=configs)
+
+
+def count_values(store: Store) -> int:
+    return int(store.read("SELECT COUNT(*) AS n FROM metric_values")["n"][0])
+
+
+def test_sweep_records_every_step_and_reruns_add_nothing(store: Store) -> None:
+    rep = run_sweep(store, plan(), WorkOptions(device="cpu"))
+    assert (rep.total, rep.completed + rep.diverged, rep.failed) == (4, 4, 0)
+    runs = store.runs_frame("tiny")
+    assert runs["status"].to_list() == ["completed"] * 4
+    assert runs["steps_done"].to_list() == [25] * 4
+    loss = store.series(runs["run_id"].to_list(), metrics=["loss"])
+    assert loss.group_by("run_id").agg(pl.col("step").n_unique())["step"].to_list() == [25] * 4
+    wc = store.series(runs["run_id"].to_list(), metrics=["weight_change"])
+    assert sorted(wc["layer"].unique().to_list()) == [1, 2, 3]
+    assert runs["final_loss"].is_not_null().all()
+    n = count_values(store)
+    again = run_sweep(store, plan(), WorkOptions(device="cpu"))
+    assert again.skipped == 4 and again.completed == 0
+    assert count_values(store) == n
+
+
+def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(store: Store) -> None:
+    rep = run_sweep(store, plan("div", etas=(1e6, 0.05), gammas=(1.0,)), WorkOptions(device="cpu"))
+    assert rep.diverged == 1 and rep.completed == 1
+    runs = store.runs_frame("div").sort("eta")
+    assert runs["status"].to_list() == ["completed", "diverged"]
+    bad = runs.row(1, named=True)
+    assert bad["diverged_at"] is not None and bad["steps_done"] == bad["diverged_at"]
+    loss = store.series([bad["run_id"]])["value"].to_list()
+    assert not math.isfinite(loss[-1]) and len(loss) == bad["diverged_at"]
+
+
+def test_adaptive_scan_stops_below_the_largest_convergent_eta(store: Store) -> None:
+    etas = (1e6, 1e4, 0.3, 0.1, 0.03, 0.01, 0.003)
+    p = SweepPlan(name="ad", spec={}, configs=[tiny(gamma=1.0, eta=e, steps=10) for e in etas],
+                  adaptive=True, decades_below=1.0)
+    rep = run_sweep(store, p, WorkOptions(device="cpu"))
+    ran = sorted(store.runs_frame("ad")["eta"].to_list())
+    assert rep.diverged >= 1
+    largest = max(r["eta"] for r in store.runs_frame("ad").iter_rows(named=True) if r["status"] == "completed")
+    assert min(ran) >= largest / 10 * (1 - 1e-9) and rep.not_needed >= 1
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    from gammadb.store import Store
+    from runners.sweep import SweepPlan, WorkOptions, run_sweep
+    from tests.test_sweep import tiny
+    store = Store.open(sys.argv[1])
+    p = SweepPlan(name="crash", spec={}, configs=[tiny(gamma=1.0, eta=0.05, steps=int(sys.argv[2]),
+                  seed=s, cadence="none", sharpness=False, ntk=False) for s in (0, 1)])
+    run_sweep(store, p, WorkOptions(device="cpu", flush_seconds=0.05, batch_rows=200,
+              checkpoint_dir=sys.argv[3] if sys.argv[3] != "-" else None, checkpoint_every_steps=50))
+""")
+
+
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["restart", "resume"])
+def test_sigkill_mid_run_leaves_whole_batches_and_the_rerun_matches_a_clean_run(
+        sqlite_url: str, tmp_path: Path, checkpoints: bool) -> None:
+    steps = 1500
+    ckpt = str(tmp_path / "ckpt") if checkpoints else "-"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, sqlite_url, str(steps), ckpt], env=env, cwd=ROOT)
+    store = Store.open(sqlite_url)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            n = count_values(store)
+        except Exception:
+            continue
+        if n > 2000:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    runs = store.runs_frame("crash")
+    killed = runs.filter(pl.col("status") == "running")
+    assert killed.height == 1, runs
+    run_id = killed["run_id"][0]
+    # Whole batches only: every stored step has all its per-step metrics, and steps_done agrees.
+    per_step = store.series([run_id], metrics=["loss", "weight_change", "feature_alignment"])
+    counts = per_step.group_by("step").len()["len"].unique().to_list()
+    assert counts == [5]
+    assert per_step["step"].max() == killed["steps_done"][0]
+
+    subprocess.run([sys.executable, "-c", SCRIPT, sqlite_url, str(steps), ckpt], env=env, cwd=ROOT, check=True)
+    runs = store.runs_frame("crash")
+    assert runs["status"].to_list() == ["completed", "completed"]
+    got = store.series(runs["run_id"].to_list(), metrics=["loss"])
+
+    ref_url = f"sqlite:///{tmp_path / 'ref.sqlite'}"
+    subprocess.run([sys.executable, "-c", SCRIPT, ref_url, str(steps), "-"], env=env, cwd=ROOT, check=True)
+    ref = Store.open(ref_url)
+    want = ref.series(ref.runs_frame("crash")["run_id"].to_list(), metrics=["loss"])
+    assert got.height == want.height == 2 * steps
+    assert got["value"].to_list() == want["value"].to_list()  # bit for bit on CPU
