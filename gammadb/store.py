@@ -526,35 +526,49 @@ class Store:
 
     # ------------------------------------------------------------------ reads
     def read(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
-        """Run a read query written with ``?`` placeholders through ADBC into polars."""
-        if self.backend == "postgresql":
-            sql = _dollar_params(sql)
+        """Run a read query written with ``?`` placeholders; the rows as a polars frame.
+
+        PostgreSQL reads go through ADBC (Arrow, no Python objects per row). SQLite reads go through
+        the sqlite3 driver on purpose: ADBC's SQLite driver carries its own copy of the SQLite
+        library, and two copies in one process do not see each other's POSIX locks, so a process that
+        writes with one and reads with the other can corrupt the WAL index (seen here: a worker
+        killed by SIGBUS).
+        """
         try:
-            with self.adbc() as conn:
-                if params:
-                    return pl.read_database(sql, conn, execute_options={"parameters": tuple(params)})
-                return pl.read_database(sql, conn)
+            if self.backend == "postgresql":
+                with self.adbc() as conn:
+                    sql = _dollar_params(sql)
+                    if params:
+                        return pl.read_database(sql, conn, execute_options={"parameters": tuple(params)})
+                    return pl.read_database(sql, conn)
+            conn = self.raw_connection(read_only=True)
+            try:
+                cur = conn.execute(sql, tuple(params))
+                names = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+            finally:
+                conn.close()
+            if not rows:
+                return pl.DataFrame(schema={n: pl.Null for n in names})
+            return pl.DataFrame(dict(zip(names, map(list, zip(*rows)))), strict=False)
         except GammadbError:
             raise
-        except Exception as exc:  # ADBC raises its own DB-API errors
+        except Exception as exc:  # driver errors of either backend
             raise GammadbError(f"query failed: {_one_line(exc)}") from None
 
     @contextlib.contextmanager
     def adbc(self) -> Iterator[Any]:
+        """An ADBC connection to a PostgreSQL store (see :meth:`read` for why not SQLite)."""
+        if self.backend != "postgresql":
+            raise GammadbError("ADBC connections are used for PostgreSQL stores only")
         try:
-            if self.backend == "sqlite":
-                import adbc_driver_sqlite.dbapi as adbc_sqlite
-
-                path = sqlite_path(self.url)
-                conn = adbc_sqlite.connect(f"file:{path}?mode=ro")
-            else:
-                try:
-                    import adbc_driver_postgresql.dbapi as adbc_pg
-                except ImportError:
-                    raise StoreUnavailableError(
-                        "PostgreSQL reads need adbc-driver-postgresql: pip install 'gammadb[postgres]'"
-                    ) from None
-                conn = adbc_pg.connect(libpq_uri(self.url))
+            try:
+                import adbc_driver_postgresql.dbapi as adbc_pg
+            except ImportError:
+                raise StoreUnavailableError(
+                    "PostgreSQL reads need adbc-driver-postgresql: pip install 'gammadb[postgres]'"
+                ) from None
+            conn = adbc_pg.connect(libpq_uri(self.url))
         except GammadbError:
             raise
         except Exception as exc:

@@ -68,6 +68,12 @@ class Reporter(Protocol):
 
 
 class NullReporter:
+    def __enter__(self) -> "NullReporter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
     def run_started(self, run: RunRecord, index: int, total: int) -> None:
         pass
 
@@ -174,6 +180,7 @@ def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: 
             directory=Path(options.checkpoint_dir) / _safe(run.sweep) / str(run.id),
             every_steps=options.checkpoint_every_steps, every_seconds=options.checkpoint_every_seconds,
         )
+        _drop_checkpoints_ahead_of_store(policy.directory, run.steps_done)
     writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
     sink = _StoreSink(writer, run.id, config.steps, reporter)
     try:
@@ -202,6 +209,17 @@ def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: 
     store.finish_run(run.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at)
     reporter.run_finished(run, status, outcome.steps_done, sink.last_loss)
     return status
+
+
+def _drop_checkpoints_ahead_of_store(directory: Path, steps_committed: int) -> None:
+    """A checkpoint can be newer than the last committed batch (the process died between saving it
+    and the writer's next commit). Resuming from it would leave a gap in the series, so only
+    checkpoints at or before the committed step count are kept; with none left the run restarts."""
+    from runners.checkpoint import checkpoint_files
+
+    for path in checkpoint_files(directory):  # named step_{t:09d}.pt
+        if int(path.stem.split("_")[1]) > steps_committed:
+            path.unlink(missing_ok=True)
 
 
 class _StoreSink:

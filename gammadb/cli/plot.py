@@ -1,7 +1,104 @@
-"""gammadb plot (being built: see the plot issue)."""
+"""gammadb plot: loss curves, trajectory collapse and per-step metrics as Altair charts."""
 
 from __future__ import annotations
 
-from gammadb.cli.common import new_app
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
 
-app = new_app("plot")
+import typer
+
+from gammadb.cli.analyze_curves import EtaOpt, Family, GammaMinOpt, RunOpt
+from gammadb.cli.common import SweepOpt, UrlOpt, echo, new_app
+
+app = new_app("Charts of loss curves, trajectory collapse and per-step metrics (html, json, svg, png, pdf).")
+
+
+class XAxis(str, enum.Enum):
+    step = "step"
+    tau = "tau"
+
+
+class Facet(str, enum.Enum):
+    gamma = "gamma"
+    eta = "eta"
+
+
+OutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", help="Chart file: .html (self-contained), .json (spec), .svg, .png or .pdf.")]
+
+
+WhereOpt = Annotated[Optional[list[str]], typer.Option(
+    "--where", "-w", help="Run filter 'column op value' (repeatable, ANDed), e.g. \"gamma > 10\".")]
+MetricOpt = Annotated[str, typer.Option("--metric", "-m", help="NAME or NAME.lK (layer K).")]
+PerDecadeOpt = Annotated[int, typer.Option(help="Log-step buckets per decade (min and max kept in each).")]
+MaxRowsOpt = Annotated[int, typer.Option(help="Most rows handed to the chart (fewer buckets beyond).")]
+
+
+@app.command("curves")
+def curves(sweep: SweepOpt, out: OutOpt = Path("curves.html"), metric: MetricOpt = "loss",
+           where: WhereOpt = None, run: RunOpt = None,
+           x: Annotated[XAxis, typer.Option("--x", help="Time axis: step, or tau = eta step / gamma.")] = XAxis.step,
+           marks: Annotated[bool, typer.Option(help="Mark detected plateaus and drops (loss only).")] = True,
+           per_decade: PerDecadeOpt = 40, max_rows: MaxRowsOpt = 20_000, url: UrlOpt = None) -> None:
+    """Loss (or metric) curves on log-log axes: one colour per gamma, seed mean with a min/max band.
+
+    Example: gammadb plot curves --sweep toy-L3 --where "gamma >= 10" --x tau --out curves.html
+    """
+    from analysis.charts_curves import curves_figure, save_chart
+    from gammadb.store import Store
+
+    with Store.open(url) as store:
+        chart, info = curves_figure(store, sweep, metric=metric, where=where or (), run_ids=run, x=x.value,
+                                    marks=marks, per_decade=per_decade, max_rows=max_rows)
+    save_chart(chart, out)
+    echo(f"wrote {out}: {info['curves']} curves from {info['runs']} runs, {info['rows']} points, "
+         f"{info['marks']} plateau/drop marks")
+
+
+@app.command("collapse")
+def collapse(sweep: SweepOpt, out: OutOpt = Path("collapse.html"), metric: MetricOpt = "loss",
+             family: Annotated[Family, typer.Option("--family", help="fixed | eta-star | all")] = Family.fixed,
+             eta: EtaOpt = None, gamma_min: GammaMinOpt = 1.0,
+             reference: Annotated[Optional[int], typer.Option("--reference", help="Reference run id.")] = None,
+             run: RunOpt = None, url: UrlOpt = None) -> None:
+    """Raw time, tau = eta t / gamma and the fitted time scale side by side (see analyze collapse).
+
+    Example: gammadb plot collapse --sweep toy-L3 --eta 0.1 --out collapse.png
+    """
+    from analysis.charts_curves import collapse_figure, save_chart
+    from analysis.collapse import analyze_collapse
+    from gammadb.store import Store
+
+    with Store.open(url) as store:
+        rep = analyze_collapse(store, sweep, metric=metric, along=family.value.replace("-", "_"), eta=eta,
+                               gamma_min=gamma_min or None, reference=reference, run_ids=run)
+    save_chart(collapse_figure(rep), out)
+    echo(f"wrote {out}: {rep.runs.height} runs; RMS before {_f(rep.rms_before)}, after tau {_f(rep.rms_after_theory)}, "
+         f"after fit {_f(rep.rms_after_fit)}")
+
+
+@app.command("metric")
+def metric(sweep: SweepOpt, metric: MetricOpt, out: OutOpt = Path("metric.html"),
+           facet: Annotated[Facet, typer.Option("--facet", help="One panel per gamma or per eta.")] = Facet.gamma,
+           x: Annotated[XAxis, typer.Option("--x", help="Time axis: step or tau.")] = XAxis.step,
+           where: WhereOpt = None, run: RunOpt = None,
+           edge: Annotated[Optional[bool], typer.Option(
+               "--edge/--no-edge", help="Draw the 2/eta line (default: for sharpness).")] = None,
+           per_decade: PerDecadeOpt = 40, max_rows: MaxRowsOpt = 20_000, url: UrlOpt = None) -> None:
+    """Any per-step metric against step or tau, faceted by gamma or eta (all layers unless NAME.lK).
+
+    Example: gammadb plot metric --sweep mlp --metric weight_change --facet gamma --out wc.svg
+    """
+    from analysis.charts_curves import metric_figure, save_chart
+    from gammadb.store import Store
+
+    with Store.open(url) as store:
+        chart, info = metric_figure(store, sweep, metric=metric, facet=facet.value, x=x.value, where=where or (),
+                                    run_ids=run, two_over_eta=edge, per_decade=per_decade, max_rows=max_rows)
+    save_chart(chart, out)
+    echo(f"wrote {out}: {info['panels']} panels, layers {info['layers']}, {info['rows']} points from {info['runs']} runs")
+
+
+def _f(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.4g}"

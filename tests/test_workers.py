@@ -1,0 +1,183 @@
+"""Scale-out and faults with real processes: parallel workers on SQLite and PostgreSQL, a killed
+database connection, a full disk, a read-only store, bad input."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from gammadb.cli import app
+from gammadb.errors import StoreUnavailableError
+from gammadb.store import Store
+from runners.config import RunConfig
+from runners.sweep import SweepPlan, prepare
+
+ROOT = Path(__file__).parent.parent
+
+
+def short(**kw) -> RunConfig:
+    base = dict(model="mlp", task="teacher", depth=2, width=8, batch_size=4, steps=5, cadence="none",
+                feature_alignment=False, ntk=False, sharpness=False, test_size=16)
+    return RunConfig(**{**base, **kw})
+
+
+def make_sweep(url: str, name: str, n: int, **kw) -> list[int]:
+    configs = [short(gamma=1.0, eta=0.01 * (i + 1), **kw) for i in range(n)]
+    with Store.open(url) as store:
+        _, runs = prepare(store, SweepPlan(name=name, spec={}, configs=configs))
+        return [r.id for r in runs]
+
+
+def start_worker(url: str, sweep: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "GAMMADB_URL": url, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "gammadb", "worker", "--sweep", sweep, "--threads", "1", *extra],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def drain(url: str, sweep: str, workers: int) -> Counter:
+    procs = [start_worker(url, sweep) for _ in range(workers)]
+    ran: Counter = Counter()
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+        assert "locked" not in err.lower(), err[-2000:]
+        ran.update(int(m) for m in re.findall(r"run (\d+) gamma=", err))
+    return ran
+
+
+@pytest.mark.parametrize("backend, workers", [("sqlite", 4), ("postgresql", 8)], ids=["sqlite-4", "postgresql-8"])
+def test_workers_drain_a_sweep_exactly_once(backend: str, workers: int, sqlite_url: str, request) -> None:
+    url = sqlite_url if backend == "sqlite" else request.getfixturevalue("pg_url")
+    ids = make_sweep(url, "drain", 64)
+    ran = drain(url, "drain", workers)
+    assert sorted(ran) == sorted(ids) and set(ran.values()) == {1}, "a run was trained twice or never"
+    with Store.open(url) as store:
+        runs = store.runs_frame("drain")
+        assert runs["status"].to_list() == ["completed"] * 64
+        n = store.read("SELECT COUNT(*) AS n, COUNT(DISTINCT run_id) AS r FROM metric_values")
+        assert (n["n"][0], n["r"][0]) == (64 * 5 * 3, 64)  # loss + 2 weight-change layers per step
+
+
+def test_a_killed_database_connection_under_a_writer_loses_nothing(pg_url: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    (run_id,) = make_sweep(pg_url, "kill", 1, steps=4000)
+    proc = start_worker(pg_url, "kill")
+    db = make_url(pg_url).database
+    admin = make_url(pg_url).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    killed = 0
+    with Store.open(pg_url) as store, psycopg.connect(admin, autocommit=True) as conn:
+        deadline = time.time() + 120
+        while time.time() < deadline and killed < 2:
+            time.sleep(0.5)
+            if store.get_run(run_id).steps_done > 200 * (killed + 1):
+                killed += conn.execute(
+                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid() AND application_name <> 'gammadb-test'", (db,)
+                ).fetchone()[0] > 0
+    out, err = proc.communicate(timeout=600)
+    assert killed >= 1
+    with Store.open(pg_url) as store:
+        run = store.get_run(run_id)
+        if run.status.value != "completed":  # the run failed cleanly: a requeue and a worker finish it
+            assert run.status.value == "failed", err[-2000:]
+            store.requeue("kill", failed=True)
+            assert drain(pg_url, "kill", 1)[run_id] == 1
+        loss = store.series([run_id])
+        assert loss["step"].to_list() == list(range(1, 4001))
+
+
+def _tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_full_disk_is_a_clear_error_and_the_store_stays_consistent(tmp_path: Path) -> None:
+    from gammadb.metrics import MetricKey
+
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "1m"):
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        url = f"sqlite:///{disk / 'store.sqlite'}"
+        (run_id,) = make_sweep(url, "full", 1)
+        with Store.open(url) as store:
+            with pytest.raises(StoreUnavailableError) as info:
+                with store.writer(batch_rows=5000) as w:
+                    for step in range(1, 200_000):
+                        w.log(run_id, step, {MetricKey("loss"): 1.0 / step})
+                    w.flush()
+            assert "full" in str(info.value).lower() or "disk" in str(info.value).lower()
+            steps = store.series([run_id])["step"].to_list()
+            assert steps == list(range(1, len(steps) + 1))  # whole batches only
+        import sqlite3
+
+        assert sqlite3.connect(disk / "store.sqlite").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_read_only_store_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ro.sqlite"
+    url = f"sqlite:///{path}"
+    make_sweep(url, "ro", 2)
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        r = CliRunner().invoke(app, ["run", "--url", url, "--name", "ro2", "--gamma", "1", "--eta", "0.1",
+                                     "--steps", "3", "--width", "8", "--quiet"])
+        assert r.exit_code == 5, r.output
+        assert "read-only" in r.output and "Traceback" not in r.output
+        r = CliRunner().invoke(app, ["runs", "ls", "--url", url, "--format", "csv"])
+        assert r.exit_code == 0 and r.output.count("\n") == 3
+    finally:
+        subprocess.run(["chattr", "-i", str(path)])
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["run", "--gamma", "-1"], 2, "gamma"),
+    (["run", "--gamma", "1e2:1e-2:3"], 2, "lo must be <= hi"),
+    (["run", "--model", "transformerXL"], 2, "model"),
+    (["run", "--task", "mnist1m", "--data-dir", "/nonexistent"], 3, "nonexistent"),
+    (["run", "nope.toml"], 3, "nope.toml"),
+    (["worker", "--sweep", "nope"], 3, "no sweep named"),
+    (["run", "--preset", "nope"], 2, "unknown preset"),
+], ids=["gamma", "grid", "model", "data-dir", "spec-file", "worker-sweep", "preset"])
+def test_bad_input_is_refused_before_anything_is_written(sqlite_url: str, args, code, text) -> None:
+    r = CliRunner().invoke(app, [*args, "--url", sqlite_url])
+    assert r.exit_code == code, r.output
+    assert text in r.output and len(r.output.strip().splitlines()) == 1
+    if Path(sqlite_url[len("sqlite:///"):]).exists():
+        with Store.open(sqlite_url) as store:
+            assert store.runs_frame().height == 0
+
+
+def test_malformed_spec_file(sqlite_url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 'x'\ngamma = [1.0\n")
+    r = CliRunner().invoke(app, ["run", str(bad), "--url", sqlite_url])
+    assert r.exit_code == 2 and "TOML" in r.output
+
+
+def test_run_with_local_workers_cli(sqlite_url: str, tmp_path: Path) -> None:
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'name = "par"\ngamma = [0.5, 2.0]\neta = [0.01, 0.1]\nseeds = 2\nsteps = 5\n'
+        '[base]\nmodel = "mlp"\ntask = "teacher"\ndepth = 2\nwidth = 8\nbatch_size = 4\ncadence = "none"\n'
+        'ntk = false\nsharpness = false\nfeature_alignment = false\n'
+    )
+    r = CliRunner().invoke(app, ["run", str(spec), "--url", sqlite_url, "--workers", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    with Store.open(sqlite_url) as store:
+        assert store.runs_frame("par")["status"].to_list() == ["completed"] * 8
