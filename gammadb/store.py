@@ -365,6 +365,24 @@ class Store:
             s.flush()
             return _run_record(row, s.scalar(select(Sweep.name).where(Sweep.id == sweep_id)))
 
+    def claim_many(self, sweep_id: int, run_ids: Sequence[int], *, limit: int,
+                   worker: str | None = None) -> list[RunRecord]:
+        """Claim up to ``limit`` pending runs among ``run_ids`` in one transaction (an ensemble)."""
+        if not run_ids or limit < 1:
+            return []
+        with self.session_scope() as s:
+            q = (select(Run).where(Run.sweep_id == sweep_id, Run.status == RunStatus.PENDING,
+                                   Run.id.in_(list(run_ids)))
+                 .order_by(Run.id).limit(limit).with_for_update(skip_locked=True))
+            rows = list(s.scalars(q))
+            now, who = utcnow(), worker or worker_id()
+            for row in rows:
+                row.status, row.worker, row.heartbeat_at, row.started_at = RunStatus.RUNNING, who, now, now
+                row.error, row.finished_at = None, None
+            s.flush()
+            name = s.scalar(select(Sweep.name).where(Sweep.id == sweep_id))
+            return [_run_record(r, name) for r in rows]
+
     def heartbeat(self, run_id: int, steps_done: int | None = None) -> None:
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if steps_done is not None:

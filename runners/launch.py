@@ -99,8 +99,9 @@ def worker_main(url: Optional[str], sweep: str, *, device: str = "auto", max_run
         report = work(store, sweep, WorkOptions(device=device, checkpoint_dir=checkpoint_dir,
                                                 checkpoint_every_seconds=checkpoint_every),
                       reporter, max_runs=max_runs, stale_after_s=grace)
+    wait = report.store_seconds / report.seconds if report.seconds else 0.0
     return (f"worker done: {report.total} runs ({report.completed} completed, {report.diverged} diverged, "
-            f"{report.failed} failed) in {report.seconds:.1f} s")
+            f"{report.failed} failed) in {report.seconds:.1f} s, {100 * wait:.1f}% of it waiting on the store")
 
 
 def _worker_env(url: Optional[str]) -> dict[str, str]:

@@ -59,6 +59,7 @@ class SweepReport:
     not_needed: int = 0  # adaptive scan: grid points below the scan's range
     run_ids: list[int] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    store_seconds: float = 0.0  # time spent waiting on store calls (workers)
 
 
 class Reporter(Protocol):
@@ -144,11 +145,51 @@ def run_sweep(store: Store, plan: SweepPlan, options: WorkOptions = WorkOptions(
     return report
 
 
+class TimedStore:
+    """A store proxy that adds up the wall time spent inside store calls (claims, status updates,
+    summaries and waiting for the writer's final flush): how long a worker waits on the database."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                out = attr(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+            return _TimedWriter(out, self) if name == "writer" else out
+
+        return timed
+
+
+class _TimedWriter:
+    def __init__(self, writer: MetricWriter, clock: TimedStore) -> None:
+        self._writer, self._clock = writer, clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+    def close(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._writer.close()
+        finally:
+            self._clock.seconds += time.perf_counter() - t0
+
+
 def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
          reporter: Reporter = NullReporter(), *, max_runs: Optional[int] = None,
          stale_after_s: float = 300.0) -> SweepReport:
     """`gammadb worker`: claim pending runs of ``sweep`` until none is left (or ``max_runs``)."""
     t0 = time.perf_counter()
+    store = TimedStore(store)  # type: ignore[assignment]
     rec = store.get_sweep(sweep)
     report = SweepReport(sweep=sweep)
     with _terminate_as_interrupt():
@@ -162,6 +203,7 @@ def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
             reporter.run_started(run, report.total, 0)
             _tally(report, train_claimed(store, run, options, reporter))
     report.seconds = time.perf_counter() - t0
+    report.store_seconds = store.seconds  # type: ignore[attr-defined]
     return report
 
 
