@@ -198,14 +198,17 @@ def _sql_aggregates(store: Any, loss_id: int, ok: pl.DataFrame, budget: int, *, 
             part = _cast_ints(last, "run_id", "last_step").join(
                 _cast_ints(tail, "run_id", "tail_n", "tail_rows"), on="run_id", how="left")
             if want_min or want_max:
+                # Only the aggregates asked for: this pass reads every step up to the budget. No NaN
+                # check here: a run's values are finite before its diverged_at, which the importer and
+                # the runners record (and the tail window above re-checks).
+                wanted = [f"{f}(v.value) AS {f.lower()}_loss" for f, w in (("MIN", want_min), ("MAX", want_max)) if w]
                 ext = store.read(
-                    "SELECT v.run_id, MIN(v.value) AS min_loss, MAX(v.value) AS max_loss, "
-                    "COUNT(*) - COUNT(v.value) AS n_null "
+                    f"SELECT v.run_id, {', '.join(wanted)} "
                     f"FROM metric_values v WHERE v.metric_id = ? AND v.step <= ? AND v.run_id IN ({marks}) "
                     "GROUP BY v.run_id",
                     [loss_id, budget, *chunk],
                 )
-                part = part.join(_cast_ints(ext, "run_id", "n_null"), on="run_id", how="left")
+                part = part.join(_cast_ints(ext, "run_id"), on="run_id", how="left")
             parts.append(part)
     agg = pl.concat(parts, how="diagonal_relaxed")
     # SQLite stores NaN as NULL, so a NULL where a row exists is a logged NaN: keep it a NaN.
@@ -216,12 +219,9 @@ def _sql_aggregates(store: Any, loss_id: int, ok: pl.DataFrame, budget: int, *, 
         .then(pl.col("final_loss").cast(pl.Float64).fill_null(math.nan)).alias("final_loss"),
     )
     keep = ["run_id", "last_step", "final_loss", "tail_mean_loss"]
-    if want_min or want_max:
-        bad = pl.col("n_null").fill_null(0) > 0
-        out = out.with_columns(
-            *(pl.when(bad).then(math.nan).otherwise(pl.col(c).cast(pl.Float64)).alias(c)
-              for c in ("min_loss", "max_loss")))
-        keep += [c for c, w in (("min_loss", want_min), ("max_loss", want_max)) if w]
+    extremes = [c for c, w in (("min_loss", want_min), ("max_loss", want_max)) if w]
+    out = out.with_columns(*(pl.col(c).cast(pl.Float64) for c in extremes))
+    keep += extremes
     return out.select(keep)
 
 
@@ -251,21 +251,6 @@ def _cast_ints(df: pl.DataFrame, *cols: str) -> pl.DataFrame:
 def _chunks(items: Sequence[Any], size: int):
     for i in range(0, len(items), size):
         yield items[i: i + size]
-
-
-# ---------------------------------------------------------------------- groups
-def group_key(row: dict[str, Any]) -> dict[str, Any]:
-    return {c: row.get(c) for c in GROUP_COLUMNS}
-
-
-def iter_groups(df: pl.DataFrame):
-    """Yield (group dict, frame) per group, in a stable order (nulls first)."""
-    keys = df.select(GROUP_COLUMNS).unique().sort(list(GROUP_COLUMNS), nulls_last=False)
-    for key in keys.iter_rows(named=True):
-        cond = pl.lit(True)
-        for c, v in key.items():
-            cond = cond & (pl.col(c).is_null() if v is None else pl.col(c).eq(v))
-        yield key, df.filter(cond)
 
 
 # ---------------------------------------------------------------------- theory

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -20,6 +21,7 @@ from gammadb.errors import AnalysisError, InvalidSpecError
 MIN_POINTS = 3  # a power law through 2 points has no residual: it says nothing about the law
 MIN_POINTS_BROKEN = 5  # 4 parameters + 1 degree of freedom
 DEFAULT_BOOT = 1000
+NO_BREAK = 0.05  # slopes closer than this: the "broken" law is one power law and its knee means nothing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +138,7 @@ def power_law(x: Any, y: Any, *, y_boot: Optional[np.ndarray] = None, n_boot: in
 def offset_law(x: Any, y: Any, *, n_boot: int = 200, seed: int = 0) -> OffsetLawFit:
     """Fit y = a x^-alpha + c by nonlinear least squares (scipy), with bootstrap intervals (pairs)
     on alpha and c. Needs x > 0 and at least 4 points (3 parameters + 1)."""
-    from scipy.optimize import curve_fit
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -151,7 +153,9 @@ def offset_law(x: Any, y: Any, *, n_boot: int = 200, seed: int = 0) -> OffsetLaw
 
     def fit(xx: np.ndarray, yy: np.ndarray, p0: tuple[float, float, float]) -> Optional[np.ndarray]:
         try:
-            p, _ = curve_fit(model, xx, yy, p0=p0, maxfev=5000)
+            with warnings.catch_warnings():  # no covariance is fine: the interval comes from the bootstrap
+                warnings.simplefilter("ignore", OptimizeWarning)
+                p, _ = curve_fit(model, xx, yy, p0=p0, maxfev=5000)
         except (RuntimeError, ValueError, FloatingPointError):
             return None
         return p if np.all(np.isfinite(p)) else None
@@ -209,13 +213,21 @@ def broken_power_law(x: Any, y: Any, *, slope_small: Optional[float] = None,
         return BrokenPowerLaw(None, None, None, None, n,
                               f"{n} distinct gamma value(s) (a broken power law needs >= {MIN_POINTS_BROKEN})")
     lo, hi = float(u.min()), float(u.max())
+
+    def jac(p: np.ndarray) -> np.ndarray:
+        _, a1, a2, ub = p
+        z = u - ub
+        soft = np.logaddexp(0.0, z * math.log(10)) / math.log(10)  # log10(1 + 10^z)
+        sig = 1.0 / (1.0 + 10.0 ** (-z))  # d soft / dz
+        return np.column_stack([np.ones_like(u), z - soft, soft, -a1 - (a2 - a1) * sig])
+
     s1 = slope_small if slope_small is not None else 2.0
     s2 = slope_large if slope_large is not None else 0.5
     best = None
     for ub0 in np.linspace(lo, hi, 7)[1:-1]:
         la0 = float(np.median(v - _broken_log10(u, 0.0, s1, s2, ub0)))
         try:
-            res = least_squares(lambda p: _broken_log10(u, *p) - v, x0=[la0, s1, s2, ub0],
+            res = least_squares(lambda p: _broken_log10(u, *p) - v, x0=[la0, s1, s2, ub0], jac=jac,
                                 bounds=([-np.inf, -10, -10, lo], [np.inf, 10, 10, hi]))
         except ValueError:
             continue
@@ -226,7 +238,9 @@ def broken_power_law(x: Any, y: Any, *, slope_small: Optional[float] = None,
     la, a1, a2, ub = (float(p) for p in best.x)
     reason = None
     span = hi - lo
-    if ub - lo < 0.02 * span or hi - ub < 0.02 * span:
+    if abs(a2 - a1) < NO_BREAK:
+        reason = f"the two slopes agree ({a1:.3g} vs {a2:.3g}): one power law, the knee is arbitrary"
+    elif ub - lo < 0.02 * span or hi - ub < 0.02 * span:
         reason = "the knee sits at the edge of the gamma range: no break is resolved inside it"
     return BrokenPowerLaw(a1, a2, 10**ub, 10**la, n, reason)
 

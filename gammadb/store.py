@@ -404,6 +404,19 @@ class Store:
         if status.finished and summarize:
             self.rebuild_summaries(run_ids=[run_id])
 
+    def finish_runs(self, ends: Sequence[tuple[int, RunStatus, int, Optional[int]]]) -> None:
+        """Record many runs' ends, (run_id, status, steps_done, diverged_at), in one transaction
+        (imports); summaries are rebuilt separately with :meth:`rebuild_summaries`."""
+        if not ends:
+            return
+        now = utcnow()
+        with self.session_scope() as s:
+            s.execute(update(Run), [
+                {"id": rid, "status": st, "steps_done": done, "diverged_at": div, "error": None,
+                 "finished_at": now, "heartbeat_at": now}
+                for rid, st, done, div in ends
+            ])
+
     def reset_runs(self, run_ids: Sequence[int]) -> int:
         """Put runs back to pending (their committed steps stay and are overwritten on rerun)."""
         if not run_ids:

@@ -131,10 +131,11 @@ def import_frame(store: Store, df: pl.DataFrame, sweep: str, *, source: str = "i
     )
     with store.writer(batch_rows=200_000, background=False) as w:
         w.write_rows(long.iter_rows())
-    for rec, p in zip(records, per_run.iter_rows(named=True)):
-        status = RunStatus.DIVERGED if p["diverged_at"] is not None else RunStatus.COMPLETED
-        store.finish_run(rec.id, status, steps_done=int(p["max_step"]), diverged_at=p["diverged_at"],
-                         summarize=False)
+    store.finish_runs([
+        (rec.id, RunStatus.DIVERGED if p["diverged_at"] is not None else RunStatus.COMPLETED,
+         int(p["max_step"]), p["diverged_at"])
+        for rec, p in zip(records, per_run.iter_rows(named=True))
+    ])
     store.rebuild_summaries(run_ids=[r.id for r in records])
     return ImportReport(
         sweep=sweep, runs=len(records), new_runs=len({r.id for r in records} - before), rows=df.height,

@@ -181,3 +181,45 @@ def test_run_with_local_workers_cli(sqlite_url: str, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     with Store.open(sqlite_url) as store:
         assert store.runs_frame("par")["status"].to_list() == ["completed"] * 8
+
+
+def test_repeated_sigkills_at_random_points_lose_and_duplicate_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    import random
+    import signal
+
+    from runners.train import ListSink, train
+
+    configs = [short(gamma=2.0, eta=0.05, steps=400, seed=s, feature_alignment=True) for s in range(3)]
+    with Store.open(sqlite_url) as store:
+        prepare(store, SweepPlan(name="kills", spec={}, configs=configs))
+    rnd = random.Random(7)
+    ckpt = str(tmp_path / "ckpt")
+    kills = 0
+    with Store.open(sqlite_url) as store:
+        for _ in range(5):
+            before = store.read("SELECT COALESCE(SUM(steps_done), 0) AS n FROM runs")["n"][0]
+            target = before + rnd.randint(50, 250)
+            proc = start_worker(sqlite_url, "kills", "--checkpoint-dir", ckpt, "--checkpoint-every", "0.2")
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:
+                if store.read("SELECT COALESCE(SUM(steps_done), 0) AS n FROM runs")["n"][0] >= target:
+                    break
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.communicate()
+            # nothing half-written: every stored step carries all its per-step metrics
+            counts = store.read("SELECT run_id, step, COUNT(*) AS n FROM metric_values GROUP BY run_id, step")
+            assert counts.is_empty() or counts["n"].unique().to_list() == [4]
+        ran = drain(sqlite_url, "kills", 1)  # requeues the dead workers' runs first
+        assert kills >= 3
+        runs = store.runs_frame("kills").sort("seed")
+        assert runs["status"].to_list() == ["completed"] * 3
+        for config, run_id in zip(configs, runs["run_id"].to_list()):
+            ref = ListSink()
+            train(config, ref, device="cpu")
+            got = store.series([run_id], metrics=["loss"])
+            assert got["step"].to_list() == list(range(1, 401))
+            assert got["value"].to_list() == ref.values("loss")  # bit for bit on CPU
+        assert set(ran.values()) <= {1}

@@ -1,0 +1,461 @@
+"""Where SGD trains best and where it stops training, per gamma: eta*, eta_max, eta_stable, eta_min,
+and power laws of eta* and eta_max against gamma (PAPER.md claim 1: eta* ~ gamma^2 for gamma << 1,
+~ gamma^(2/L) for gamma >> 1).
+
+Definitions (per group of runs sharing everything but gamma, eta and seed; per gamma; seeds
+averaged; a run with a NaN/inf at any step is "diverged" and counts as infinitely bad):
+
+- the *loss at the budget* used to judge training is the tail-mean training loss (the last 10% of the
+  steps up to the budget), which smooths the per-batch noise of the online loss; the criterion
+  (``--criterion``) only chooses which loss eta* minimises;
+- eta_max: the largest eta where no seed diverged and loss at the budget <= converged x initial loss;
+- eta_stable: the largest eta where no seed diverged (the authors' code's definition);
+- eta*: argmin over eta of the seed-mean criterion, refined by a parabola in log10(eta) through the
+  best grid point and its two neighbours (log of the loss when positive); the grid point itself at an
+  edge of the grid or next to a diverged eta;
+- eta_min: the smallest eta with loss at the budget < threshold x initial loss (off the plateau);
+- the interval on eta* is a percentile bootstrap over seeds (the same seeds drawn for every eta).
+
+A point at the edge of the eta grid is a bound, not an estimate: the top eta trained (eta_max >= it)
+or the best eta is the smallest or largest tried. Such points are reported with a reason and left out
+of the power-law fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import numpy as np
+import polars as pl
+
+from analysis._common import (
+    GROUP_COLUMNS,
+    Criterion,
+    RunTable,
+    check_fraction,
+    load_runs,
+    none_if_nan,
+    percentile_ci,
+    theory_exponent,
+)
+from analysis.fits import DEFAULT_BOOT, BrokenPowerLaw, broken_power_law, power_law
+from gammadb.errors import AnalysisError, InvalidSpecError
+
+TARGETS = ("eta_star", "eta_max")
+REGIMES = ("small_gamma", "large_gamma")
+_CRITERION_COLUMN = {
+    Criterion.final: "final_loss",
+    Criterion.tail_mean: "tail_mean_loss",
+    Criterion.min: "min_loss",
+    Criterion.test: "test_loss",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    criterion: Criterion = Criterion.tail_mean
+    converged: float = 0.1
+    threshold: float = 0.9
+    small_max: float = 0.1
+    large_min: float = 10.0
+    n_boot: int = DEFAULT_BOOT
+    seed: int = 0
+
+    def check(self) -> None:
+        check_fraction("--converged", self.converged)
+        check_fraction("--threshold", self.threshold)
+        if self.converged >= self.threshold:
+            raise InvalidSpecError(f"--converged ({self.converged}) must be below --threshold ({self.threshold})")
+        if not (0 < self.small_max < self.large_min):
+            raise InvalidSpecError(f"need 0 < --small-max ({self.small_max}) < --large-min ({self.large_min})")
+        if self.n_boot < 10:
+            raise InvalidSpecError(f"--n-boot must be at least 10, got {self.n_boot}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimalLr:
+    """The analysis of one sweep. Frames carry ``group_idx`` and the group columns.
+
+    cells: one row per (group, gamma, eta): value (seed-mean criterion; null if any seed diverged),
+      loss_ratio (seed-mean loss at the budget / initial loss), diverged, n_seeds.
+    points: one row per (group, gamma), see the module docstring.
+    fits: one row per (group, target, regime).
+    broken: one row per group: the broken power law of eta* over the whole gamma range.
+    """
+
+    sweep: str
+    budget_step: int
+    settings: Settings
+    source: str
+    groups: pl.DataFrame
+    cells: pl.DataFrame
+    points: pl.DataFrame
+    fits: pl.DataFrame
+    broken: pl.DataFrame
+
+    def to_json(self) -> dict[str, Any]:
+        out = []
+        for g in self.groups.iter_rows(named=True):
+            i = g["group_idx"]
+            pts = self.points.filter(pl.col("group_idx") == i).sort("gamma")
+            fits = self.fits.filter(pl.col("group_idx") == i)
+            bpl = self.broken.filter(pl.col("group_idx") == i).row(0, named=True)
+            out.append({
+                "group": {c: g[c] for c in GROUP_COLUMNS},
+                "points": [{
+                    "gamma": p["gamma"], "eta_star": p["eta_star"],
+                    "eta_star_ci": _pair(p["eta_star_lo"], p["eta_star_hi"]),
+                    "eta_max": p["eta_max"], "eta_stable": p["eta_stable"], "eta_min": p["eta_min"],
+                    "loss_at_eta_star": p["loss_at_eta_star"], "n_seeds": p["n_seeds"], "reason": p["reason"],
+                } for p in pts.iter_rows(named=True)],
+                "fits": [{
+                    "target": f["target"], "regime": f["regime"],
+                    "gamma_range": _pair(f["gamma_lo"], f["gamma_hi"]),
+                    "exponent": f["exponent"], "exponent_ci": _pair(f["exponent_lo"], f["exponent_hi"]),
+                    "prefactor": f["prefactor"], "theory_exponent": f["theory_exponent"],
+                    "n_points": f["n_points"], "reason": f["reason"],
+                } for f in fits.iter_rows(named=True)],
+                "broken_power_law": {
+                    "target": "eta_star", "slope_small": bpl["slope_small"], "slope_large": bpl["slope_large"],
+                    "knee_gamma": bpl["knee_gamma"], "reason": bpl["reason"],
+                },
+            })
+        return {"sweep": self.sweep, "budget_step": self.budget_step,
+                "criterion": self.settings.criterion.value, "groups": out}
+
+
+def analyze(store: Any, sweep: str, *, budget: Optional[int] = None, settings: Settings = Settings()) -> OptimalLr:
+    """Read ``sweep`` at ``budget`` (one row per run, aggregated in SQL) and analyse it."""
+    settings.check()
+    table = load_runs(store, sweep, budget=budget, want_min=settings.criterion == Criterion.min,
+                      want_test=settings.criterion == Criterion.test)
+    return analyze_runs(table, sweep, settings)
+
+
+def analyze_runs(table: RunTable, sweep: str, settings: Settings = Settings()) -> OptimalLr:
+    """The analysis of a per-run table (see :class:`analysis._common.RunTable`)."""
+    settings.check()
+    runs = with_value(table.frame, settings.criterion)
+    groups, runs = index_groups(runs)
+    cells, points, boots = optimal_points(runs, settings)
+    fits = power_law_fits(points, boots, groups, settings)
+    broken = broken_fits(points, fits, groups)
+    return OptimalLr(sweep, table.budget_step, settings, table.source, groups, cells, points, fits, broken)
+
+
+def with_value(runs: pl.DataFrame, criterion: Criterion) -> pl.DataFrame:
+    col = _CRITERION_COLUMN[criterion]
+    if col not in runs.columns:
+        raise AnalysisError(f"the run table has no {col} (needed by --criterion {criterion.value})")
+    return runs.with_columns(pl.col(col).alias("value"))
+
+
+def index_groups(runs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Number the groups (runs sharing all of GROUP_COLUMNS) 0, 1, ... in sorted order."""
+    groups = (runs.select(GROUP_COLUMNS).unique().sort(list(GROUP_COLUMNS), nulls_last=False)
+              .with_row_index("group_idx").with_columns(pl.col("group_idx").cast(pl.Int64)))
+    return groups, runs.join(groups, on=list(GROUP_COLUMNS), how="left", nulls_equal=True)
+
+
+# ---------------------------------------------------------------------- per gamma
+@dataclasses.dataclass(frozen=True)
+class _Grid:
+    """One (group, gamma): matrices over (eta, seed); NaN = no run."""
+
+    log_eta: np.ndarray  # (E,)
+    value: np.ndarray  # (E, S) criterion, NaN where missing or diverged
+    check: np.ndarray  # (E, S) loss at the budget (tail mean)
+    initial: np.ndarray  # (E, S)
+    diverged: np.ndarray  # (E, S) bool
+    present: np.ndarray  # (E, S) bool
+
+
+def _grid(cols: dict[str, np.ndarray]) -> _Grid:
+    """The matrices of one (group, gamma) from its runs' columns (numpy arrays)."""
+    etas, ei = np.unique(cols["eta"], return_inverse=True)
+    seeds, si = np.unique(cols["seed"], return_inverse=True)
+    shape = (etas.size, seeds.size)
+
+    def mat(values: np.ndarray) -> np.ndarray:
+        m = np.full(shape, np.nan)
+        m[ei, si] = values
+        return m
+
+    div = np.zeros(shape, bool)
+    div[ei, si] = cols["diverged"]
+    present = np.zeros(shape, bool)
+    present[ei, si] = True
+    return _Grid(np.log10(etas), mat(cols["value"]), mat(cols["tail_mean_loss"]), mat(cols["initial_loss"]),
+                 div, present)
+
+
+def _split(runs: pl.DataFrame):
+    """Yield ((group_idx, gamma), {column: numpy array}) per (group, gamma), in sorted order: one
+    conversion to numpy for the whole table rather than a frame per cell."""
+    runs = runs.sort("group_idx", "gamma")
+    cols = {
+        "group_idx": runs["group_idx"].to_numpy(), "gamma": runs["gamma"].to_numpy(),
+        "eta": runs["eta"].to_numpy(), "seed": runs["seed"].to_numpy(),
+        "diverged": runs["diverged"].to_numpy().astype(bool),
+        **{c: runs[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in ("value", "tail_mean_loss", "initial_loss")},
+    }
+    if runs.is_empty():
+        return
+    key_change = np.flatnonzero((np.diff(cols["group_idx"]) != 0) | (np.diff(cols["gamma"]) != 0)) + 1
+    starts = np.concatenate([[0], key_change])
+    ends = np.concatenate([key_change, [runs.height]])
+    for a, b in zip(starts, ends):
+        yield (int(cols["group_idx"][a]), float(cols["gamma"][a])), {k: v[a:b] for k, v in cols.items()}
+
+
+def _weighted_mean(w: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Mean over seeds of m (E, S) with seed weights w (B, S), ignoring NaN: (B, E)."""
+    ok = np.isfinite(m)
+    num = w @ np.where(ok, m, 0.0).T
+    den = w @ ok.T.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _cell_stats(g: _Grid, w: np.ndarray, s: Settings) -> dict[str, np.ndarray]:
+    """Seed-weighted cell statistics, each (B, E)."""
+    any_div = (w @ g.diverged.T.astype(float)) > 0
+    tried = (w @ g.present.T.astype(float)) > 0
+    value = _weighted_mean(w, np.where(g.diverged, np.nan, g.value))
+    value = np.where(any_div, np.inf, value)
+    check = _weighted_mean(w, np.where(g.diverged, np.nan, g.check))
+    init = _weighted_mean(w, g.initial)
+    ok = tried & ~any_div
+    with np.errstate(invalid="ignore"):
+        trained = ok & (check <= s.converged * init)
+        left = ok & (check < s.threshold * init)
+        ratio = check / init
+    return dict(value=value, trained=trained, left=left, stable=ok, tried=tried, ratio=ratio, any_div=any_div)
+
+
+def _extreme_eta(mask: np.ndarray, log_eta: np.ndarray, top: bool) -> np.ndarray:
+    """Per row, the largest (top) or smallest log eta where ``mask``; NaN where none."""
+    x = np.where(mask, log_eta[None, :], -np.inf if top else np.inf)
+    r = x.max(axis=1) if top else x.min(axis=1)
+    return np.where(np.isfinite(r), r, np.nan)
+
+
+def refine_argmin(log_eta: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``values`` (B, E) over the grid ``log_eta`` (E,): the refined log10 eta of the
+    minimum, the grid index of the best point (-1 when every value is inf/NaN), and whether that
+    point is at an edge of the grid. inf = diverged, NaN = not measured."""
+    v = np.atleast_2d(values)
+    b, e = v.shape
+    score = np.where(np.isnan(v), np.inf, v)
+    idx = np.argmin(score, axis=1)
+    rows = np.arange(b)
+    none = ~np.isfinite(score[rows, idx])
+    est = log_eta[idx].astype(float)
+    edge = (idx == 0) | (idx == e - 1)
+    inner = ~none & ~edge
+    if inner.any():
+        i = idx[inner]
+        r = rows[inner]
+        xl, xc, xr = log_eta[i - 1], log_eta[i], log_eta[i + 1]
+        yl, yc, yr = v[r, i - 1], v[r, i], v[r, i + 1]
+        finite = np.isfinite(yl) & np.isfinite(yr)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pos = finite & (yl > 0) & (yc > 0) & (yr > 0)
+            yl, yc, yr = (np.where(pos, np.log(np.where(pos, y, 1.0)), y) for y in (yl, yc, yr))
+            den = (xl - xc) * (xl - xr) * (xc - xr)
+            a = (xr * (yc - yl) + xc * (yl - yr) + xl * (yr - yc)) / den
+            bb = (xr**2 * (yl - yc) + xc**2 * (yr - yl) + xl**2 * (yc - yr)) / den
+            vertex = np.clip(-bb / (2 * a), xl, xr)
+        good = finite & (a > 0) & np.isfinite(vertex)
+        est[inner] = np.where(good, vertex, xc)
+    est[none] = np.nan
+    idx = np.where(none, -1, idx)
+    return est, idx, edge & ~none
+
+
+def optimal_points(runs: pl.DataFrame, s: Settings) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """cells, points and the bootstrap draws {(group_idx, gamma): {target: (B,) array}}."""
+    rng = np.random.default_rng(s.seed)
+    cell_rows: list[dict[str, Any]] = []
+    point_rows: list[dict[str, Any]] = []
+    boots: dict[tuple[int, float], dict[str, np.ndarray]] = {}
+    for (gi, gamma), sub in _split(runs):
+        g = _grid(sub)
+        n_seeds = g.present.shape[1]
+        one = np.ones((1, n_seeds))
+        st = {k: v[0] for k, v in _cell_stats(g, one, s).items()}
+        for e, le in enumerate(g.log_eta):
+            cell_rows.append(dict(
+                group_idx=gi, gamma=gamma, eta=float(10**le),
+                value=None if st["any_div"][e] else none_if_nan(st["value"][e]),
+                loss_ratio=None if st["any_div"][e] else none_if_nan(st["ratio"][e]),
+                diverged=bool(st["any_div"][e]), n_seeds=int(g.present[e].sum()),
+                n_diverged=int(g.diverged[e].sum()),
+            ))
+        point = _point(g, st, s)
+        if n_seeds > 1:
+            w = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=s.n_boot).astype(float)
+            bst = _cell_stats(g, w, s)
+            star_b, _, _ = refine_argmin(g.log_eta, bst["value"])
+            max_b = _extreme_eta(bst["trained"], g.log_eta, top=True)
+            ci = percentile_ci(10**star_b)
+            boots[(gi, gamma)] = {"eta_star": 10**star_b, "eta_max": 10**max_b}
+        else:
+            ci = None
+            point["notes"].append("1 seed: no bootstrap interval on eta*")
+        point_rows.append(dict(
+            group_idx=gi, gamma=gamma, eta_star=point["eta_star"],
+            eta_star_lo=ci[0] if ci and point["eta_star"] is not None else None,
+            eta_star_hi=ci[1] if ci and point["eta_star"] is not None else None,
+            eta_max=point["eta_max"], eta_stable=point["eta_stable"], eta_min=point["eta_min"],
+            loss_at_eta_star=point["loss"], n_seeds=n_seeds, n_etas=int(g.log_eta.size),
+            eta_star_censored=point["star_censored"], eta_max_censored=point["max_censored"],
+            reason="; ".join(point["notes"]) or None,
+        ))
+    cells = pl.DataFrame(cell_rows, schema=_CELL_SCHEMA)
+    points = pl.DataFrame(point_rows, schema=_POINT_SCHEMA)
+    groups = runs.select("group_idx", *GROUP_COLUMNS).unique("group_idx")
+    return (cells.join(groups, on="group_idx").sort("group_idx", "gamma", "eta"),
+            points.join(groups, on="group_idx").sort("group_idx", "gamma"), boots)
+
+
+def _point(g: _Grid, st: dict[str, np.ndarray], s: Settings) -> dict[str, Any]:
+    notes: list[str] = []
+    top, bottom = float(10 ** g.log_eta[-1]), float(10 ** g.log_eta[0])
+    star, idx, edge = refine_argmin(g.log_eta, st["value"][None, :])
+    star_censored = bool(edge[0])
+    if idx[0] < 0:
+        notes.append("every eta diverged at this gamma")
+        eta_star = loss = None
+    else:
+        eta_star = float(10 ** star[0])
+        loss = none_if_nan(st["value"][idx[0]])
+        if star_censored:
+            side = "largest" if idx[0] == g.log_eta.size - 1 else "smallest"
+            notes.append(f"eta* is the {side} eta tried ({eta_star:.3g}): a bound, left out of the fits")
+    le_max = _extreme_eta(st["trained"][None, :], g.log_eta, top=True)[0]
+    eta_max = none_if_nan(10**le_max)
+    max_censored = eta_max is not None and math.isclose(eta_max, top)
+    if eta_max is None and idx[0] >= 0:
+        notes.append(f"no eta reached loss <= {s.converged:g} x initial by the budget")
+    elif max_censored:
+        notes.append(f"the largest eta tried ({top:.3g}) trained: eta_max is a lower bound, left out of the fits")
+    eta_stable = none_if_nan(10 ** _extreme_eta(st["stable"][None, :], g.log_eta, top=True)[0])
+    eta_min = none_if_nan(10 ** _extreme_eta(st["left"][None, :], g.log_eta, top=False)[0])
+    if eta_min is not None and math.isclose(eta_min, bottom) and g.log_eta.size > 1:
+        notes.append(f"the smallest eta tried ({bottom:.3g}) left the plateau: eta_min is an upper bound")
+    return dict(eta_star=eta_star, loss=loss, eta_max=eta_max, eta_stable=eta_stable, eta_min=eta_min,
+                star_censored=star_censored, max_censored=max_censored, notes=notes)
+
+
+# ---------------------------------------------------------------------- fits against gamma
+def regime_mask(gamma: pl.Expr | np.ndarray, regime: str, s: Settings):
+    return gamma <= s.small_max if regime == "small_gamma" else gamma >= s.large_min
+
+
+def power_law_fits(points: pl.DataFrame, boots: dict, groups: pl.DataFrame, s: Settings) -> pl.DataFrame:
+    rows = []
+    for grp in groups.iter_rows(named=True):
+        gi = grp["group_idx"]
+        pts = points.filter(pl.col("group_idx") == gi).sort("gamma")
+        for target in TARGETS:
+            for regime in REGIMES:
+                sel = pts.filter(regime_mask(pl.col("gamma"), regime, s))
+                usable = sel.filter(pl.col(target).is_not_null() & ~pl.col(f"{target}_censored"))
+                theory = theory_exponent(target, regime, grp)
+                gam = usable["gamma"].to_numpy()
+                yb = _boot_matrix(boots, gi, gam, target, s.n_boot, usable[target].to_numpy())
+                fit = power_law(gam, usable[target].to_numpy(), y_boot=yb, n_boot=s.n_boot, seed=s.seed,
+                                what=target)
+                reason = fit.reason
+                if reason is not None:
+                    side = f"gamma <= {s.small_max:g}" if regime == "small_gamma" else f"gamma >= {s.large_min:g}"
+                    dropped = sel.height - usable.height
+                    reason = f"{reason} in {side}" + (
+                        f" ({dropped} more gamma value(s) without one, or at the edge of the eta grid)"
+                        if dropped else "")
+                rows.append(dict(
+                    group_idx=gi, target=target, regime=regime,
+                    gamma_lo=fit.x_range[0] if fit.x_range else None,
+                    gamma_hi=fit.x_range[1] if fit.x_range else None,
+                    exponent=fit.exponent,
+                    exponent_lo=fit.exponent_ci[0] if fit.exponent_ci else None,
+                    exponent_hi=fit.exponent_ci[1] if fit.exponent_ci else None,
+                    prefactor=fit.prefactor, r2_log=fit.r2_log, theory_exponent=theory,
+                    n_points=fit.n_points, reason=reason,
+                ))
+    return pl.DataFrame(rows, schema=_FIT_SCHEMA).join(
+        groups, on="group_idx").sort("group_idx", "target", "regime", descending=[False, True, True])
+
+
+def _boot_matrix(boots: dict, gi: int, gammas: np.ndarray, target: str, n_boot: int,
+                 point: np.ndarray) -> np.ndarray:
+    """(n_boot, n) bootstrap draws of ``target`` at each gamma; the point value repeated where a
+    gamma has no draws (one seed)."""
+    cols = []
+    for gam, p in zip(gammas, point):
+        d = boots.get((gi, float(gam)), {}).get(target)
+        cols.append(d if d is not None else np.full(n_boot, p))
+    return np.column_stack(cols) if cols else np.zeros((n_boot, 0))
+
+
+def broken_fits(points: pl.DataFrame, fits: pl.DataFrame, groups: pl.DataFrame) -> pl.DataFrame:
+    rows = []
+    for grp in groups.iter_rows(named=True):
+        gi = grp["group_idx"]
+        pts = points.filter((pl.col("group_idx") == gi) & pl.col("eta_star").is_not_null()
+                            & ~pl.col("eta_star_censored"))
+        f = fits.filter((pl.col("group_idx") == gi) & (pl.col("target") == "eta_star"))
+        slope = {r["regime"]: r["exponent"] for r in f.iter_rows(named=True)}
+        bpl: BrokenPowerLaw = broken_power_law(pts["gamma"].to_numpy(), pts["eta_star"].to_numpy(),
+                                               slope_small=slope.get("small_gamma") or 2.0,
+                                               slope_large=slope.get("large_gamma") or 0.5)
+        rows.append(dict(group_idx=gi, slope_small=bpl.slope_small, slope_large=bpl.slope_large,
+                         knee_gamma=bpl.knee, prefactor=bpl.prefactor, n_points=bpl.n_points,
+                         reason=bpl.reason))
+    return pl.DataFrame(rows, schema=_BROKEN_SCHEMA).join(groups, on="group_idx").sort("group_idx")
+
+
+def _pair(lo: Any, hi: Any) -> Optional[list[float]]:
+    if lo is None or hi is None:
+        return None
+    return [float(lo), float(hi)]
+
+
+_CELL_SCHEMA = {"group_idx": pl.Int64, "gamma": pl.Float64, "eta": pl.Float64, "value": pl.Float64,
+                "loss_ratio": pl.Float64, "diverged": pl.Boolean, "n_seeds": pl.Int64, "n_diverged": pl.Int64}
+_POINT_SCHEMA = {"group_idx": pl.Int64, "gamma": pl.Float64, "eta_star": pl.Float64, "eta_star_lo": pl.Float64,
+                 "eta_star_hi": pl.Float64, "eta_max": pl.Float64, "eta_stable": pl.Float64,
+                 "eta_min": pl.Float64, "loss_at_eta_star": pl.Float64, "n_seeds": pl.Int64, "n_etas": pl.Int64,
+                 "eta_star_censored": pl.Boolean, "eta_max_censored": pl.Boolean, "reason": pl.String}
+_FIT_SCHEMA = {"group_idx": pl.Int64, "target": pl.String, "regime": pl.String, "gamma_lo": pl.Float64,
+               "gamma_hi": pl.Float64, "exponent": pl.Float64, "exponent_lo": pl.Float64,
+               "exponent_hi": pl.Float64, "prefactor": pl.Float64, "r2_log": pl.Float64,
+               "theory_exponent": pl.Float64, "n_points": pl.Int64, "reason": pl.String}
+_BROKEN_SCHEMA = {"group_idx": pl.Int64, "slope_small": pl.Float64, "slope_large": pl.Float64,
+                  "knee_gamma": pl.Float64, "prefactor": pl.Float64, "n_points": pl.Int64, "reason": pl.String}
+
+
+def report_tables(result: OptimalLr) -> list[tuple[str, pl.DataFrame]]:
+    """(title, frame) pairs for the terminal: per group its points, fits and broken power law."""
+    out = []
+    for g in result.groups.iter_rows(named=True):
+        i = g["group_idx"]
+        name = ", ".join(f"{c}={g[c]}" for c in GROUP_COLUMNS if g[c] not in (None, "unknown")) or "all runs"
+        pts = result.points.filter(pl.col("group_idx") == i).select(
+            "gamma", "eta_star", pl.col("eta_star_lo").alias("ci_lo"), pl.col("eta_star_hi").alias("ci_hi"),
+            "eta_max", "eta_stable", "eta_min", pl.col("loss_at_eta_star").alias("loss_at_eta*"), "n_seeds",
+            pl.col("reason").fill_null(""))
+        fits = result.fits.filter(pl.col("group_idx") == i).select(
+            "target", "regime", "gamma_lo", "gamma_hi", "exponent", pl.col("exponent_lo").alias("ci_lo"),
+            pl.col("exponent_hi").alias("ci_hi"), pl.col("theory_exponent").alias("theory"), "prefactor",
+            "n_points", pl.col("reason").fill_null(""))
+        bpl = result.broken.filter(pl.col("group_idx") == i).select(
+            "slope_small", "slope_large", "knee_gamma", "n_points", pl.col("reason").fill_null(""))
+        crit = result.settings.criterion.value
+        out += [(f"{result.sweep} ({name}): per gamma, budget step {result.budget_step}, criterion {crit}", pts),
+                (f"power laws of eta* and eta_max vs gamma ({name})", fits),
+                (f"smoothly broken power law of eta* ({name})", bpl)]
+    return out
