@@ -14,9 +14,11 @@ divergence (the run's ``diverged_at`` says where).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
 
@@ -171,3 +173,200 @@ def rows_budget_per_decade(n_curves: int, decades: float, max_rows: int,
 def _check_per_decade(per_decade: int) -> None:
     if not 1 <= int(per_decade) <= 1000:
         raise InvalidSpecError(f"buckets per decade must be between 1 and 1000 (got {per_decade})")
+
+
+# ---------------------------------------------------------------------------------------- run selection
+#: Columns of the ``run_overview`` view a ``--where`` condition may name, with their kinds.
+WHERE_COLUMNS: dict[str, type] = {
+    "run_id": int, "gamma": float, "eta": float, "seed": int, "depth": int, "width": int,
+    "batch_size": int, "steps_planned": int, "steps_done": int, "diverged_at": int,
+    "initial_loss": float, "final_loss": float, "min_loss": float, "tail_mean_loss": float,
+    "model": str, "dataset": str, "loss_fn": str, "optimizer": str, "status": str,
+}
+_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "IN"}
+_REL_EQ = 1e-9  # float '=' matches within this relative tolerance (gamma = 0.1 finds 0.1000000000001)
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """One parsed ``column op value`` condition; values are kept typed, never as SQL text."""
+
+    column: str
+    op: str  # SQL operator from _OPS
+    values: tuple[Any, ...]
+
+    def sql(self) -> tuple[str, list[Any]]:
+        col = self.column  # from WHERE_COLUMNS only, so safe to name
+        kind = WHERE_COLUMNS[col]
+        if self.op == "IN":
+            return f"{col} IN ({', '.join('?' * len(self.values))})", list(self.values)
+        v = self.values[0]
+        if kind is float and self.op in ("=", "<>"):
+            lo, hi = sorted((v * (1 - _REL_EQ), v * (1 + _REL_EQ)))
+            neg = "NOT " if self.op == "<>" else ""
+            return f"{neg}({col} BETWEEN ? AND ?)", [lo, hi]
+        return f"{col} {self.op} ?", [v]
+
+
+def _split_and(text: str) -> list[str]:
+    parts, buf, quote, i = [], [], None, 0
+    low = text.lower()
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == quote:
+                quote = None
+            buf.append(ch)
+        elif ch in "'\"":
+            quote = ch
+            buf.append(ch)
+        elif low.startswith(" and ", i):
+            parts.append("".join(buf))
+            buf = []
+            i += 5
+            continue
+        else:
+            buf.append(ch)
+        i += 1
+    if quote:
+        raise InvalidSpecError(f"unbalanced quote in --where {text!r}")
+    parts.append("".join(buf))
+    return [p.strip() for p in parts if p.strip()]
+
+
+_COND = re.compile(r"^(?P<col>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|!=|<>|==|=|<|>|\s+in\s+|\s+IN\s+)\s*(?P<val>.+)$")
+
+
+def parse_where(text: str) -> list[Condition]:
+    """Parse ``"gamma > 10"``, ``"depth = 3 and eta <= 0.1"``, ``"model in (mlp, toy)"``.
+
+    Columns must be in :data:`WHERE_COLUMNS`; values are converted to the column's type and later
+    bound as parameters, so a condition can never change the query's shape.
+    """
+    conds = []
+    for part in _split_and(text):
+        m = _COND.match(part)
+        if m is None:
+            raise InvalidSpecError(f"cannot parse --where {part!r}: write 'column op value', op one of "
+                                   "= != < <= > >= in (e.g. \"gamma > 10\", \"model in (mlp, toy)\")")
+        col = m["col"].lower()
+        if col not in WHERE_COLUMNS:
+            raise InvalidSpecError(f"--where column {m['col']!r} is not allowed: use one of {', '.join(WHERE_COLUMNS)}")
+        op = _OPS[m["op"].strip().lower()]
+        raw = m["val"].strip()
+        if op == "IN":
+            if not (raw.startswith("(") and raw.endswith(")")):
+                raise InvalidSpecError(f"--where {part!r}: 'in' takes a list in parentheses, e.g. (10, 100)")
+            items = [x.strip() for x in _split_commas(raw[1:-1])]
+            if not items or any(not x for x in items):
+                raise InvalidSpecError(f"--where {part!r}: empty list item")
+            values = tuple(_typed(col, x) for x in items)
+        else:
+            values = (_typed(col, raw),)
+        conds.append(Condition(col, op, values))
+    if not conds:
+        raise InvalidSpecError("empty --where condition")
+    return conds
+
+
+def _split_commas(text: str) -> list[str]:
+    out, buf, quote = [], [], None
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = None
+            buf.append(ch)
+        elif ch in "'\"":
+            quote = ch
+            buf.append(ch)
+        elif ch == ",":
+            out.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    out.append("".join(buf))
+    return out
+
+
+def _typed(col: str, raw: str) -> Any:
+    kind = WHERE_COLUMNS[col]
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        raw_s = raw[1:-1]
+        quoted = True
+    else:
+        raw_s, quoted = raw, False
+    if kind is str:
+        if not quoted and not re.fullmatch(r"[A-Za-z0-9_.\-+]+", raw_s):
+            raise InvalidSpecError(f"--where {col}: quote the value {raw!r}")
+        return raw_s
+    try:
+        v = float(raw_s)
+    except ValueError:
+        raise InvalidSpecError(f"--where {col} needs a number, got {raw!r}") from None
+    if not math.isfinite(v):
+        raise InvalidSpecError(f"--where {col} needs a finite number, got {raw!r}")
+    if kind is int:
+        if v != int(v):
+            raise InvalidSpecError(f"--where {col} needs an integer, got {raw!r}")
+        return int(v)
+    return v
+
+
+def where_sql(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
+    """AND of the conditions as SQL with ``?`` placeholders, and the parameters to bind."""
+    parts, params = [], []
+    for c in conditions:
+        s, p = c.sql()
+        parts.append(s)
+        params.extend(p)
+    return " AND ".join(parts), params
+
+
+def select_runs(store: "Store", sweep: str, where: Sequence[str] = (),
+                run_ids: Optional[Sequence[int]] = None) -> pl.DataFrame:
+    """The sweep's runs frame (``Store.runs_frame``) restricted by ``--where`` texts and run ids."""
+    runs = store.runs_frame(sweep)
+    conds = [c for text in where for c in parse_where(text)]
+    if conds:
+        frag, params = where_sql(conds)
+        ids = store.read(f"SELECT run_id FROM run_overview WHERE sweep = ? AND {frag}", [sweep, *params])
+        runs = runs.filter(pl.col("run_id").is_in(ids["run_id"].cast(pl.Int64).to_list()))
+    if run_ids:
+        wanted = [int(r) for r in run_ids]
+        missing = sorted(set(wanted) - set(runs["run_id"].to_list()))
+        if missing and not conds:
+            raise InvalidSpecError(f"runs {', '.join(map(str, missing))} are not in sweep {sweep!r}")
+        runs = runs.filter(pl.col("run_id").is_in(wanted))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------- curve bands
+CURVE_KEYS = ("model", "dataset", "loss_fn", "optimizer", "depth", "width", "batch_size", "gamma", "eta")
+
+
+def curve_bands(store: "Store", runs: pl.DataFrame, metric: MetricKey, *,
+                per_decade: int = DEFAULT_PER_DECADE, max_rows: int = 20_000) -> pl.DataFrame:
+    """Seed-mean curves with bands for a chart: one row per (curve, bucket), where a curve is all
+    runs sharing everything but the seed. Columns: the varying run columns, gamma, eta, series (a
+    label), bucket, step, tau (eta step / gamma), mean, lo, hi, n_runs. Buckets per decade are
+    lowered (to >= 4) so that the frame stays under ``max_rows`` rows."""
+    if runs.is_empty():
+        raise InvalidSpecError("no runs match the selection")
+    keys = [c for c in CURVE_KEYS if c in runs.columns]
+    n_curves = runs.select(keys).unique().height
+    steps = runs["steps_done"].fill_null(1).clip(lower_bound=1)
+    decades = math.log10(float(steps.max())) + 0.1 if runs.height else 1.0
+    per_decade = rows_budget_per_decade(n_curves, decades, max_rows, per_decade)
+    buckets = bucketed_series(store, runs["run_id"].to_list(), metric, per_decade)
+    bands = seed_bands(buckets, runs, keys)
+    shown = [c for c in keys if c not in ("gamma", "eta") and runs[c].n_unique() > 1]
+    label = pl.concat_str(
+        [pl.format("γ={} η={}", pl.col("gamma").map_elements(_num, return_dtype=pl.String),
+                   pl.col("eta").map_elements(_num, return_dtype=pl.String))]
+        + [pl.format(f" {c}={{}}", pl.col(c).cast(pl.String).fill_null("?")) for c in shown])
+    return bands.with_columns(label.alias("series"),
+                              (pl.col("eta") * pl.col("step") / pl.col("gamma")).alias("tau"))
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"

@@ -4,8 +4,9 @@ Method (all in log time, on the log loss, so that a decade of steps weighs the s
 
 1. **Reduce.** Each curve is bucketed on a log-spaced step grid (:mod:`analysis.downsample`,
    ``per_decade`` = 40 buckets a decade); a bucket keeps the mean of ln(loss) and its count.
-2. **Smooth.** A Gaussian kernel in log10(step), weighted by the bucket counts (so it is the mean of
-   every minibatch loss in the window), with bandwidth ``bandwidth`` = 0.05 decades (a factor 1.12
+2. **Smooth.** Local-linear regression with a Gaussian kernel in log10(step), weighted by the bucket
+   counts (so every minibatch loss in the window counts once; local-linear so that a sloped stretch
+   is not biased where the window is wide or one-sided), with bandwidth ``bandwidth`` = 0.05 decades (a factor 1.12
    in time), widened where needed until the window holds ``min_samples`` = 16 logged steps. Why:
    a minibatch loss scatters by tens of percent around its mean; averaging >= 16 of them cuts that
    four-fold, and from step ~150 on the 0.05-decade window already holds hundreds of steps. A drop is
@@ -17,8 +18,9 @@ Method (all in log time, on the log loss, so that a decade of steps weighs the s
    stretch where it is steeper than ``-min_slope`` = -1 (faster than 1/t: SGD's power-law phases in
    these models decay more slowly than that, so only a genuine descent off a plateau qualifies),
    widened on both sides while the slope stays below ``-edge_slope`` = -0.25 (hysteresis: the drop's
-   extent, hence its loss before and after, includes its shoulders; two steep pieces joined by a
-   still-falling stretch are one drop). A drop counts only if it takes the loss at least
+   extent, hence its loss before and after, includes its shoulders). Two steep stretches are two
+   drops only if the slope between them flattens above ``-min_slope / 2`` (the loss paused); the
+   boundary between them is the flattest point. A drop counts only if it takes the loss at least
    ``min_drop`` = 0.2 decades (a factor 1.6) below everything before it: smoothed noise is ~0.01-0.03
    decades, and the recovery from a catapult spike is not a new step.
    Its **step** is the point of steepest descent; ``plateau_steps`` is the time from the end of the
@@ -29,7 +31,9 @@ Method (all in log time, on the log loss, so that a decade of steps weighs the s
 
 The per-sweep scaling fits the plateau length (the escape step by default) against gamma as a power
 law, along eta*(gamma) (the grid eta with the lowest seed-mean tail loss, diverged seeds counting as
-infinitely bad), at a fixed eta, or over all runs. The toy model's theory: plateau escape happens at
+infinitely bad), along eta_max(gamma) (the largest eta that trained: no seed diverged, final loss
+<= 10% of initial; the better-defined choice when many etas reach the same floor, as in the
+noise-free toy model), at a fixed eta, or over all runs. The toy model's theory: plateau escape happens at
 tau = eta t / gamma ~ const, so along eta* ~ gamma^(2/L) the plateau lasts ~ gamma^(1 - 2/L) steps.
 """
 
@@ -54,7 +58,8 @@ if TYPE_CHECKING:
 LN10 = math.log(10.0)
 GROUP_COLUMNS = RUN_COLUMNS  # what must match for runs to be compared across (gamma, eta, seed)
 MIN_SPAN_DECADES = 0.3  # shorter curves cannot show a plateau followed by a drop
-ALONG = ("eta_star", "fixed", "all")
+ALONG = ("eta_star", "eta_max", "fixed", "all")
+TRAINED_FRACTION = 0.1  # eta_max: the final loss is at most this fraction of the initial loss (as analyze optimal-lr)
 MEASURES = ("escape_step", "plateau_end_step")
 
 
@@ -87,7 +92,7 @@ class PlateauOptions:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["smoother"] = "gaussian kernel in log10(step), count-weighted, adaptive to min_samples"
+        d["smoother"] = "local-linear gaussian kernel in log10(step), count-weighted, widened to min_samples"
         return d
 
 
@@ -97,7 +102,7 @@ def smooth_log_curve(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, *, bandwid
                      max_bandwidth: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Kernel-smooth bucket means ``y`` at ``log_t`` (weights ``n``) and resample on a uniform grid.
 
-    Each bucket's value becomes a count-weighted Gaussian average with bandwidth
+    Each bucket's value becomes a count-weighted, Gaussian-kernel local-linear fit with bandwidth
     max(``bandwidth``, the half-width that holds ``min_samples`` samples), capped at
     ``max_bandwidth``; the smoothed values are then linearly interpolated onto a grid of spacing
     ``grid`` decades (``None``: return them at the bucket positions).
@@ -115,7 +120,14 @@ def smooth_log_curve(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, *, bandwid
     idx = np.where(enough.any(axis=1), enough.argmax(axis=1), log_t.size - 1)
     h = np.clip(d_sorted[np.arange(log_t.size), idx], bandwidth, max_bandwidth)
     w = n[None, :] * np.exp(-0.5 * (d / h[:, None]) ** 2)
-    smooth = (w @ y) / w.sum(axis=1)
+    # Local-linear (not Nadaraya-Watson) kernel regression: a straight stretch of the log-log curve
+    # comes out unbiased even where the window is wide or one-sided (early steps, the curve's ends).
+    dx = log_t[None, :] - log_t[:, None]
+    s0, s1, s2 = w.sum(axis=1), (w * dx).sum(axis=1), (w * dx * dx).sum(axis=1)
+    t0, t1 = w @ y, (w * dx) @ y
+    det = s0 * s2 - s1 * s1
+    ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
+    smooth = np.where(ok, (s2 * t0 - s1 * t1) / np.where(ok, det, 1.0), t0 / s0)
     if grid is None or log_t.size == 1:
         return log_t, smooth
     gx = np.arange(log_t[0], log_t[-1], grid)
@@ -141,24 +153,31 @@ def find_drops(gx: np.ndarray, gy: np.ndarray, opts: PlateauOptions = PlateauOpt
         return []
     slope = np.gradient(gy, gx)
     core = slope < -opts.min_slope
-    regions: list[list[int]] = []
-    i = 0
-    while i < gx.size:
-        if not core[i]:
-            i += 1
-            continue
-        a = b = i
-        while b + 1 < gx.size and core[b + 1]:
-            b += 1
-        while a > 0 and slope[a - 1] < -opts.edge_slope:
-            a -= 1
-        while b + 1 < gx.size and slope[b + 1] < -opts.edge_slope:
-            b += 1
-        if regions and a <= regions[-1][1] + 1:
-            regions[-1][1] = max(regions[-1][1], b)
+    cores: list[list[int]] = []
+    for i in np.nonzero(core)[0]:
+        if cores and i == cores[-1][1] + 1:
+            cores[-1][1] = int(i)
         else:
-            regions.append([a, b])
-        i = b + 1
+            cores.append([int(i), int(i)])
+    # Two steep stretches are one drop unless the slope between them flattens to above
+    # -min_slope / 2 (a shoulder: the loss paused, however briefly).
+    merged: list[list[int]] = []
+    for c in cores:
+        if merged and float(np.max(slope[merged[-1][1] : c[0] + 1])) < -opts.min_slope / 2:
+            merged[-1][1] = c[1]
+        else:
+            merged.append(c)
+    regions: list[list[int]] = []
+    for k, (a, b) in enumerate(merged):
+        # widen while still falling faster than t^-edge_slope, but never past the flattest point
+        # between this drop and its neighbours
+        lo = 0 if k == 0 else merged[k - 1][1] + int(np.argmax(slope[merged[k - 1][1] : a + 1]))
+        hi = gx.size - 1 if k == len(merged) - 1 else b + int(np.argmax(slope[b : merged[k + 1][0] + 1]))
+        while a > lo and slope[a - 1] < -opts.edge_slope:
+            a -= 1
+        while b < hi and slope[b + 1] < -opts.edge_slope:
+            b += 1
+        regions.append([a, b])
     drops: list[Drop] = []
     prev_end_t = 10 ** gx[0]
     for a, b in regions:
@@ -307,7 +326,9 @@ def power_law_fit(y: Sequence[float], regressors: Mapping[str, Sequence[float]],
     non-positive data or regressors that do not vary independently (e.g. eta fixed, or eta a
     function of gamma).
     """
-    from scipy import stats
+    from scipy.special import (
+        stdtrit,  # the t quantile, without importing all of scipy.stats
+    )
 
     yv = np.asarray(y, float)
     names = list(regressors)
@@ -331,7 +352,7 @@ def power_law_fit(y: Sequence[float], regressors: Mapping[str, Sequence[float]],
     if dof > 0:
         s2 = float(resid @ resid) / dof
         cov = s2 * np.linalg.inv(X.T @ X)
-        t = float(stats.t.ppf(0.5 + level / 2, dof))
+        t = float(stdtrit(dof, 0.5 + level / 2))
         for j, k in enumerate(names, start=1):
             half = t * math.sqrt(max(cov[j, j], 0.0))
             ci[k] = [float(coef[j] - half), float(coef[j] + half)]
@@ -352,13 +373,13 @@ def varying_columns(runs: pl.DataFrame, cols: Sequence[str]) -> list[str]:
 
 
 def eta_star_table(runs: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
-    """Per (keys, gamma): eta_star, the grid eta with the lowest seed-mean tail loss. A (gamma, eta)
-    with any diverged or unfinished seed counts as infinitely bad; gammas where every eta is bad are
-    left out."""
+    """Per (keys, gamma): eta_star, the grid eta with the lowest seed-mean tail loss (n_tied: how
+    many etas share that loss). A (gamma, eta) with any diverged or unfinished seed counts as
+    infinitely bad; gammas where every eta is bad are left out."""
     finished = runs.filter(pl.col("status").is_in(["completed", "diverged"]))
     if finished.is_empty():
         return pl.DataFrame(schema={**{k: runs.schema[k] for k in keys}, "gamma": pl.Float64,
-                                    "eta_star": pl.Float64, "loss_at_eta_star": pl.Float64})
+                                    "eta_star": pl.Float64, "loss_at_eta_star": pl.Float64, "n_tied": pl.UInt32})
     cell = (
         finished.with_columns(
             pl.when((pl.col("status") == "diverged") | pl.col("tail_mean_loss").is_null()
@@ -367,24 +388,47 @@ def eta_star_table(runs: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
         .group_by(*keys, "gamma", "eta").agg(pl.col("_loss").mean().alias("_loss"))
         .filter(pl.col("_loss").is_finite())
     )
+    # Ties (e.g. several etas that all reach a loss of exactly 0) go to the middle one of the tied
+    # etas, so the choice is deterministic and not pinned to an edge of the tied range.
+    best = pl.col("_loss").min().over(*keys, "gamma")
+    tied = cell.filter(pl.col("_loss") <= best * (1 + 1e-9)).sort(*keys, "gamma", "eta")
     return (
-        cell.sort("_loss").group_by(*keys, "gamma", maintain_order=True)
-        .agg(pl.col("eta").first().alias("eta_star"), pl.col("_loss").first().alias("loss_at_eta_star"))
+        tied.group_by(*keys, "gamma", maintain_order=True)
+        .agg(pl.col("eta").get((pl.len() - 1) // 2).alias("eta_star"),
+             pl.col("_loss").min().alias("loss_at_eta_star"), pl.len().alias("n_tied"))
         .sort(*keys, "gamma")
     )
 
 
+def eta_max_table(runs: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+    """Per (keys, gamma): eta_max, the largest grid eta at which every seed finished without
+    diverging and ended at most ``TRAINED_FRACTION`` of its initial loss."""
+    ok = (
+        runs.with_columns(
+            ((pl.col("status") == "completed") & pl.col("final_loss").is_not_null()
+             & (pl.col("final_loss") <= TRAINED_FRACTION * pl.col("initial_loss"))).alias("_ok"))
+        .group_by(*keys, "gamma", "eta").agg(pl.col("_ok").all().alias("_ok"))
+        .filter(pl.col("_ok"))
+    )
+    return ok.group_by(*keys, "gamma").agg(pl.col("eta").max().alias("eta_max")).sort(*keys, "gamma")
+
+
 def select_family(runs: pl.DataFrame, along: str, eta: Optional[float], keys: Sequence[str]) -> pl.DataFrame:
-    """The runs of a family: ``eta_star`` (each gamma at its eta*), ``fixed`` (one eta: ``eta``, or
-    the eta shared by the most gammas), or ``all``."""
+    """The runs of a family: ``eta_star`` (each gamma at its eta*), ``eta_max`` (each gamma at the
+    largest eta that trained), ``fixed`` (one eta: ``eta``, or the eta at which the most gammas
+    completed without diverging, ties to the lower mean tail loss), or ``all``."""
     if along not in ALONG:
         raise InvalidSpecError(f"unknown family {along!r}: use one of {', '.join(ALONG)}")
     if along == "all" or runs.is_empty():
         return runs
     if along == "fixed":
-        if eta is None:
-            counts = (runs.group_by("eta").agg(pl.col("gamma").n_unique().alias("k"), pl.len().alias("n"))
-                      .sort(["k", "n", "eta"], descending=True))
+        if eta is None:  # the eta at which the most gammas finished without diverging; then the lower loss
+            done = runs.filter(pl.col("status") == "completed") if "status" in runs.columns else runs
+            pool = done if not done.is_empty() else runs
+            loss = pl.col("tail_mean_loss").mean() if "tail_mean_loss" in pool.columns else pl.lit(0.0)
+            counts = (pool.group_by("eta").agg(pl.col("gamma").n_unique().alias("k"), pl.len().alias("n"),
+                                               loss.alias("loss"))
+                      .sort(["k", "n", "loss", "eta"], descending=[True, True, False, True], nulls_last=True))
             eta = float(counts["eta"][0])
         etas = runs["eta"].unique().to_numpy()
         near = etas[np.isclose(etas, eta, rtol=1e-6)]
@@ -392,11 +436,16 @@ def select_family(runs: pl.DataFrame, along: str, eta: Optional[float], keys: Se
             shown = ", ".join(f"{e:g}" for e in sorted(etas)[:12])
             raise InvalidSpecError(f"no run at eta = {eta:g} (etas: {shown})")
         return runs.filter(pl.col("eta") == float(near[0]))
-    star = eta_star_table(runs, keys)
-    if star.is_empty():
-        raise AnalysisError("no eta* at any gamma: every (gamma, eta) diverged or is unfinished")
-    return runs.join(star.select(*keys, "gamma", pl.col("eta_star").alias("eta")),
-                     on=[*keys, "gamma", "eta"], how="semi", nulls_equal=True)
+    if along == "eta_max":
+        star = eta_max_table(runs, keys).rename({"eta_max": "eta"})
+        if star.is_empty():
+            raise AnalysisError(f"no eta_max at any gamma: no (gamma, eta) ended below {TRAINED_FRACTION:g} of "
+                                "its initial loss in every seed")
+    else:
+        star = eta_star_table(runs, keys).rename({"eta_star": "eta"})
+        if star.is_empty():
+            raise AnalysisError("no eta* at any gamma: every (gamma, eta) diverged or is unfinished")
+    return runs.join(star.select(*keys, "gamma", "eta"), on=[*keys, "gamma", "eta"], how="semi", nulls_equal=True)
 
 
 def plateau_scaling(table: pl.DataFrame, runs: pl.DataFrame, *, along: str = "eta_star",
@@ -442,7 +491,8 @@ def _scaling_group(grp: pl.DataFrame, table: pl.DataFrame, keys: Sequence[str], 
         return res
     pts = fam.select("run_id").join(table, on="run_id", how="inner")
     ok = pts.filter(pl.col(measure).is_not_null() & (pl.col("status") != "diverged"))
-    res["n_censored"] = int(pts.filter(pl.col(measure).is_null() & (pl.col("status") != "diverged")).height)
+    # never left the plateau within its budget (too-short or empty curves say nothing either way)
+    res["n_censored"] = int(pts.filter(pl.col(measure).is_null() & pl.col("status").is_in(["ok", "no_drop"])).height)
     per_gamma = (ok.group_by("gamma", "eta").agg(  # geometric mean over seeds
         (10 ** pl.col(measure).cast(pl.Float64).log10().mean()).alias("plateau_steps"),
         pl.len().alias("n_seeds")).sort("gamma"))
@@ -489,17 +539,14 @@ class PlateauReport:
 def analyze_plateaus(store: "Store", sweep: str, run_ids: Optional[Sequence[int]] = None, *,
                      opts: PlateauOptions = PlateauOptions(), along: str = "eta_star",
                      eta: Optional[float] = None, gamma_min: Optional[float] = 1.0,
-                     measure: str = "escape_step") -> PlateauReport:
-    """Plateaus of every run of ``sweep`` (or of ``run_ids`` in it) and the per-sweep scaling."""
-    runs = store.runs_frame(sweep)
-    if run_ids:
-        wanted = {int(r) for r in run_ids}
-        missing = wanted - set(runs["run_id"].to_list())
-        if missing:
-            raise InvalidSpecError(f"runs {', '.join(map(str, sorted(missing)))} are not in sweep {sweep!r}")
-        runs = runs.filter(pl.col("run_id").is_in(sorted(wanted)))
+                     measure: str = "escape_step", where: Sequence[str] = ()) -> PlateauReport:
+    """Plateaus of every run of ``sweep`` (or of those ``run_ids`` and ``where`` select) and the
+    per-sweep scaling."""
+    from analysis.downsample import select_runs
+
+    runs = select_runs(store, sweep, where, run_ids)
     if runs.is_empty():
-        raise AnalysisError(f"sweep {sweep!r} has no runs")
+        raise AnalysisError(f"sweep {sweep!r} has no runs" + (" that match the selection" if where or run_ids else ""))
     buckets = bucketed_series(store, runs["run_id"].to_list(), LOSS, opts.per_decade)
     table, drops = detect_plateaus(buckets, runs, opts)
     scaling = plateau_scaling(table, runs, along=along, eta=eta, gamma_min=gamma_min, measure=measure)

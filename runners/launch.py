@@ -35,6 +35,7 @@ class LaunchOptions:
     checkpoint_dir: Optional[Path] = None
     checkpoint_every: float = 300.0
     threads: Optional[int] = None
+    ensemble: int = 1
     progress: bool = True
     quiet: bool = False
 
@@ -55,7 +56,7 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
     """Run ``spec`` as ``opts`` says; returns the final summary text."""
     plan = plan_of(spec)  # validates every config before anything is written
     work_opts = WorkOptions(device=opts.device, checkpoint_dir=opts.checkpoint_dir,
-                            checkpoint_every_seconds=opts.checkpoint_every)
+                            checkpoint_every_seconds=opts.checkpoint_every, ensemble=opts.ensemble)
     with Store.open(url) as store:
         if opts.workers == 1 and opts.launcher == "none":
             set_threads(opts.threads)
@@ -66,6 +67,8 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
         if plan.adaptive:
             raise InvalidSpecError("the adaptive eta scan runs in one process: drop --workers/--launcher, "
                                    "or use --full-grid")
+        if opts.ensemble > 1 and opts.launcher != "none":
+            raise InvalidSpecError("--ensemble with --launcher is not supported yet: use local --workers")
         t0 = time.perf_counter()
         _, runs = prepare(store, plan)
         if opts.launcher == "none":
@@ -91,13 +94,13 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
 
 def worker_main(url: Optional[str], sweep: str, *, device: str = "auto", max_runs: Optional[int] = None,
                 grace: float = 300.0, checkpoint_dir: Optional[Path] = None, checkpoint_every: float = 300.0,
-                threads: Optional[int] = None, quiet: bool = False) -> str:
+                threads: Optional[int] = None, quiet: bool = False, ensemble: int = 1) -> str:
     """`gammadb worker`: drain a sweep's pending runs."""
     set_threads(threads)
     with Store.open(url) as store:
         reporter = NullReporter() if quiet else LineReporter()
         report = work(store, sweep, WorkOptions(device=device, checkpoint_dir=checkpoint_dir,
-                                                checkpoint_every_seconds=checkpoint_every),
+                                                checkpoint_every_seconds=checkpoint_every, ensemble=ensemble),
                       reporter, max_runs=max_runs, stale_after_s=grace)
     wait = report.store_seconds / report.seconds if report.seconds else 0.0
     return (f"worker done: {report.total} runs ({report.completed} completed, {report.diverged} diverged, "
@@ -112,7 +115,7 @@ def _worker_env(url: Optional[str]) -> dict[str, str]:
 def _local_workers(url: Optional[str], sweep: str, opts: LaunchOptions) -> None:
     threads = opts.threads or max(1, (os.cpu_count() or 1) // opts.workers)
     cmd = [sys.executable, "-m", "gammadb", "worker", "--sweep", sweep, "--device", opts.device,
-           "--threads", str(threads), "--quiet"]
+           "--threads", str(threads), "--ensemble", str(opts.ensemble), "--quiet"]
     if opts.checkpoint_dir is not None:
         cmd += ["--checkpoint-dir", str(opts.checkpoint_dir), "--checkpoint-every", str(opts.checkpoint_every)]
     procs = [subprocess.Popen(cmd, env=_worker_env(url)) for _ in range(opts.workers)]

@@ -93,6 +93,7 @@ class WorkOptions:
     checkpoint_every_seconds: Optional[float] = 300.0
     flush_seconds: float = 2.0
     batch_rows: int = 20_000
+    ensemble: int = 1  # train up to this many compatible grid points as one stacked model
 
 
 def run_spec(config: RunConfig) -> RunSpec:
@@ -134,6 +135,10 @@ def run_sweep(store: Store, plan: SweepPlan, options: WorkOptions = WorkOptions(
             report.skipped = sum(r.status.finished for r in runs)
             done = report.skipped
             ids = [r.id for r in runs]
+            if options.ensemble > 1:
+                pending = [r for r in runs if not r.status.finished]
+                for status in _drain_ensembles(store, sweep_id, pending, options, reporter, done, report.total):
+                    _tally(report, status)
             while True:
                 run = store.claim_next(sweep_id, run_ids=ids)
                 if run is None:
@@ -193,6 +198,12 @@ def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
     rec = store.get_sweep(sweep)
     report = SweepReport(sweep=sweep)
     with _terminate_as_interrupt():
+        if options.ensemble > 1 and max_runs is None:
+            store.requeue(sweep, stale_after_s=stale_after_s)
+            pending = store.runs(sweep=sweep, status=RunStatus.PENDING)
+            for status in _drain_ensembles(store, rec.id, pending, options, reporter, 0, len(pending)):
+                report.total += 1
+                _tally(report, status)
         while max_runs is None or report.total < max_runs:
             store.requeue(sweep, stale_after_s=stale_after_s)
             run = store.claim_next(rec.id)
@@ -262,6 +273,67 @@ def _drop_checkpoints_ahead_of_store(directory: Path, steps_committed: int) -> N
     for path in checkpoint_files(directory):  # named step_{t:09d}.pt
         if int(path.stem.split("_")[1]) > steps_committed:
             path.unlink(missing_ok=True)
+
+
+def _drain_ensembles(store: Store, sweep_id: int, pending: Sequence[RunRecord], options: WorkOptions,
+                     reporter: Reporter, done: int, total: int) -> Iterator[RunStatus]:
+    """Claim and train compatible pending runs in stacks of up to ``options.ensemble``; runs that
+    cannot be stacked are left pending for the one-at-a-time loop."""
+    from runners.ensemble import can_ensemble, ensemble_key
+
+    groups: dict[tuple, list[int]] = {}
+    for r in pending:
+        config = RunConfig.from_dict(r.config)
+        if can_ensemble(config):
+            groups.setdefault(ensemble_key(config), []).append(r.id)
+    for ids in groups.values():
+        while True:
+            claimed = store.claim_many(sweep_id, ids, limit=options.ensemble)
+            if not claimed:
+                break
+            for run in claimed:
+                done += 1
+                reporter.run_started(run, done, total)
+            yield from train_claimed_ensemble(store, claimed, options, reporter)
+
+
+def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: WorkOptions,
+                           reporter: Reporter) -> list[RunStatus]:
+    """Train claimed runs as one stacked model; each member is recorded as its own run."""
+    from runners.ensemble import train_ensemble
+    from runners.train import resolve_device
+
+    configs = [RunConfig.from_dict(r.config) for r in runs]
+    device = str(resolve_device(options.device))
+    for r in runs:
+        store.mark_running(r.id, worker=worker_id(), device=device)
+    writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
+    sinks = [_StoreSink(writer, r.id, c.steps, reporter) for r, c in zip(runs, configs)]
+    try:
+        outcomes = train_ensemble(configs, sinks, device=device)
+    except (KeyboardInterrupt, SystemExit):
+        writer.close()
+        store.reset_runs([r.id for r in runs])
+        raise
+    except GammadbError:
+        writer.close()
+        raise
+    except Exception as exc:
+        writer.close()
+        text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+        for r, sink in zip(runs, sinks):
+            store.finish_run(r.id, RunStatus.FAILED, steps_done=sink.last_step, error=text)
+            reporter.run_finished(r, RunStatus.FAILED, sink.last_step, None)
+        return [RunStatus.FAILED] * len(runs)
+    writer.close()
+    statuses = []
+    for r, sink, outcome in zip(runs, sinks, outcomes):
+        status = RunStatus.DIVERGED if outcome.status == "diverged" else RunStatus.COMPLETED
+        store.delete_steps_after(r.id, outcome.steps_done)
+        store.finish_run(r.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at)
+        reporter.run_finished(r, status, outcome.steps_done, sink.last_loss)
+        statuses.append(status)
+    return statuses
 
 
 class _StoreSink:

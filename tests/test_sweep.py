@@ -129,3 +129,26 @@ def test_sigkill_mid_run_leaves_whole_batches_and_the_rerun_matches_a_clean_run(
     want = ref.series(ref.runs_frame("crash")["run_id"].to_list(), metrics=["loss"])
     assert got.height == want.height == 2 * steps
     assert got["value"].to_list() == want["value"].to_list()  # bit for bit on CPU
+
+
+def test_ensemble_sweep_records_each_member_as_its_own_run(sqlite_url: str) -> None:
+    """--ensemble K: every member is stored as its own run, equal to the same point trained alone."""
+    configs = [tiny(gamma=g, eta=e, dtype="float64", cadence="none", ntk=False, sharpness=False)
+               for g in (0.5, 2.0) for e in (0.05, 1e6)]
+    with Store.open(sqlite_url) as store:
+        rep = run_sweep(store, SweepPlan(name="ens", spec={}, configs=configs), WorkOptions(device="cpu", ensemble=4))
+        assert (rep.completed, rep.diverged) == (2, 2)
+        stacked = store.runs_frame("ens").sort("gamma", "eta")
+        alone_url = sqlite_url.replace("store.sqlite", "alone.sqlite")
+    with Store.open(alone_url) as alone:
+        run_sweep(alone, SweepPlan(name="ens", spec={}, configs=configs), WorkOptions(device="cpu"))
+        solo = alone.runs_frame("ens").sort("gamma", "eta")
+        assert stacked["status"].to_list() == solo["status"].to_list()
+        assert stacked["diverged_at"].to_list() == solo["diverged_at"].to_list()
+        with Store.open(sqlite_url) as store:
+            for a, b in zip(stacked["run_id"].to_list(), solo["run_id"].to_list()):
+                x = store.series([a], metrics=["loss"])["value"].to_list()
+                y = alone.series([b], metrics=["loss"])["value"].to_list()
+                assert len(x) == len(y)
+                assert all((u == v) or abs(u - v) <= 1e-10 * max(1.0, abs(v)) or (u != u and v != v)
+                           or (math.isinf(u) and math.isinf(v)) for u, v in zip(x, y))

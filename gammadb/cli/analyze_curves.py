@@ -13,6 +13,7 @@ from gammadb.cli.common import JsonOpt, SweepOpt, UrlOpt, echo, emit, print_json
 class Family(str, enum.Enum):
     fixed = "fixed"
     eta_star = "eta-star"
+    eta_max = "eta-max"
     all = "all"
 
 
@@ -27,6 +28,8 @@ class Transform(str, enum.Enum):
     linear = "linear"
 
 
+WhereOpt = Annotated[Optional[list[str]], typer.Option(
+    "--where", "-w", help="Run filter 'column op value' (repeatable, ANDed), e.g. \"depth = 3\".")]
 RunOpt = Annotated[Optional[list[int]], typer.Option("--run", "-r", help="Only these run ids (repeatable).")]
 EtaOpt = Annotated[Optional[float], typer.Option(
     "--eta", help="With --along/--family fixed: this eta (default: the eta shared by the most gammas).")]
@@ -37,8 +40,9 @@ GammaMinOpt = Annotated[float, typer.Option(
 def plateaus(
     sweep: SweepOpt,
     run: RunOpt = None,
+    where: WhereOpt = None,
     along: Annotated[Family, typer.Option(
-        "--along", help="Plateau-length scaling along eta*(gamma), at a fixed eta, or over all runs.")] = Family.eta_star,
+        "--along", help="Plateau-length scaling along eta*(gamma), eta_max(gamma), at a fixed eta, or over all runs.")] = Family.eta_star,
     eta: EtaOpt = None,
     gamma_min: GammaMinOpt = 1.0,
     measure: Annotated[Measure, typer.Option(
@@ -65,7 +69,7 @@ def plateaus(
                           min_slope=min_slope, edge_slope=edge_slope, min_drop=min_drop)
     with Store.open(url) as store:
         rep = analyze_plateaus(store, sweep, run, opts=opts, along=along.value.replace("-", "_"), eta=eta,
-                               gamma_min=gamma_min or None,
+                               gamma_min=gamma_min or None, where=where or (),
                                measure="escape_step" if measure == Measure.escape else "plateau_end_step")
     if json_:
         print_json(rep.to_json())
@@ -84,9 +88,12 @@ def plateaus(
         echo(_scaling_line(g, rep.scaling))
 
 
-def _echo_notes(runs) -> None:
-    for r in runs.filter(~runs["status"].is_in(["ok"])).iter_rows(named=True):
+def _echo_notes(runs, limit: int = 40) -> None:
+    odd = runs.filter(~runs["status"].is_in(["ok"]))
+    for r in odd.head(limit).iter_rows(named=True):
         echo(f"run {r['run_id']}: {r['status']}: {r['note']}")
+    if odd.height > limit:
+        echo(f"... and {odd.height - limit} more runs without a drop or with a short curve (see --json)")
 
 
 def _scaling_line(g: dict, scaling: dict) -> str:
@@ -105,15 +112,18 @@ def collapse(
     sweep: SweepOpt,
     metric: Annotated[str, typer.Option("--metric", "-m", help="loss, or any metric: NAME or NAME.lK (layer K).")] = "loss",
     family: Annotated[Family, typer.Option(
-        "--family", help="Runs compared: one eta (fixed), each gamma at its eta* (eta-star), or all.")] = Family.fixed,
+        "--family", help="Runs compared: one eta (fixed), each gamma at its eta* or eta_max, or all.")] = Family.fixed,
     eta: EtaOpt = None,
     gamma_min: GammaMinOpt = 1.0,
     reference: Annotated[Optional[int], typer.Option(
         "--reference", help="Reference run id (default: the run nearest the median gamma).")] = None,
     run: RunOpt = None,
+    where: WhereOpt = None,
     transform: Annotated[Transform, typer.Option(
         help="Compare log10 values (auto: when all are > 0) or the values themselves.")] = Transform.auto,
     levels: Annotated[int, typer.Option(help="Levels matched when fitting each run's time scale.")] = 25,
+    tau_max: Annotated[Optional[float], typer.Option(
+        "--tau-max", help="Compare and fit only up to this tau = eta t / gamma (early times).")] = None,
     per_decade: Annotated[int, typer.Option(help="Log-step buckets per decade read from the store.")] = 40,
     json_: JsonOpt = False,
     url: UrlOpt = None,
@@ -128,10 +138,11 @@ def collapse(
     from analysis.collapse import CollapseOptions, analyze_collapse
     from gammadb.store import Store
 
-    opts = CollapseOptions(per_decade=per_decade, levels=levels, transform=transform.value)
+    opts = CollapseOptions(per_decade=per_decade, levels=levels, transform=transform.value, tau_max=tau_max)
     with Store.open(url) as store:
         rep = analyze_collapse(store, sweep, metric=metric, along=family.value.replace("-", "_"), eta=eta,
-                               gamma_min=gamma_min or None, reference=reference, run_ids=run, opts=opts)
+                               gamma_min=gamma_min or None, reference=reference, run_ids=run,
+                               where=where or (), opts=opts)
     if json_:
         print_json(rep.to_json())
         return

@@ -58,21 +58,24 @@ def curves(sweep: SweepOpt, out: OutOpt = Path("curves.html"), metric: MetricOpt
 
 @app.command("collapse")
 def collapse(sweep: SweepOpt, out: OutOpt = Path("collapse.html"), metric: MetricOpt = "loss",
-             family: Annotated[Family, typer.Option("--family", help="fixed | eta-star | all")] = Family.fixed,
+             family: Annotated[Family, typer.Option("--family", help="fixed | eta-star | eta-max | all")] = Family.fixed,
              eta: EtaOpt = None, gamma_min: GammaMinOpt = 1.0,
              reference: Annotated[Optional[int], typer.Option("--reference", help="Reference run id.")] = None,
-             run: RunOpt = None, url: UrlOpt = None) -> None:
+             tau_max: Annotated[Optional[float], typer.Option(
+                 "--tau-max", help="Fit the time scales only up to this tau of the reference.")] = None,
+             where: WhereOpt = None, run: RunOpt = None, url: UrlOpt = None) -> None:
     """Raw time, tau = eta t / gamma and the fitted time scale side by side (see analyze collapse).
 
     Example: gammadb plot collapse --sweep toy-L3 --eta 0.1 --out collapse.png
     """
     from analysis.charts_curves import collapse_figure, save_chart
-    from analysis.collapse import analyze_collapse
+    from analysis.collapse import CollapseOptions, analyze_collapse
     from gammadb.store import Store
 
     with Store.open(url) as store:
         rep = analyze_collapse(store, sweep, metric=metric, along=family.value.replace("-", "_"), eta=eta,
-                               gamma_min=gamma_min or None, reference=reference, run_ids=run)
+                               gamma_min=gamma_min or None, reference=reference, run_ids=run, where=where or (),
+                               opts=CollapseOptions(tau_max=tau_max))
     save_chart(collapse_figure(rep), out)
     echo(f"wrote {out}: {rep.runs.height} runs; RMS before {_f(rep.rms_before)}, after tau {_f(rep.rms_after_theory)}, "
          f"after fit {_f(rep.rms_after_fit)}")

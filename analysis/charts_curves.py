@@ -1,0 +1,403 @@
+"""Altair charts of loss curves, trajectory collapse and per-step metrics.
+
+Builders take already-reduced polars frames (see :mod:`analysis.downsample`: a few thousand rows),
+return an ``alt.Chart`` (or a compound chart) and never save; :func:`save_chart` does that.
+Encodings carry explicit types and log scales are explicit.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import polars as pl
+
+from analysis.downsample import (
+    DEFAULT_PER_DECADE,
+    bucketed_series,
+    curve_bands,
+    select_runs,
+)
+from gammadb.errors import InvalidSpecError
+from gammadb.metrics import LOSS
+
+if TYPE_CHECKING:
+    import altair as alt
+
+    from analysis.collapse import CollapseReport
+    from analysis.plateaus import PlateauOptions
+    from gammadb.store import Store
+
+WIDTH, HEIGHT = 460, 300
+GAMMA_SCHEME = "viridis"
+EXPORT_SUFFIXES = (".html", ".json", ".svg", ".png", ".pdf")
+X_CHOICES = ("step", "tau")
+SIG_FIGS = 6  # chart data: enough for any axis, a third of the bytes of repr(float)
+BAND_COLUMNS = ("series", "gamma", "eta", "step", "tau", "mean", "lo", "hi", "n_runs")
+X_TITLES = {"step": "step t", "tau": "tau = eta t / gamma", "t_fit": "fitted s * t"}
+
+
+def _data(df: pl.DataFrame) -> pl.DataFrame:
+    """The frame Altair gets: NaN / inf become null (Vega-Lite specs are strict JSON).
+
+    Frames go to Altair as frames, not as ``alt.Data(values=...)``: Altair validates inline values
+    row by row (seconds for 10^4 rows), frames it converts once. Its 5,000-row guard is lifted only
+    where a spec is produced (:func:`chart_spec`, :func:`save_chart`); the builders keep their own
+    row budget.
+    """
+    floats = [c for c, t in df.schema.items() if t.is_float()]
+    return df.with_columns(pl.when(pl.col(c).is_finite()).then(pl.col(c).round_sig_figs(SIG_FIGS)).otherwise(None)
+                           .alias(c) for c in floats)
+
+
+def chart_spec(chart: Any) -> dict[str, Any]:
+    """The chart's Vega-Lite spec (a dict), data inlined."""
+    import altair as alt
+
+    with alt.data_transformers.disable_max_rows():
+        return chart.to_dict()
+
+
+def use_log_y(df: pl.DataFrame, col: str = "mean", *, min_ratio: float = 20.0) -> bool:
+    """Log y when every value is positive and they span more than ``min_ratio``."""
+    v = df[col].drop_nulls()
+    v = v.filter(v.is_finite()) if v.dtype.is_float() else v
+    if v.is_empty() or v.min() <= 0:
+        return False
+    return float(v.max()) / float(v.min()) >= min_ratio
+
+
+def _check_x(x: str) -> None:
+    if x not in X_CHOICES:
+        raise InvalidSpecError(f"--x must be one of {', '.join(X_CHOICES)} (got {x!r})")
+
+
+def curves_chart(bands: pl.DataFrame, marks: Optional[pl.DataFrame] = None, *, x: str = "step",
+                 metric: str = "loss", y_log: Optional[bool] = None, title: Optional[str] = None) -> "alt.Chart":
+    """Seed-mean curves on log-log axes, one colour per gamma, with a min/max band.
+
+    ``bands``: :func:`analysis.downsample.curve_bands` (series, gamma, eta, step, tau, mean, lo, hi,
+    n_runs). ``marks`` (optional): kind ('plateau' | 'drop'), gamma, eta, seed, step, tau, x2 columns
+    step_end / tau_end (plateau), value; drawn as a plateau bar and a triangle at each drop.
+    """
+    import altair as alt
+
+    _check_x(x)
+    if bands.is_empty():
+        raise InvalidSpecError("nothing to plot: the selected runs have no finite values at step >= 1")
+    log_y = use_log_y(bands) if y_log is None else y_log
+    data = bands.filter(pl.col("mean").is_not_null())
+    if log_y:
+        data = data.filter(pl.col("mean") > 0).with_columns(
+            pl.when(pl.col("lo") > 0).then(pl.col("lo")).otherwise(pl.col("mean")).alias("lo"))
+    yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
+    xenc = alt.X(f"{x}:Q").scale(type="log").title(X_TITLES[x])
+    color = alt.Color("gamma:O").scale(scheme=GAMMA_SCHEME).title("gamma")
+    tooltip = [alt.Tooltip("series:N"), alt.Tooltip("step:Q", format=".3~s"), alt.Tooltip("tau:Q", format=".3~g"),
+               alt.Tooltip("mean:Q", format=".4~g"), alt.Tooltip("lo:Q", format=".4~g"),
+               alt.Tooltip("hi:Q", format=".4~g"), alt.Tooltip("n_runs:Q", title="seeds")]
+    base = alt.Chart(_data(data.select([c for c in BAND_COLUMNS if c in data.columns])))
+    band = base.mark_area(opacity=0.18, interpolate="linear").encode(
+        x=xenc, y=alt.Y("lo:Q").scale(yscale).title(metric), y2=alt.Y2("hi:Q"), color=color.legend(None),
+        detail=alt.Detail("series:N"))
+    line = base.mark_line(strokeWidth=1.6).encode(
+        x=xenc, y=alt.Y("mean:Q").scale(yscale).title(metric), color=color, detail=alt.Detail("series:N"),
+        tooltip=tooltip)
+    layers: list[Any] = [band, line]
+    if marks is not None and not marks.is_empty():
+        layers += _mark_layers(marks, x, yscale, color, log_y)
+    chart = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT)
+    if title:
+        chart = chart.properties(title=title)
+    return chart
+
+
+def _mark_layers(marks: pl.DataFrame, x: str, yscale: Any, color: Any, log_y: bool) -> list[Any]:
+    import altair as alt
+
+    m = marks.filter(pl.col("value").is_not_null())
+    if log_y:
+        m = m.filter(pl.col("value") > 0)
+    plateaus = m.filter(pl.col("kind") == "plateau")
+    drops = m.filter(pl.col("kind") == "drop")
+    out: list[Any] = []
+    tip = [alt.Tooltip("label:N"), alt.Tooltip("seed:Q")]
+    if not plateaus.is_empty():
+        out.append(alt.Chart(_data(plateaus)).mark_rule(strokeWidth=4, opacity=0.45).encode(
+            x=alt.X(f"{x}:Q").scale(type="log"), x2=alt.X2(f"{x}_end:Q"),
+            y=alt.Y("value:Q").scale(yscale), color=color, tooltip=tip))
+    if not drops.is_empty():
+        out.append(alt.Chart(_data(drops)).mark_point(shape="triangle-down", filled=True, size=70,
+                                                      opacity=0.9, stroke="black", strokeWidth=0.5).encode(
+            x=alt.X(f"{x}:Q").scale(type="log"), y=alt.Y("value:Q").scale(yscale), color=color, tooltip=tip))
+    return out
+
+
+def plateau_marks(table: pl.DataFrame, drops: pl.DataFrame) -> pl.DataFrame:
+    """Chart marks from :func:`analysis.plateaus.detect_plateaus`' tables: a 'plateau' bar from the
+    first step to the plateau's end at the initial level, and a 'drop' point at each drop's step
+    (at the geometric mean of the loss before and after)."""
+    schema = {"kind": pl.String, "run_id": pl.Int64, "gamma": pl.Float64, "eta": pl.Float64, "seed": pl.Int64,
+              "step": pl.Float64, "step_end": pl.Float64, "value": pl.Float64, "label": pl.String}
+    rows = []
+    meta = {r["run_id"]: r for r in table.iter_rows(named=True)}
+    for r in meta.values():
+        if r["plateau_end_step"] is not None and r["first_step"] is not None and r["initial_loss"] is not None:
+            rows.append(dict(kind="plateau", run_id=r["run_id"], gamma=r["gamma"], eta=r["eta"], seed=r["seed"],
+                             step=float(r["first_step"]), step_end=float(max(r["plateau_end_step"], r["first_step"])),
+                             value=r["initial_loss"],
+                             label=f"plateau to step {r['plateau_end_step']} (gamma={r['gamma']:g}, eta={r['eta']:g})"))
+    for d in drops.iter_rows(named=True):
+        r = meta.get(d["run_id"])
+        if r is None:
+            continue
+        rows.append(dict(kind="drop", run_id=d["run_id"], gamma=r["gamma"], eta=r["eta"], seed=r["seed"],
+                         step=float(d["step"]), step_end=None,
+                         value=math.sqrt(d["loss_before"] * d["loss_after"]),
+                         label=f"drop {d['drop']} at step {d['step']}: {d['loss_before']:.3g} -> {d['loss_after']:.3g}"))
+    df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    ratio = pl.col("eta") / pl.col("gamma")
+    return df.with_columns((pl.col("step") * ratio).alias("tau"), (pl.col("step_end") * ratio).alias("tau_end"))
+
+
+def collapse_chart(curves: pl.DataFrame, *, metric: str = "loss", log_y: bool = True,
+                   reference: Optional[dict[str, Any]] = None, max_rows: int = 15_000) -> "alt.HConcatChart":
+    """Raw time, the theory's tau = eta t / gamma, and the fitted time scale, side by side.
+
+    ``curves``: :attr:`analysis.collapse.CollapseReport.curves` (run_id, gamma, eta, seed, step, tau,
+    t_fit, value); one line per run, coloured by gamma.
+    """
+    import altair as alt
+
+    if curves.is_empty():
+        raise InvalidSpecError("nothing to plot: no run has a curve")
+    data = _thin(curves, max_rows).select("run_id", "gamma", "eta", "seed", "step", "tau", "t_fit", "value")
+    if log_y:
+        data = data.filter(pl.col("value") > 0)
+    yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
+    color = alt.Color("gamma:O").scale(scheme=GAMMA_SCHEME).title("gamma")
+    base = alt.Chart(_data(data)).mark_line(strokeWidth=1.3, opacity=0.85)
+    tip = [alt.Tooltip("run_id:Q"), alt.Tooltip("gamma:Q"), alt.Tooltip("eta:Q"), alt.Tooltip("seed:Q"),
+           alt.Tooltip("step:Q", format=".3~s"), alt.Tooltip("value:Q", format=".4~g")]
+    ref_txt = f" (aligned to run {reference['run_id']}, gamma={reference['gamma']:g})" if reference else ""
+    panels = []
+    for xcol, ttl in (("step", "raw: step t"), ("tau", "theory: tau = eta t / gamma"),
+                      ("t_fit", "fitted: s t" + ref_txt)):
+        panels.append(base.encode(
+            x=alt.X(f"{xcol}:Q").scale(type="log").title(X_TITLES[xcol] if xcol != "t_fit" else "s t"),
+            y=alt.Y("value:Q").scale(yscale).title(metric), color=color, detail=alt.Detail("run_id:N"),
+            tooltip=tip).properties(width=300, height=260, title=ttl))
+    return alt.hconcat(*panels).resolve_scale(x="independent")
+
+
+def _thin(df: pl.DataFrame, max_rows: int) -> pl.DataFrame:
+    """Keep every k-th row per run so at most ``max_rows`` rows remain (bucketed data is log-spaced,
+    so this stays log-spaced)."""
+    if df.height <= max_rows:
+        return df
+    k = math.ceil(df.height / max_rows)
+    return df.with_columns(pl.int_range(pl.len()).over("run_id").alias("_i")).filter(pl.col("_i") % k == 0).drop("_i")
+
+
+def metric_chart(bands: pl.DataFrame, *, metric: str, facet: str = "gamma", x: str = "step",
+                 y_log: Optional[bool] = None, two_over_eta: bool = False, columns: int = 3) -> "alt.FacetChart":
+    """A per-step metric against step or tau, one panel per gamma (or eta).
+
+    ``bands``: :func:`analysis.downsample.curve_bands` frames of every layer, with a ``layer`` column.
+    Colour: the layer when there are several, else the other of gamma / eta. ``two_over_eta`` adds
+    the dashed 2/eta line (sharpness at the edge of stability).
+    """
+    import altair as alt
+
+    _check_x(x)
+    if facet not in ("gamma", "eta"):
+        raise InvalidSpecError(f"--facet must be gamma or eta (got {facet!r})")
+    if bands.is_empty():
+        raise InvalidSpecError(f"nothing to plot: no finite values of {metric} at step >= 1")
+    other = "eta" if facet == "gamma" else "gamma"
+    layered = "layer" in bands.columns and bands["layer"].n_unique() > 1
+    data = bands.filter(pl.col("mean").is_not_null())
+    log_y = use_log_y(data) if y_log is None else y_log
+    if log_y:
+        data = data.filter(pl.col("mean") > 0).with_columns(
+            pl.when(pl.col("lo") > 0).then(pl.col("lo")).otherwise(pl.col("mean")).alias("lo"))
+    data = data.with_columns((2.0 / pl.col("eta")).alias("two_over_eta"),
+                             (pl.col("series") + pl.lit(" layer ") + pl.col("layer").cast(pl.String)).alias("key")
+                             if "layer" in data.columns else pl.col("series").alias("key"))
+    data = data.select(*[c for c in BAND_COLUMNS if c in data.columns and c != "series"], "key", "two_over_eta",
+                       *(["layer"] if "layer" in data.columns else []))
+    yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
+    if layered:
+        color = alt.Color("layer:O").scale(scheme="plasma").title("layer")
+    else:
+        color = alt.Color(f"{other}:O").scale(scheme=GAMMA_SCHEME).title(other)
+    xenc = alt.X(f"{x}:Q").scale(type="log").title(X_TITLES[x])
+    tip = [alt.Tooltip("key:N", title="curve"), alt.Tooltip("step:Q", format=".3~s"),
+           alt.Tooltip("mean:Q", format=".4~g")]
+    base = alt.Chart()
+    layers: list[Any] = [
+        base.mark_area(opacity=0.15).encode(x=xenc, y=alt.Y("lo:Q").scale(yscale).title(metric), y2="hi:Q",
+                                            color=color, detail="key:N"),
+        base.mark_line(strokeWidth=1.4).encode(x=xenc, y=alt.Y("mean:Q").scale(yscale).title(metric),
+                                               color=color, detail="key:N", tooltip=tip),
+    ]
+    if two_over_eta:
+        layers.append(base.mark_rule(strokeDash=[5, 4], color="firebrick").transform_aggregate(
+            two="mean(two_over_eta)", groupby=["eta"]).encode(
+            y=alt.Y("two:Q").scale(yscale), tooltip=[alt.Tooltip("two:Q", title="2/eta", format=".4~g")]))
+    return alt.layer(*layers, data=_data(data)).properties(width=260, height=200).facet(
+        facet=alt.Facet(f"{facet}:O").title(facet), columns=columns)
+
+
+def scaling_chart(scaling: dict[str, Any], *, measure: str = "plateau length (steps)") -> Optional["alt.Chart"]:
+    """Plateau length against gamma (log-log), points per group, fitted power law as a line."""
+    import altair as alt
+
+    rows, lines = [], []
+    for g in scaling.get("groups", []):
+        label = ", ".join(f"{k}={v}" for k, v in g["group"].items()) or "all runs"
+        for p in g["points"]:
+            rows.append({"group": label, "gamma": p["gamma"], "eta": p["eta"], "plateau": p["plateau_steps"],
+                         "n_seeds": p["n_seeds"]})
+        if g.get("exponent") is not None and g["points"]:
+            gs = [p["gamma"] for p in g["points"]]
+            for gv in (min(gs), max(gs)):
+                lines.append({"group": label, "gamma": gv, "fit": g["prefactor"] * gv ** g["exponent"],
+                              "label": f"fit: gamma^{g['exponent']:.2f}"})
+    if not rows:
+        return None
+    pts = alt.Chart(_data(pl.DataFrame(rows))).mark_point(filled=True, size=60).encode(
+        x=alt.X("gamma:Q").scale(type="log").title("gamma"),
+        y=alt.Y("plateau:Q").scale(type="log").title(measure), color=alt.Color("group:N").title("group"),
+        tooltip=["group:N", "gamma:Q", "eta:Q", alt.Tooltip("plateau:Q", format=".4~g"), "n_seeds:Q"])
+    layers = [pts]
+    if lines:
+        layers.append(alt.Chart(_data(pl.DataFrame(lines))).mark_line(strokeDash=[6, 3]).encode(
+            x=alt.X("gamma:Q").scale(type="log"), y=alt.Y("fit:Q").scale(type="log"),
+            color=alt.Color("group:N"), tooltip=["label:N"]))
+    return alt.layer(*layers).properties(width=360, height=260)
+
+
+@functools.lru_cache(maxsize=1)
+def vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script, from vl-convert (no network; ~4 s, so cached)."""
+    import vl_convert as vlc
+    from altair.utils._importers import vl_version_for_vl_convert
+
+    return vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
+
+
+def script_json(obj: Any) -> str:
+    """JSON that is safe inside a <script> element."""
+    return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
+
+
+def chart_html(chart: Any, title: str = "gammadb chart") -> str:
+    """A self-contained page for one chart: the Vega bundle inlined, so it opens offline."""
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><script type='text/javascript'>{vega_bundle()}</script></head>"
+        "<body><div id='vis'></div><script type='text/javascript'>"
+        f"vegaEmbed('#vis', {script_json(chart_spec(chart))}, {{renderer: 'svg'}})"
+        ".catch(err => { document.getElementById('vis').textContent = 'chart failed to render: ' + err; });"
+        "</script></body></html>\n"
+    )
+
+
+def save_chart(chart: Any, path: Path) -> Path:
+    """Export by suffix: .html (self-contained: the Vega bundle inlined, works offline), .json (the
+    Vega-Lite spec), .svg / .png / .pdf (rendered by vl-convert)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise InvalidSpecError(f"{path}: charts export as {', '.join(EXPORT_SUFFIXES)}")
+    if path.parent and not path.parent.exists():
+        raise InvalidSpecError(f"directory {path.parent} does not exist")
+    import altair as alt
+
+    if suffix == ".html":
+        path.write_text(chart_html(chart), encoding="utf-8")
+        return path
+    with alt.data_transformers.disable_max_rows():
+        if suffix == ".json":
+            chart.save(str(path), format="json")
+        elif suffix == ".png":
+            chart.save(str(path), format="png", scale_factor=2)
+        else:
+            chart.save(str(path), format=suffix[1:])
+    return path
+
+
+# ---------------------------------------------------------------------------------------- figures
+def curves_figure(store: "Store", sweep: str, *, metric: str = "loss", where: Sequence[str] = (),
+                  run_ids: Optional[Sequence[int]] = None, x: str = "step", marks: bool = True,
+                  per_decade: int = DEFAULT_PER_DECADE, max_rows: int = 20_000,
+                  opts: Optional["PlateauOptions"] = None) -> tuple[Any, dict[str, Any]]:
+    """The curves chart of a sweep's selected runs, and a summary (runs, curves, rows, marks)."""
+    from analysis.collapse import parse_metric
+    from analysis.plateaus import PlateauOptions, detect_plateaus
+
+    _check_x(x)
+    key = parse_metric(metric)
+    runs = select_runs(store, sweep, where, run_ids)
+    if runs.is_empty():
+        raise InvalidSpecError(f"no run of sweep {sweep!r} matches {' and '.join(where) or 'the selection'}")
+    bands = curve_bands(store, runs, key, per_decade=per_decade, max_rows=max_rows)
+    mk = None
+    if marks and key.name == LOSS and key.layer == 0:
+        o = opts or PlateauOptions(per_decade=per_decade)
+        table, drops = detect_plateaus(bucketed_series(store, runs["run_id"].to_list(), key, o.per_decade), runs, o)
+        mk = plateau_marks(table, drops)
+    label = metric if key.layer == 0 else f"{key.name} (layer {key.layer})"
+    chart = curves_chart(bands, mk, x=x, metric=label, title=f"{sweep}: {label}")
+    info = {"runs": runs.height, "curves": bands["series"].n_unique() if not bands.is_empty() else 0,
+            "rows": bands.height, "marks": 0 if mk is None else mk.height}
+    return chart, info
+
+
+def metric_layers(store: "Store", name: str) -> list[int]:
+    """The layers stored for metric ``name`` (0 = the whole model)."""
+    df = store.read("SELECT layer FROM metrics WHERE name = ? ORDER BY layer", [name])
+    return [int(v) for v in df["layer"].to_list()] if not df.is_empty() else []
+
+
+def metric_figure(store: "Store", sweep: str, *, metric: str, facet: str = "gamma", x: str = "step",
+                  where: Sequence[str] = (), run_ids: Optional[Sequence[int]] = None,
+                  two_over_eta: Optional[bool] = None, per_decade: int = DEFAULT_PER_DECADE,
+                  max_rows: int = 20_000) -> tuple[Any, dict[str, Any]]:
+    """A metric faceted by gamma or eta: every layer of ``metric`` (``NAME``) or one (``NAME.lK``)."""
+    from analysis.collapse import parse_metric
+    from gammadb.metrics import SHARPNESS, MetricKey
+
+    key = parse_metric(metric)
+    explicit_layer = key.layer != 0 or ".l" in metric or ":" in metric
+    layers = [key.layer] if explicit_layer else (metric_layers(store, key.name) or [0])
+    runs = select_runs(store, sweep, where, run_ids)
+    if runs.is_empty():
+        raise InvalidSpecError(f"no run of sweep {sweep!r} matches {' and '.join(where) or 'the selection'}")
+    frames = []
+    for layer in layers:
+        b = curve_bands(store, runs, MetricKey(key.name, layer), per_decade=per_decade,
+                        max_rows=max(1000, max_rows // len(layers)))
+        if not b.is_empty():
+            frames.append(b.with_columns(pl.lit(layer, dtype=pl.Int64).alias("layer")))
+    if not frames:
+        from analysis.collapse import missing_metric_message
+
+        raise InvalidSpecError(missing_metric_message(store, key, sweep))
+    bands = pl.concat(frames, how="diagonal_relaxed")
+    edge = (key.name == SHARPNESS) if two_over_eta is None else two_over_eta
+    chart = metric_chart(bands, metric=key.name if len(layers) > 1 else metric, facet=facet, x=x,
+                         two_over_eta=edge)
+    return chart, {"runs": runs.height, "layers": layers, "rows": bands.height,
+                   "panels": bands[facet].n_unique()}
+
+
+def collapse_figure(report: "CollapseReport") -> Any:
+    """The collapse chart of a :class:`analysis.collapse.CollapseReport`."""
+    label = report.metric.name if report.metric.layer == 0 else f"{report.metric.name} (layer {report.metric.layer})"
+    return collapse_chart(report.curves, metric=label, log_y=report.transform == "log10", reference=report.reference)

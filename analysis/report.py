@@ -1,0 +1,425 @@
+"""One self-contained HTML page for a sweep: the spec, the learning-rate analyses (phase portrait,
+eta* fits; when :mod:`analysis.optimal_lr` is available), the loss curves, plateaus and staircases,
+trajectory collapse and per-step metrics, each with its table.
+
+The page needs nothing from the network: the Vega / Vega-Lite / vega-embed bundle is inlined once
+(from vl-convert) and every chart is a spec rendered in place; ``static=True`` instead inlines SVGs
+rendered here (no JavaScript at all). A section that cannot be built says why, in the page, and the
+rest of the report is still written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import html
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import polars as pl
+
+from gammadb import __version__
+from gammadb.errors import GammadbError, InvalidSpecError
+from gammadb.metrics import (
+    FEATURE_ALIGNMENT,
+    LOSS,
+    NTK_ALIGNMENT,
+    NTK_DISTANCE,
+    SHARPNESS,
+    TEST_LOSS,
+    WEIGHT_CHANGE,
+)
+
+if TYPE_CHECKING:
+    from gammadb.store import Store
+
+MAX_TABLE_ROWS = 400
+REPORT_METRICS = (WEIGHT_CHANGE, FEATURE_ALIGNMENT, NTK_ALIGNMENT, NTK_DISTANCE, SHARPNESS, TEST_LOSS)
+
+
+@dataclasses.dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list[str] = dataclasses.field(default_factory=list)  # html fragments
+    notes: list[str] = dataclasses.field(default_factory=list)
+    charts: int = 0
+    ok: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSummary:
+    path: Optional[Path]
+    sweep: str
+    bytes: int
+    charts: int
+    sections: list[dict[str, Any]]  # id, title, ok, charts, notes
+
+
+class _Page:
+    """Collects sections; charts become either vega-embed specs or inline SVGs."""
+
+    def __init__(self, static: bool) -> None:
+        self.static = static
+        self.specs: list[tuple[str, dict[str, Any]]] = []
+        self.sections: list[Section] = []
+
+    def section(self, sid: str, title: str) -> Section:
+        s = Section(sid, title)
+        self.sections.append(s)
+        return s
+
+    def chart(self, sec: Section, chart: Any, caption: str = "") -> None:
+        from analysis.charts_curves import chart_spec
+
+        spec = chart_spec(chart)
+        cap = f"<p class='caption'>{html.escape(caption)}</p>" if caption else ""
+        if self.static:
+            import vl_convert as vlc
+
+            svg = vlc.vegalite_to_svg(spec)
+            sec.blocks.append(f"<figure class='chart'>{svg}{cap}</figure>")
+        else:
+            div = f"chart-{len(self.specs)}"
+            self.specs.append((div, spec))
+            sec.blocks.append(f"<figure class='chart'><div id='{div}' class='vis'></div>{cap}</figure>")
+        sec.charts += 1
+
+    def table(self, sec: Section, df: pl.DataFrame, title: str = "", max_rows: int = MAX_TABLE_ROWS) -> None:
+        sec.blocks.append(html_table(df, title, max_rows))
+
+    def text(self, sec: Section, text: str, cls: str = "") -> None:
+        c = f" class='{cls}'" if cls else ""
+        sec.blocks.append(f"<p{c}>{html.escape(text)}</p>")
+
+    def note(self, sec: Section, text: str) -> None:
+        sec.notes.append(text)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def html_table(df: pl.DataFrame, title: str = "", max_rows: int = MAX_TABLE_ROWS) -> str:
+    """An escaped HTML table (at most ``max_rows`` rows, the rest counted)."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = []
+    for row in df.head(max_rows).iter_rows():
+        cells = "".join(
+            f"<td class='{'num' if isinstance(v, (int, float)) and not isinstance(v, bool) else ''}'>"
+            f"{html.escape(_fmt(v))}</td>" for v in row)
+        body.append(f"<tr>{cells}</tr>")
+    more = (f"<p class='more'>{df.height - max_rows} more rows not shown (use the CLI's --json for all)</p>"
+            if df.height > max_rows else "")
+    cap = f"<caption>{html.escape(title)}</caption>" if title else ""
+    return f"<div class='tablewrap'><table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}</div>"
+
+
+def _guard(page: _Page, sec: Section, what: str, fn: Callable[[], None]) -> None:
+    """Run one part of a section; a failure becomes a note in the page, not a crash."""
+    try:
+        fn()
+    except GammadbError as exc:
+        page.note(sec, f"{what}: {exc}")
+        sec.ok = False
+    except Exception as exc:  # a report must still be written; GAMMADB_DEBUG=1 shows the traceback
+        if os.environ.get("GAMMADB_DEBUG") == "1":
+            raise
+        page.note(sec, f"{what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        sec.ok = False
+
+
+# ---------------------------------------------------------------------------------------- sections
+def _spec_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -> None:
+    from analysis.plateaus import group_columns
+
+    sec = page.section("spec", "What was run")
+    rec = store.get_sweep(sweep)
+    page.text(sec, f"Sweep {rec.name!r}, created {rec.created_at:%Y-%m-%d %H:%M} UTC with gammadb "
+                   f"{rec.code_version}; {runs.height} runs.")
+    status = runs.group_by("status").agg(pl.len().alias("runs")).sort("status")
+    page.table(sec, status, "runs by status")
+    keys = group_columns(runs)
+    grid = runs.group_by(keys, maintain_order=True).agg(
+        pl.col("gamma").n_unique().alias("n_gamma"), pl.col("gamma").min().alias("gamma_min"),
+        pl.col("gamma").max().alias("gamma_max"), pl.col("eta").n_unique().alias("n_eta"),
+        pl.col("eta").min().alias("eta_min"), pl.col("eta").max().alias("eta_max"),
+        pl.col("seed").n_unique().alias("seeds"), pl.col("steps_planned").max().alias("steps"),
+        pl.len().alias("runs"))
+    page.table(sec, grid, "grid per group of comparable runs")
+    spec = json.dumps(rec.spec, indent=2, sort_keys=True, default=str)
+    sec.blocks.append(f"<details><summary>sweep spec (JSON)</summary><pre>{html.escape(spec)}</pre></details>")
+
+
+def _lr_sections(page: _Page, store: "Store", sweep: str) -> None:
+    sec = page.section("optimal-lr", "Learning rate: phase portrait and eta* fits")
+    try:
+        from analysis import charts_lr, optimal_lr
+    except ImportError as exc:
+        page.note(sec, f"the optimal-lr analysis is not available in this installation ({exc}); "
+                       "run `gammadb analyze optimal-lr` once it is")
+        sec.ok = False
+        return
+
+    def lr() -> None:
+        res = optimal_lr.analyze(store, sweep)
+        page.chart(sec, charts_lr.optimal_lr_chart(res),
+                   f"loss at budget step {res.budget_step} over (gamma, eta); eta* with bootstrap intervals, fitted "
+                   "power laws (solid) and theory slopes 2 and 2/L (dashed)")
+        for title, df in optimal_lr.report_tables(res):
+            page.table(sec, df, title)
+
+    _guard(page, sec, "optimal-lr analysis", lr)
+    psec = page.section("phases", "Phases: diverged, trained, under-trained, catapult")
+    try:
+        from analysis import phase
+    except ImportError as exc:
+        page.note(psec, f"the phase analysis is not available in this installation ({exc})")
+        psec.ok = False
+        return
+
+    def ph() -> None:
+        pm = phase.analyze(store, sweep)
+        page.chart(psec, charts_lr.phase_chart(pm), f"phase of every (gamma, eta) cell at step {pm.budget_step}")
+        for title, df in phase.report_tables(pm):
+            page.table(psec, df, title)
+
+    _guard(page, psec, "phase analysis", ph)
+
+
+def _curves_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame, family_ids: list[int],
+                    fixed_eta: Optional[float], fixed_ids: list[int],
+                    plateau_tables: tuple[pl.DataFrame, pl.DataFrame], group_label: str = "") -> None:
+    from analysis.charts_curves import curves_chart, plateau_marks
+    from analysis.downsample import curve_bands
+    from gammadb.metrics import MetricKey
+
+    sec = page.section("curves", "Loss curves")
+    table, drops = plateau_tables
+
+    def one(ids: list[int], caption: str, x: str = "step") -> None:
+        caption = f"{caption} [{group_label}]" if group_label else caption
+        sub = runs.filter(pl.col("run_id").is_in(ids))
+        bands = curve_bands(store, sub, MetricKey(LOSS), max_rows=6_000)
+        marks = plateau_marks(table.filter(pl.col("run_id").is_in(ids)), drops.filter(pl.col("run_id").is_in(ids)))
+        page.chart(sec, curves_chart(bands, marks, x=x, metric="loss", title=caption),
+                   "seed mean (line) and min..max over seeds and within each log-step bucket (band); "
+                   "bars: initial plateau, triangles: drops")
+
+    if family_ids:
+        _guard(page, sec, "curves along eta*", lambda: one(family_ids, "along eta*(gamma): each gamma at its best eta"))
+        _guard(page, sec, "curves along eta* against tau",
+               lambda: one(family_ids, "along eta*(gamma), against tau = eta t / gamma", x="tau"))
+    if fixed_eta is not None:
+        _guard(page, sec, f"curves at eta = {fixed_eta:g}",
+               lambda: one(fixed_ids, f"every gamma at eta = {fixed_eta:g}"))
+    if not family_ids and fixed_eta is None:
+        page.note(sec, "no finished run to plot")
+
+
+def _plateau_section(page: _Page, rep: Any, error: Optional[str]) -> None:
+    sec = page.section("plateaus", "Plateaus and staircases")
+    if rep is None:
+        page.note(sec, f"plateau analysis: {error}")
+        sec.ok = False
+        return
+    _guard(page, sec, "plateaus", lambda: _plateau_body(page, sec, rep))
+
+
+def _plateau_body(page: _Page, sec: Section, rep: Any) -> None:
+    from analysis.charts_curves import scaling_chart
+
+    o = rep.options
+    page.text(sec, f"Smoothed log loss in log time ({o.to_dict()['smoother']}, bandwidth {o.bandwidth} decades, "
+                   f">= {o.min_samples} steps); a drop is steeper than t^-{o.min_slope:g}, extends while steeper "
+                   f"than t^-{o.edge_slope:g}, and lowers the loss by >= {o.min_drop} decades. Escape: half way "
+                   "down from the starting to the final loss.", "method")
+    sc = rep.scaling
+    chart = scaling_chart(sc, measure=f"{sc['measure']} (steps)")
+    if chart is not None:
+        page.chart(sec, chart, f"plateau length against gamma along {sc['along']} (gamma >= {sc['gamma_min']}), "
+                               "with the fitted power law")
+    rows = []
+    for g in sc["groups"]:
+        rows.append({"group": _fmt(g["group"]) or "all runs", "exponent": g["exponent"],
+                     "ci_lo": g["exponent_ci"][0] if g["exponent_ci"] else None,
+                     "ci_hi": g["exponent_ci"][1] if g["exponent_ci"] else None,
+                     "theory 1-2/L": g["theory_exponent"], "r2": g["r2"], "runs": g["n_points"],
+                     "never escaped": g["n_censored"], "reason": g["reason"] or ""})
+    if rows:
+        page.table(sec, pl.DataFrame(rows), f"plateau length ({sc['measure']}) ~ gamma^p, along {sc['along']}")
+    drops = rep.drops.group_by("run_id").agg(
+        pl.format("{} ({}→{})", pl.col("step"), pl.col("loss_before").round_sig_figs(3),
+                  pl.col("loss_after").round_sig_figs(3)).str.join("; ").alias("drops: step (loss before→after)"))
+    t = rep.runs.join(drops, on="run_id", how="left").select(
+        "run_id", "gamma", "eta", "seed", "status", "plateau_end_step", "escape_step", "n_drops",
+        "drops: step (loss before→after)", "note").sort("gamma", "eta", "seed")
+    page.table(sec, t, "per run")
+
+
+def _collapse_section(page: _Page, store: "Store", sweep: str, gamma_min: Optional[float]) -> None:
+    from analysis.charts_curves import collapse_figure
+    from analysis.collapse import analyze_collapse
+
+    sec = page.section("collapse", "Trajectory collapse: tau = eta t / gamma")
+
+    def go() -> None:
+        rep = analyze_collapse(store, sweep, along="fixed", gamma_min=gamma_min)
+        fam = rep.family
+        page.chart(sec, collapse_figure(rep),
+                   f"runs at eta = {_fmt(fam.get('eta'))}, gamma >= {_fmt(gamma_min)}: raw steps, the theory's tau, "
+                   f"and each run's fitted time scale (reference run {rep.reference['run_id']})")
+        f = rep.fit
+        summary = pl.DataFrame([{
+            "rms before": rep.rms_before, "rms after tau": rep.rms_after_theory, "rms after fit": rep.rms_after_fit,
+            "exponent gamma": f["exponent_gamma"],
+            "ci": f["exponent_gamma_ci"], "exponent eta": f["exponent_eta"], "ci eta": f["exponent_eta_ci"],
+            "theory": "gamma^-1 eta^1", "r2": f["r2"], "runs": f["n_runs"], "note": f["note"] or ""}])
+        page.table(sec, summary, f"RMS distance to the reference ({rep.transform} loss) and the time-scale fit s ~ gamma^b")
+        page.table(sec, rep.runs, "per run")
+        if fam.get("other_groups"):
+            page.note(sec, f"other groups not shown (use `gammadb analyze collapse --where`): {fam['other_groups']}")
+
+    _guard(page, sec, "collapse", go)
+
+
+def _metric_sections(page: _Page, store: "Store", sweep: str, family_ids: list[int]) -> None:
+    from analysis.charts_curves import metric_figure
+
+    known = store.read("SELECT DISTINCT name FROM metrics")
+    names = [m for m in REPORT_METRICS if m in set(known["name"].to_list())] if not known.is_empty() else []
+    if not names or not family_ids:
+        return
+    sec = page.section("metrics", "Per-step metrics along eta*(gamma)")
+    for name in names:
+        def one(name: str = name) -> None:
+            chart, info = metric_figure(store, sweep, metric=name, run_ids=family_ids, facet="gamma", max_rows=6000)
+            page.chart(sec, chart, f"{name}: one panel per gamma" + (", dashed: 2/eta" if name == SHARPNESS else "")
+                       + (f", layers {info['layers']}" if len(info["layers"]) > 1 else ""))
+
+        try:
+            one()
+        except InvalidSpecError:
+            pass  # this sweep does not record the metric
+        except GammadbError as exc:
+            page.note(sec, f"{name}: {exc}")
+
+
+# ---------------------------------------------------------------------------------------- page
+def build_report(store: "Store", sweep: str, *, static: bool = False, gamma_min: Optional[float] = 1.0,
+                 include_lr: bool = True) -> tuple[str, list[Section]]:
+    """The report's HTML text and its sections."""
+    from analysis.plateaus import analyze_plateaus, group_columns, select_family
+
+    runs = store.runs_frame(sweep)
+    page = _Page(static)
+    _spec_section(page, store, sweep, runs)
+    if include_lr:
+        _lr_sections(page, store, sweep)
+    finished = runs.filter(pl.col("status").is_in(["completed", "diverged"]))
+    family_ids: list[int] = []
+    fixed_eta: Optional[float] = None
+    fixed_ids: list[int] = []
+    group_label = ""
+    if not finished.is_empty():
+        keys = group_columns(finished)
+        groups = sorted(finished.group_by(keys), key=lambda kg: -kg[1].height)
+        biggest = groups[0][1]
+        shown = [k for k in keys if finished[k].n_unique() > 1]
+        group_label = ", ".join(f"{k}={biggest[k][0]}" for k in shown)
+        try:
+            family_ids = select_family(biggest, "eta_star", None, keys)["run_id"].to_list()
+        except GammadbError:
+            family_ids = []
+        fixed = select_family(biggest, "fixed", None, keys)
+        fixed_eta, fixed_ids = float(fixed["eta"][0]), fixed["run_id"].to_list()
+    plateau_rep, plateau_error = None, None
+    try:
+        plateau_rep = analyze_plateaus(store, sweep, gamma_min=gamma_min)
+    except GammadbError as exc:
+        plateau_error = str(exc)
+    empty = pl.DataFrame(schema={"run_id": pl.Int64})
+    tables = (plateau_rep.runs, plateau_rep.drops) if plateau_rep is not None else (empty, empty)
+    if plateau_rep is not None:
+        _curves_section(page, store, sweep, runs, family_ids, fixed_eta, fixed_ids, tables, group_label)
+    _plateau_section(page, plateau_rep, plateau_error)
+    _collapse_section(page, store, sweep, gamma_min)
+    _metric_sections(page, store, sweep, family_ids)
+    return _render(page, store, sweep, runs), page.sections
+
+
+def write_report(store: "Store", sweep: str, out: Path, *, static: bool = False,
+                 gamma_min: Optional[float] = 1.0, include_lr: bool = True) -> ReportSummary:
+    """Build the report and write it to ``out`` (atomically: a reader never sees half a page)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise InvalidSpecError(f"{out}: the report is an .html file")
+    if out.parent and not out.parent.exists():
+        raise InvalidSpecError(f"directory {out.parent} does not exist")
+    text, sections = build_report(store, sweep, static=static, gamma_min=gamma_min, include_lr=include_lr)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return ReportSummary(out, sweep, len(text.encode()), sum(s.charts for s in sections),
+                         [{"id": s.id, "title": s.title, "ok": s.ok, "charts": s.charts, "notes": s.notes}
+                          for s in sections])
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1f2328;background:#fff}
+header{background:#24292f;color:#fff;padding:18px 32px}header h1{margin:0 0 4px 0;font-size:22px}
+header p{margin:0;color:#c9d1d9;font-size:13px}nav{padding:8px 32px;border-bottom:1px solid #d0d7de;font-size:14px}
+nav a{margin-right:16px;color:#0969da;text-decoration:none}main{padding:0 32px 40px 32px}
+section{margin-top:28px}h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;font-size:19px}
+figure.chart{margin:12px 0 18px 0;overflow-x:auto}.caption{font-size:12px;color:#57606a;margin:4px 0}
+.note{background:#fff8c5;border:1px solid #d4a72c;padding:8px 12px;border-radius:6px;font-size:14px;margin:8px 0}
+.method{font-size:13px;color:#57606a}.tablewrap{overflow-x:auto;margin:10px 0 16px 0}
+table{border-collapse:collapse;font-size:12px}caption{text-align:left;font-weight:600;padding:4px 0;font-size:13px}
+th,td{border:1px solid #d0d7de;padding:3px 7px;white-space:nowrap}th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.more{font-size:12px;color:#57606a}pre{background:#f6f8fa;padding:10px;font-size:12px;overflow-x:auto}
+"""
+
+
+def _render(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    nav = "".join(f"<a href='#{s.id}'>{html.escape(s.title)}</a>" for s in page.sections)
+    body = []
+    for s in page.sections:
+        notes = "".join(f"<div class='note'>{html.escape(n)}</div>" for n in s.notes)
+        body.append(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>{notes}{''.join(s.blocks)}</section>")
+    script = ""
+    if page.specs and not page.static:
+        from analysis.charts_curves import script_json, vega_bundle
+
+        bundle = vega_bundle()
+        specs = script_json({div: spec for div, spec in page.specs})
+        script = (f"<script type='text/javascript'>{bundle}</script>\n"
+                  f"<script type='text/javascript'>\nconst SPECS = {specs};\n"
+                  "for (const [id, spec] of Object.entries(SPECS)) {\n"
+                  "  vegaEmbed('#' + id, spec, {renderer: 'svg', actions: false}).catch(err => {\n"
+                  "    const el = document.getElementById(id);\n"
+                  "    el.classList.add('failed'); el.textContent = 'chart failed to render: ' + err; });\n}\n"
+                  "</script>")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>gammadb report: {html.escape(sweep)}</title>"
+        f"<style>{_CSS}</style></head><body>"
+        f"<header><h1>gammadb report: sweep {html.escape(sweep)}</h1>"
+        f"<p>{runs.height} runs &middot; store {html.escape(store.display_url)} &middot; gammadb {__version__} &middot; {now}</p></header>"
+        f"<nav>{nav}</nav><main>{''.join(body)}</main>{script}</body></html>\n"
+    )
