@@ -7,7 +7,7 @@ Prints, for SQLite (and PostgreSQL when GAMMADB_BENCH_PG_URL is set):
 - bytes on disk per stored value (SQLite). Target: <= 25.
 - `gammadb import` of a Parquet file of N rows: rows/s.
 
-Usage: python benchmarks/bench_ingest.py [--rows 2000000]
+Usage: python benchmarks/vs_raw.py [--rows 2000000]
 """
 
 from __future__ import annotations

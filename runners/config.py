@@ -11,10 +11,12 @@ import json
 import math
 import types
 import typing
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
-from typing import Any, Container, Literal, Mapping, Union, get_args
+from typing import Any, Literal, Union, get_args
 
 from gammadb.errors import InvalidSpecError
+from runners import datafiles  # torch-free
 
 ModelName = Literal["mlp", "cnn", "resnet", "vit", "toy"]
 TaskName = Literal["teacher", "teacher_cls", "staircase", "gmm", "mnist5k", "mnist1m", "cifar5m", "toy"]
@@ -214,8 +216,6 @@ class RunConfig:
             raise InvalidSpecError(f"task {self.task!r} reads no data directory: drop data_dir")
 
     def _validate_files(self) -> None:
-        from runners import datafiles  # torch-free
-
         if self.task in ("mnist1m", "cifar5m"):
             datafiles.locate_chunk_files(self.task, self.data_dir)
         elif self.task == "mnist5k":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import gzip
 import math
 from collections import OrderedDict
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -35,6 +34,7 @@ from runners.config import RunConfig
 _TRAIN, _TEST, _PROBE, _TEACHER, _ORDER = 1, 2, 3, 4, 5
 
 TEACHER_WIDTH = 64  # hidden units of the random teacher network
+TEACHER_CALIBRATION = 8192  # examples used once to standardise the teacher's outputs
 STAIRCASE_TERMS = 3  # y = (x1 + x1 x2 + x1 x2 x3) / sqrt(3)
 GMM_SEPARATION = 3.0  # norm of each class mean; unit isotropic noise around it
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # on [0, 1] intensities (the usual MNIST constants)
@@ -49,8 +49,17 @@ class Batch(NamedTuple):
     labels: Tensor | None  # (B,) int64 for classification tasks, else None
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Batch:
-        labels = None if self.labels is None else self.labels.to(device)
-        return Batch(self.x.to(device=device, dtype=dtype), self.y.to(device=device, dtype=dtype), labels)
+        """Move to ``device`` and cast floats to ``dtype``. To CUDA the copy goes through pinned
+        memory without blocking, so uploading a batch is not a per-step host-device sync."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            labels = None if self.labels is None else self.labels.to(device)
+            return Batch(self.x.to(device=device, dtype=dtype), self.y.to(device=device, dtype=dtype), labels)
+
+        def up(t: Tensor, dt: torch.dtype | None = None) -> Tensor:
+            return t.pin_memory().to(device=device, dtype=dt or t.dtype, non_blocking=True)
+
+        return Batch(up(self.x, dtype), up(self.y, dtype), None if self.labels is None else up(self.labels))
 
     def head(self, n: int) -> Batch:
         labels = None if self.labels is None else self.labels[:n]
@@ -132,7 +141,7 @@ class _SyntheticTask(Task):
 
 class TeacherTask(_SyntheticTask):
     """x ~ N(0, I_D); a random two-layer ReLU teacher of width 64 gives outputs with mean 0 and unit
-    variance per coordinate. Regression ('teacher'): y = teacher(x). Classification ('teacher_cls'):
+    variance per coordinate (measured on a calibration draw). Regression ('teacher'): y = teacher(x). Classification ('teacher_cls'):
     label = argmax of the teacher's out_dim outputs."""
 
     def __init__(self, config: RunConfig):
@@ -140,14 +149,19 @@ class TeacherTask(_SyntheticTask):
         g = _generator(config.data_seed, _TEACHER)
         d, k = config.resolved_input_dim, TEACHER_WIDTH
         self.w = torch.randn(k, d, generator=g) / math.sqrt(d)
-        # relu(z), z ~ N(0, 1): mean 1/sqrt(2 pi), variance 1/2 - 1/(2 pi); standardise the readout.
-        self.shift = 1.0 / math.sqrt(2 * math.pi)
-        self.a = torch.randn(k, config.resolved_out_dim, generator=g) / math.sqrt(k * (0.5 - 1 / (2 * math.pi)))
+        self.shift = 1.0 / math.sqrt(2 * math.pi)  # E relu(z) for z ~ N(0, 1): outputs have mean 0
+        self.a = torch.randn(k, config.resolved_out_dim, generator=g)
+        # Unit variance per output, measured on a fixed calibration draw (the hidden units are
+        # correlated, so the analytic variance of one random teacher is off by tens of percent).
+        self.a /= self._outputs(torch.randn(TEACHER_CALIBRATION, d, generator=g)).std(dim=0)
         self.classes = config.resolved_out_dim if config.is_classification else 0
+
+    def _outputs(self, x: Tensor) -> Tensor:
+        return (torch.relu(x @ self.w.t()) - self.shift) @ self.a
 
     def sample(self, generator: torch.Generator, n: int) -> Batch:
         x = torch.randn(n, self.w.shape[1], generator=generator)
-        y = (torch.relu(x @ self.w.t()) - self.shift) @ self.a
+        y = self._outputs(x)
         if self.classes:
             return Batch(x, *_classification(y.argmax(dim=1), self.classes))
         return Batch(x, y, None)
@@ -210,10 +224,10 @@ def normalise_mnist(images: np.ndarray | Tensor) -> Tensor:
     x = torch.as_tensor(np.asarray(images))
     raw_uint8 = x.dtype == torch.uint8
     x = x.to(torch.float32).reshape(-1, 1, 28, 28)
+    if not raw_uint8 and x.numel() and float(x.min()) < -0.3:
+        return x
     if raw_uint8 or (x.numel() and float(x.max()) > 1.5):
         x = x / 255.0
-    elif x.numel() and float(x.min()) < -0.3:
-        return x
     return (x - MNIST_MEAN) / MNIST_STD
 
 
@@ -298,20 +312,20 @@ class Mnist5kTask(_FiniteTask):
         self.train_labels = torch.as_tensor(labels[train_mask], dtype=torch.int64)
         self._test_x = normalise_mnist(pixels[test_idx])
         self._test_labels = torch.as_tensor(labels[test_idx], dtype=torch.int64)
-        self.train_size = len(self.train_labels)
+        self.n: int = len(self.train_labels)
+        self.train_size = self.n
         self._orders: OrderedDict[int, Tensor] = OrderedDict()
 
     def _order(self, pass_index: int) -> Tensor:
         if pass_index not in self._orders:
             g = _generator(self.config.data_seed, _ORDER, pass_index)
-            self._orders[pass_index] = torch.randperm(self.train_size, generator=g)
+            self._orders[pass_index] = torch.randperm(self.n, generator=g)
             while len(self._orders) > 2:
                 self._orders.popitem(last=False)
         return self._orders[pass_index]
 
     def rows(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
-        n = self.train_size
-        assert n is not None
+        n = self.n
         idx = torch.cat([self._order(p)[max(start - p * n, 0) : min(stop - p * n, n)] for p in range(start // n, (stop - 1) // n + 1)])
         return self.train_x[idx], self.train_labels[idx]
 
@@ -346,7 +360,8 @@ class ChunkedTask(_FiniteTask):
         self.files = datafiles.locate_chunk_files(config.task, config.data_dir)
         self.normalise = normalise_mnist if config.task == "mnist1m" else normalise_cifar
         self.sizes = [self._chunk_size(i) for i in range(len(self.files.images))]
-        self.train_size = int(sum(self.sizes))
+        self.n: int = int(sum(self.sizes))
+        self.train_size = self.n
         self._chunks: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _chunk_size(self, i: int) -> int:
@@ -381,7 +396,7 @@ class ChunkedTask(_FiniteTask):
         return torch.randperm(self.sizes[chunk], generator=g)[lo:hi].numpy()
 
     def rows(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
-        n = self.train_size
+        n = self.n
         xs, ys = [], []
         position = start
         while position < stop:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev
+from torch.func import functional_call, grad, jacrev, vmap
 
 # ----- centered kernel alignment ------------------------------------------------------------------
 
@@ -80,27 +80,37 @@ def empirical_ntk(net: nn.Module, x: Tensor, params: dict[str, Tensor] | None = 
 
     ``net`` is the raw network f_NN (the centered model's NTK is this divided by gamma^2; alignments
     and relative distances do not see the factor). ``params`` defaults to the net's trainable
-    parameters; pass theta_0's to get K at init. The Jacobian is taken of the whole batch's output, so
-    BatchNorm (batch statistics) is differentiated correctly; it is built one output at a time, so
-    memory stays at n x (number of parameters). Buffers are passed as copies and never updated.
+    parameters; pass theta_0's to get K at init. Built one output at a time, so memory stays at
+    n x (number of parameters). Buffers are passed as copies and never updated.
+
+    Without BatchNorm, per-example gradients (vmap over examples) are cheapest. With BatchNorm an
+    example's output depends on the whole batch, so the Jacobian of the batch output is taken instead
+    (jacrev; about n times the work), on a copy whose BatchNorms use batch statistics as in training.
     """
     if params is None:
         params = {k: v.detach() for k, v in net.named_parameters() if v.requires_grad}
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
-        # A grad transform may not update running statistics in place: differentiate a copy whose
-        # BatchNorms always use batch statistics (what a train-mode forward uses anyway).
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    if batchnorm:
+        # A grad transform may not update running statistics in place.
         net = copy.deepcopy(net)
         torch.func.replace_all_batch_norm_modules_(net)
     buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
     n = x.shape[0]
     with torch.no_grad():
-        out_dim = functional_call(net, (params, buffers), (x,)).reshape(n, -1).shape[1]
+        out_dim = functional_call(net, (params, buffers), (x[:2],)).reshape(2, -1).shape[1]
     kernel = torch.zeros(n, n, dtype=x.dtype, device=x.device)
     for c in range(out_dim):
-        def output_c(p: dict[str, Tensor], c: int = c) -> Tensor:
-            return functional_call(net, (p, dict(buffers)), (x,)).reshape(n, -1)[:, c]
+        if batchnorm:
+            def batch_output(p: dict[str, Tensor], c: int = c) -> Tensor:
+                return functional_call(net, (p, buffers), (x,)).reshape(n, -1)[:, c]
 
-        for jac in jacrev(output_c)(params).values():
+            jacobian = jacrev(batch_output)(params)
+        else:
+            def example_output(p: dict[str, Tensor], xi: Tensor, c: int = c) -> Tensor:
+                return functional_call(net, (p, buffers), (xi.unsqueeze(0),)).reshape(-1)[c]
+
+            jacobian = vmap(grad(example_output), in_dims=(None, 0))(params, x)
+        for jac in jacobian.values():
             j = jac.reshape(n, -1)
             kernel += j @ j.t()
     return kernel
@@ -111,7 +121,7 @@ def empirical_ntk(net: nn.Module, x: Tensor, params: dict[str, Tensor] | None = 
 
 def top_hessian_eigenvalue(
     loss_fn: Callable[[], Tensor],
-    params: list[Tensor],
+    params: Sequence[Tensor],
     *,
     iters: int = 20,
     generator: torch.Generator | None = None,
@@ -126,21 +136,24 @@ def top_hessian_eigenvalue(
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params, create_graph=True)
 
-    def hvp(vec: list[Tensor]) -> list[Tensor]:
+    def hvp(vec: Sequence[Tensor]) -> list[Tensor]:
         return list(torch.autograd.grad(grads, params, grad_outputs=vec, retain_graph=True))
+
+    def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+        return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
 
     def power(shift: float) -> float:
         vec = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
         eig = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
         for _ in range(iters):
-            norm = torch.sqrt(sum((v * v).sum() for v in vec))
+            norm = torch.sqrt(dot(vec, vec))
             vec = [v / norm for v in vec]
             hv = hvp(vec)
             if shift:
                 hv = [h - shift * v for h, v in zip(hv, vec)]
-            eig = sum((h * v).sum() for h, v in zip(hv, vec))
+            eig = dot(hv, vec)
             vec = [h.detach() for h in hv]
-        return float(eig) + shift
+        return float(eig) + shift  # the one host transfer of the measurement
 
     top = power(0.0)
     if top < 0 and math.isfinite(top):

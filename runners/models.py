@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +76,15 @@ class ScaledLinear(nn.Module):
         _normal_(self.weight, generator)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 2 and self.bias is not None:
-            # One fused kernel for multiplier * (b + x W^T): the hot path of the MLP.
-            return torch.addmm(self.bias, x, self.weight.t(), beta=self.multiplier, alpha=self.multiplier)
-        return F.linear(x, self.weight, self.bias) * self.multiplier
+        # One fused kernel for multiplier * (b + x W^T) on a 2-D view. Always this kernel: F.linear on
+        # a 3-D input picks different kernels for weights with and without requires_grad, which would
+        # break f == 0 at init (the frozen copy's weights do not require grad).
+        flat = x.reshape(-1, x.shape[-1])
+        if self.bias is not None:
+            out = torch.addmm(self.bias, flat, self.weight.t(), beta=self.multiplier, alpha=self.multiplier)
+        else:
+            out = torch.mm(flat, self.weight.t()) * self.multiplier
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class ScaledConv2d(nn.Module):
@@ -102,15 +107,26 @@ class ScaledConv2d(nn.Module):
 
 
 def _scaled_weights(module: nn.Module) -> list[Tensor]:
+    # Module registration order is input to readout in every architecture below.
     return [m.weight for m in module.modules() if isinstance(m, (ScaledLinear, ScaledConv2d))]
 
 
 # ===== Architectures ==============================================================================
-# Each returns the raw network output f_NN(x; theta) (gamma is applied by Centered) and exposes
-# features(x) (the last hidden representation, input of the readout) and weight_layers() (W_1..W_L).
 
 
-class MLP(nn.Module):
+class Net(nn.Module):
+    """A raw network f_NN(x; theta); gamma is applied by ``Centered``."""
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last hidden representation (the readout's input), (B, features)."""
+        raise NotImplementedError
+
+    def weight_layers(self) -> list[Tensor]:
+        """W_1..W_L, input to readout: the weight matrices / conv kernels (no biases or norms)."""
+        return _scaled_weights(self)
+
+
+class MLP(Net):
     """L weight layers of width N, ReLU: h1 = (W1 x + b1)/sqrt(D), h_{l+1} = (W relu(h_l) + b)/sqrt(N),
     f_NN = (W_L relu(h_{L-1}) + b_L)/N."""
 
@@ -129,11 +145,9 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.features(x))
 
-    def weight_layers(self) -> list[Tensor]:
-        return [layer.weight for layer in self.hidden] + [self.readout.weight]
 
 
-class CNN(nn.Module):
+class CNN(Net):
     """The paper's CNN (L = 4): conv3x3(C->N), ReLU, avgpool2, conv3x3(N->2N), ReLU, avgpool2,
     dense(-> 8N), ReLU, readout(8N -> out) with the 1/fan_in multiplier."""
 
@@ -154,8 +168,6 @@ class CNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.features(x))
 
-    def weight_layers(self) -> list[Tensor]:
-        return [self.conv1.weight, self.conv2.weight, self.dense.weight, self.readout.weight]
 
 
 class _BasicBlock(nn.Module):
@@ -177,7 +189,7 @@ class _BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(Net):
     """A small muP ResNet: stem conv + BN, ``stages`` basic blocks with widths N * (1, 2, 4, 8)
     (the ResNet-18 widths 64..512 scaled by N/64), stride 2 from the second stage, global average
     pool, 1/fan_in readout."""
@@ -200,9 +212,6 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.features(x))
-
-    def weight_layers(self) -> list[Tensor]:
-        return _scaled_weights(self)
 
 
 class _Attention(nn.Module):
@@ -236,7 +245,7 @@ class _Block(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
-class ViT(nn.Module):
+class ViT(Net):
     """A small vision transformer: 4x4 patches embedded to width N, learned position embedding,
     ``depth`` pre-LayerNorm blocks (muP 1/d_head attention, MLP ratio 2), mean-pooled tokens,
     1/fan_in readout. Heads: 4 when N is a multiple of 4, else 1."""
@@ -264,11 +273,8 @@ class ViT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.features(x))
 
-    def weight_layers(self) -> list[Tensor]:
-        return _scaled_weights(self)
 
-
-class ToyNet(nn.Module):
+class ToyNet(Net):
     """The deep linear scalar model of PAPER.md: f_NN(x) = x * w_1 * ... * w_L, balanced init w_l = 1.
 
     Width 1, one input and output; its weights are (1, 1) matrices so that per-layer metrics treat
@@ -277,19 +283,21 @@ class ToyNet(nn.Module):
 
     def __init__(self, depth: int):
         super().__init__()
-        self.factors = nn.ParameterList(nn.Parameter(torch.ones(1, 1)) for _ in range(depth))
+        self._names = tuple(f"w{l}" for l in range(1, depth + 1))
+        for name in self._names:
+            self.register_parameter(name, nn.Parameter(torch.ones(1, 1)))
 
     def features(self, x: Tensor) -> Tensor:
         h = x.flatten(1)
-        for w in list(self.factors)[:-1]:
-            h = h * w
+        for name in self._names[:-1]:
+            h = h * getattr(self, name)
         return h
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.features(x) * self.factors[-1]
+        return self.features(x) * getattr(self, self._names[-1])
 
     def weight_layers(self) -> list[Tensor]:
-        return list(self.factors)
+        return [getattr(self, name) for name in self._names]
 
 
 # ===== The centered, gamma-divided model ===========================================================
@@ -303,7 +311,7 @@ class Centered(nn.Module):
     state dict). Both copies run in the same train/eval mode, as in the authors' code.
     """
 
-    def __init__(self, net: nn.Module, gamma: float):
+    def __init__(self, net: Net, gamma: float):
         super().__init__()
         self.net = net
         self.init_net = copy.deepcopy(net)
@@ -331,14 +339,16 @@ def weight_layers(model: nn.Module) -> list[Tensor]:
     in the same order. Biases, norms and position embeddings are not weight layers.
     """
     inner = model.net if isinstance(model, Centered) else model
-    return inner.weight_layers()  # type: ignore[operator]
+    if not isinstance(inner, Net):
+        raise TypeError(f"weight_layers needs a runners.models network, got {type(inner).__name__}")
+    return inner.weight_layers()
 
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def build_net(config: RunConfig) -> nn.Module:
+def build_net(config: RunConfig) -> Net:
     """The raw network f_NN for ``config`` (float32, CPU), initialised from ``config.seed``."""
     generator = torch.Generator().manual_seed(config.seed)
     out = config.resolved_out_dim

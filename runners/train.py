@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -260,12 +261,15 @@ def train(
             save(step - 1)
             return RunOutcome("stopped", step - 1)
         extra = measure.cadence(step, stream) if step in cadence else None
-        batch = next(stream)
-        loss = loss_fn(model(batch.x), batch.y, batch.labels)
+        # Per-step metrics first: the probe forward restores BatchNorm buffers in place, which must
+        # not happen while the training graph holds them.
         with torch.no_grad():
-            parts = [loss.detach().reshape(1), measure.weight_change()]
+            parts = [measure.weight_change()]
             if alignment:
                 parts.append(measure.feature_alignment().reshape(1))
+        batch = next(stream)
+        loss = loss_fn(model(batch.x), batch.y, batch.labels)
+        parts.insert(0, loss.detach().reshape(1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,302 @@
+"""One prepared GPU check (issues 3 and 7): everything it measures is printed; a failing part is reported
+and the script goes on.
+
+    python benchmarks/gpu_check.py            # on a CUDA machine, after `pip install -e .`; < 6 minutes
+    python benchmarks/gpu_check.py --smoke    # tiny sizes, runs anywhere (CPU) in well under a minute
+
+(a) issue 3: a small sweep of train() runs (MLP width 256, depth 3, batch 128, 500 steps, the default
+    metrics: per-step loss, weight change, feature alignment; test loss, NTK and sharpness on the log
+    cadence) on CUDA and on the CPU: steps/s of each (wall, setup included; and per step from the
+    first logged step to the last) and the ratio. One run per device with cadence 'none' too.
+(b) issue 7: train_ensemble with K = 1, 8, 64, 256 members at widths 256 and 1024 (per-step metrics,
+    cadence 'none'), impl 'bmm' and 'vmap': member-steps per second and the ratio to K sequential solo
+    runs, the sequential time estimated from one solo train() run's step time. Target: >= 20x at K = 64,
+    width 256.
+(c) the store's writer at the largest K: the K = 256 ensemble at width 256 logging every member's
+    values into an SQLite store through ``Store.writer()``; the writer's largest backlog (rows queued
+    and not yet committed), its commit rate, and the step rate against (b)'s rate without a store.
+
+Every measurement is bounded by a deadline (``--budget`` seconds in all, default 300): a run that would
+pass its part's deadline is stopped (``should_stop``) and reported on the steps it did; a part with no
+time left is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from gammadb.metrics import MetricKey  # noqa: E402
+from runners.config import RunConfig  # noqa: E402
+from runners.ensemble import train_ensemble  # noqa: E402
+from runners.train import train  # noqa: E402
+
+SUMMARY: list[str] = []
+
+
+def say(line: str = "", *, summary: bool = False) -> None:
+    print(line, flush=True)
+    if summary:
+        SUMMARY.append(line)
+
+
+class TimingSink:
+    """Counts steps and keeps the time of the first and last log call (values are dropped)."""
+
+    def __init__(self) -> None:
+        self.first = self.last = 0.0
+        self.count = 0
+
+    def log(self, step: int, values: Mapping[MetricKey, float]) -> None:
+        now = time.perf_counter()
+        if self.count == 0:
+            self.first = now
+        self.last = now
+        self.count += 1
+
+    def per_step(self) -> float:
+        return (self.last - self.first) / (self.count - 1) if self.count > 1 else float("nan")
+
+
+class NullSink:
+    def log(self, step: int, values: Mapping[MetricKey, float]) -> None:
+        pass
+
+
+class WriterSink:
+    """What the sweep's store sink does per step: hand the values to the batched writer."""
+
+    def __init__(self, writer: object, run_id: int) -> None:
+        self.writer, self.run_id = writer, run_id
+
+    def log(self, step: int, values: Mapping[MetricKey, float]) -> None:
+        self.writer.log(self.run_id, step, values)  # type: ignore[attr-defined]
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+    def stopper(self) -> Callable[[], bool]:
+        return lambda: time.perf_counter() > self.end
+
+
+def guarded(name: str, part: Callable[[], None]) -> None:
+    try:
+        part()
+    except Exception:  # one failing part must not stop the others
+        say(f"{name}: FAILED", summary=True)
+        traceback.print_exc(limit=8)
+        sys.stdout.flush()
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ----- (a) train() on CUDA vs CPU -----------------------------------------------------------------
+
+
+def part_a(device: str, smoke: bool, deadline: Deadline) -> None:
+    say("== (a) issue 3: train() sweep, CUDA vs CPU")
+    width, steps = (32, 30) if smoke else (256, 500)
+    base = RunConfig(model="mlp", task="teacher", depth=3, width=width, batch_size=128, steps=steps)
+    if smoke:
+        base = base.replace(test_size=200, probe_size=16, sharpness_iters=3)
+    grid = [base.replace(gamma=g, eta=e) for g in (0.5, 2.0) for e in (0.01, 0.05)]
+    devices = [device, "cpu"] if device != "cpu" else ["cpu"]
+    say(f"MLP width {width}, depth 3, batch 128, {steps} steps, default metrics (cadence log: test loss, NTK, "
+        f"sharpness); {len(grid)} runs per device (gamma x eta = {{0.5, 2}} x {{0.01, 0.05}}); "
+        f"CPU torch threads {torch.get_num_threads()}")
+    train(base.replace(steps=20), NullSink(), device=device)  # warm-up (CUDA context, kernels)
+    rates: dict[tuple[str, str], tuple[float, float]] = {}
+    for variant, configs in (("default", grid), ("cadence none", [grid[0].replace(cadence="none")])):
+        for dev in devices:
+            if deadline.left() < 5:
+                say(f"  {variant} on {dev}: skipped (budget)")
+                continue
+            wall = done = 0.0
+            per_step = []
+            for config in configs:
+                sink = TimingSink()
+                sync(dev)
+                t0 = time.perf_counter()
+                outcome = train(config, sink, device=dev, should_stop=deadline.stopper())
+                sync(dev)
+                wall += time.perf_counter() - t0
+                done += outcome.steps_done
+                per_step.append(sink.per_step())
+            step = sum(per_step) / len(per_step)
+            rates[(variant, dev)] = (done / wall, 1.0 / step)
+            say(f"  {variant:<13} {dev:<6}: {done / wall:8.1f} steps/s wall (setup incl.), {1 / step:8.1f} steps/s "
+                f"first-to-last step, {int(done)} steps in {wall:.1f} s")
+    for variant in ("default", "cadence none"):
+        if (variant, device) in rates and (variant, "cpu") in rates and device != "cpu":
+            g, c = rates[(variant, device)], rates[(variant, "cpu")]
+            say(f"(a) train() {variant}: {device} / cpu steps/s = {g[0] / c[0]:.2f}x wall, {g[1] / c[1]:.2f}x per step "
+                f"({g[0]:.0f} vs {c[0]:.0f} steps/s wall)", summary=True)
+
+
+# ----- (b) ensembles -------------------------------------------------------------------------------
+
+
+def _ensemble_configs(width: int, k: int, steps: int) -> list[RunConfig]:
+    base = RunConfig(model="mlp", task="teacher", depth=3, width=width, batch_size=128, steps=steps, cadence="none",
+                     ntk=False, sharpness=False)
+    gammas, etas = (0.5, 1.0, 2.0, 4.0), (0.003, 0.01)
+    return [base.replace(gamma=gammas[i % 4], eta=etas[(i // 4) % 2], seed=i) for i in range(k)]
+
+
+def _solo_step(config: RunConfig, device: str, deadline: Deadline) -> float:
+    sink = TimingSink()
+    train(config, sink, device=device, should_stop=deadline.stopper())
+    return sink.per_step()
+
+
+def _ensemble_step(configs: list[RunConfig], device: str, impl: str, deadline: Deadline,
+                   sinks: list | None = None) -> tuple[float, float, int]:
+    """(seconds per ensemble step first-to-last, wall seconds incl. setup, steps done by member 0)."""
+    timing = TimingSink()
+    rest = sinks[1:] if sinks is not None else [NullSink() for _ in configs[1:]]
+    first = sinks[0] if sinks is not None else None
+
+    class First:
+        def log(self, step: int, values: Mapping[MetricKey, float]) -> None:
+            if first is not None:
+                first.log(step, values)
+            timing.log(step, values)
+
+    sync(device)
+    t0 = time.perf_counter()
+    outcomes = train_ensemble(configs, [First(), *rest], device=device, impl=impl, should_stop=deadline.stopper())  # type: ignore[arg-type]
+    sync(device)
+    return timing.per_step(), time.perf_counter() - t0, outcomes[0].steps_done
+
+
+def part_b(device: str, smoke: bool, deadline: Deadline) -> dict[tuple[int, int, str], float]:
+    say("== (b) issue 7: ensembles vs sequential solo runs")
+    widths = (16, 32) if smoke else (256, 1024)
+    ks = (1, 2, 4) if smoke else (1, 8, 64, 256)
+    steps = {w: (10 if smoke else (300 if w <= 256 else 150)) for w in widths}
+    say(f"MLP depth 3, batch 128, per-step metrics (loss, weight change, feature alignment), cadence none; "
+        f"K in {ks}, widths {widths}, steps {steps}; ratio = K * solo step time / ensemble step time")
+    rates: dict[tuple[int, int, str], float] = {}
+    _ensemble_step(_ensemble_configs(widths[0], 2, 5), device, "bmm", deadline)  # warm-up
+    _ensemble_step(_ensemble_configs(widths[0], 2, 5), device, "vmap", deadline)
+    solo_rates: dict[int, float] = {}
+    for width in widths:
+        solo = _solo_step(_ensemble_configs(width, 1, steps[width])[0], device, deadline)
+        solo_rates[width] = 1 / solo
+        say(f"  width {width:>4} solo train(): {1 / solo:8.1f} steps/s", summary=True)
+        for k in ks:
+            for impl in ("bmm", "vmap"):
+                if deadline.left() < 8:
+                    say(f"  width {width:>4} K {k:>3} {impl:<4}: skipped (budget)", summary=True)
+                    continue
+                try:
+                    step, wall, done = _ensemble_step(_ensemble_configs(width, k, steps[width]), device, impl, deadline)
+                except Exception as exc:  # e.g. out of memory at the largest K: report, go on
+                    say(f"  width {width:>4} K {k:>3} {impl:<4}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:160]}", summary=True)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
+                rates[(width, k, impl)] = k / step
+                say(f"  width {width:>4} K {k:>3} {impl:<4}: {k / step:10.1f} member-steps/s, ratio {k * solo / step:7.2f}x "
+                    f"({done} steps, {wall:.1f} s wall incl. setup)", summary=True)
+    target = (widths[0], ks[2])  # K = 64, width 256 (full sizes)
+    measured = [rates[(*target, i)] for i in ("bmm", "vmap") if (*target, i) in rates]
+    if measured and target[0] in solo_rates:
+        ratio = max(measured) / solo_rates[target[0]]
+        say(f"(b) target >= 20x at K = {target[1]}, width {target[0]}: {'met' if ratio >= 20 else 'NOT met'} "
+            f"({ratio:.1f}x)", summary=True)
+    return rates
+
+
+# ----- (c) the writer at the largest K -------------------------------------------------------------
+
+
+def part_c(device: str, smoke: bool, deadline: Deadline, rates: dict[tuple[int, int, str], float]) -> None:
+    from gammadb.store import Store
+    from runners.sweep import run_spec
+
+    say("== (c) writer backlog at the largest K")
+    k, width, steps = (4, 16, 20) if smoke else (256, 256, 300)
+    path = Path("/tmp/gpu.sqlite")
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    configs = _ensemble_configs(width, k, steps)
+    with Store.open(f"sqlite:///{path}") as store:
+        sweep = store.ensure_sweep("gpu-check", {"k": k, "width": width, "steps": steps})
+        runs = store.ensure_runs(sweep.id, [run_spec(c) for c in configs])
+        writer = store.writer()
+        sinks = [WriterSink(writer, r.id) for r in runs]
+        step, _, done = _ensemble_step(configs, device, "bmm", deadline, sinks)
+        t0 = time.perf_counter()
+        writer.close()
+        drain = time.perf_counter() - t0
+        stored = store.read("SELECT COUNT(*) AS n FROM metric_values")["n"][0]
+        per_member = 1 + configs[0].depth + (1 if configs[0].feature_alignment else 0)  # rows per member-step
+        produced = k * done * per_member
+        say(f"K {k}, width {width}, {done} steps: {k / step:.1f} member-steps/s with the writer "
+            f"({rates.get((width, k, 'bmm'), float('nan')):.1f} without a store in (b)); "
+            f"{k * per_member / step:.0f} rows/s produced", summary=True)
+        say(f"writer: max backlog {writer.max_backlog} rows ({writer.max_backlog / max(k * per_member, 1):.0f} steps of the "
+            f"ensemble), rows written {writer.rows_written} (stored {stored}, expected {produced}), seconds in db "
+            f"{writer.seconds_in_db:.2f}, commit rate {writer.rows_written / max(writer.seconds_in_db, 1e-9):.0f} rows/s, "
+            f"final drain {drain:.2f} s", summary=True)
+
+
+# ----- main ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (a CPU check of the script itself)")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds for all parts together")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    smoke = args.smoke or not cuda
+    if not cuda and not args.smoke:
+        say("no CUDA device: running the smoke sizes on the CPU")
+    say(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPU cores, "
+        f"torch CPU threads {torch.get_num_threads()}")
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        say(f"CUDA {torch.version.cuda}: {props.name}, {props.total_memory / 2**30:.0f} GiB, "
+            f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}")
+    budget = args.budget
+    rates: dict[tuple[int, int, str], float] = {}
+    guarded("(a)", lambda: part_a(device, smoke, Deadline(0.25 * budget)))
+
+    def b() -> None:
+        rates.update(part_b(device, smoke, Deadline(0.85 * budget - (time.perf_counter() - start))))
+
+    guarded("(b)", b)
+    guarded("(c)", lambda: part_c(device, smoke, Deadline(budget - (time.perf_counter() - start)), rates))
+    say()
+    say(f"== summary ({time.perf_counter() - start:.0f} s)")
+    for line in SUMMARY:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
