@@ -255,6 +255,9 @@ def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: 
         writer.close()
     finally:
         writer.close()
+    if outcome.status == "stopped":  # interrupted on request: resumable, not a result
+        store.reset_runs([run.id])
+        return RunStatus.PENDING
     status = RunStatus.DIVERGED if outcome.status == "diverged" else RunStatus.COMPLETED
     # A restarted run may have left steps beyond where this one ended (e.g. it diverged earlier on a
     # non-deterministic GPU): drop them so the series is exactly this run's.

@@ -186,7 +186,7 @@ def test_phase_errors_are_one_line(cli_store: Store) -> None:
 
 def test_every_command_has_help_with_an_example() -> None:
     names = sorted(c.name for c in analyze_app.registered_commands)
-    assert names == ["fit", "optimal-lr", "phase"]
+    assert {"fit", "optimal-lr", "phase"} <= set(names)
     for name in names:
         res = invoke(name, "--help")
         assert res.exit_code == 0 and "Example: gammadb analyze " + name in res.stdout
