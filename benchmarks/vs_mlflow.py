@@ -148,7 +148,7 @@ def main() -> None:
     print(f"{'':22s}{'gammadb':>14s}{'MLflow':>14s}{'ratio':>10s}")
     for label, key, better in (("write values/s", "write", "high"), ("read values/s", "read", "high"),
                                ("bytes per value", "bytes", "low"), ("eta* seconds", "eta_s", "low")):
-        print(f"{label:22s}{g[key]:14,.1f}{m[key]:14,.1f}{g[key] / m[key]:10.2f}")
+        print(f"{label:22s}{g[key]:14,.4g}{m[key]:14,.4g}{g[key] / m[key]:10.3g}")
 
 
 if __name__ == "__main__":
