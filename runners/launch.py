@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from gammadb.errors import InvalidSpecError
 from gammadb.records import RunRecord
@@ -20,6 +20,9 @@ from gammadb.schema import RunStatus
 from gammadb.store import Store
 from gammadb.urls import resolve_url
 from runners.spec import SweepSpec
+
+if TYPE_CHECKING:
+    import polars as pl
 from runners.sweep import NullReporter, SweepPlan, SweepReport, WorkOptions, prepare, run_sweep, work
 
 
@@ -172,7 +175,7 @@ def summary_text(store: Store, report: SweepReport) -> str:
         runs = runs.filter(pl.col("run_id").is_in(report.run_ids))
     by_status = {s: int((runs["status"] == s).sum()) for s in ("completed", "diverged", "failed", "pending", "running")}
     lines = [
-        f"sweep {report.sweep!r}: {runs.height} runs in the store for this spec "
+        f"sweep {report.sweep!r}: {runs.height} runs in the store for this spec: "
         + ", ".join(f"{n} {s}" for s, n in by_status.items() if n),
         f"this invocation: {report.completed} completed, {report.diverged} diverged, {report.failed} failed, "
         f"{report.skipped} already done" + (f", {report.not_needed} skipped by the adaptive scan" if report.not_needed else "")
@@ -181,12 +184,34 @@ def summary_text(store: Store, report: SweepReport) -> str:
     if runs.height and "final_loss" in runs.columns:
         import polars as pl
 
+        lines.extend(_per_gamma_table(runs))
         best = (runs.filter(pl.col("status") == "completed").sort("final_loss").head(1))
         if best.height:
             b = best.row(0, named=True)
             lines.append(f"best final loss {b['final_loss']:.4g} at gamma={b['gamma']:g}, eta={b['eta']:g} (run {b['run_id']})")
     lines.append(f"next: gammadb analyze optimal-lr --sweep {report.sweep}")
     return "\n".join(lines)
+
+
+def _per_gamma_table(runs: "pl.DataFrame") -> list[str]:
+    """The final table: per gamma, runs by status and the eta with the lowest final loss."""
+    import polars as pl
+
+    per = (
+        runs.sort("final_loss", nulls_last=True).group_by("gamma", maintain_order=True).agg(
+            pl.len().alias("runs"),
+            (pl.col("status") == "completed").sum().alias("completed"),
+            (pl.col("status") == "diverged").sum().alias("diverged"),
+            pl.col("eta").filter(pl.col("status") == "completed").first().alias("best_eta"),
+            pl.col("final_loss").filter(pl.col("status") == "completed").first().alias("best_loss"),
+        ).sort("gamma")
+    )
+    out = [f"{'gamma':>10} {'runs':>5} {'done':>5} {'diverged':>8} {'best eta':>10} {'final loss':>11}"]
+    for r in per.iter_rows(named=True):
+        eta = f"{r['best_eta']:10.3g}" if r["best_eta"] is not None else f"{'-':>10}"
+        loss = f"{r['best_loss']:11.4g}" if r["best_loss"] is not None else f"{'-':>11}"
+        out.append(f"{r['gamma']:10.3g} {r['runs']:5d} {r['completed']:5d} {r['diverged']:8d} {eta} {loss}")
+    return out
 
 
 class LineReporter:

@@ -223,3 +223,20 @@ def test_repeated_sigkills_at_random_points_lose_and_duplicate_nothing(sqlite_ur
             assert got["step"].to_list() == list(range(1, 401))
             assert got["value"].to_list() == ref.values("loss")  # bit for bit on CPU
         assert set(ran.values()) <= {1}
+
+
+def test_submitit_local_launcher_drains_the_sweep(sqlite_url: str, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("submitit")
+    monkeypatch.chdir(tmp_path)  # submitit's job folder goes under the working directory
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'name = "sub"\ngamma = [0.5, 2.0]\neta = [0.01]\nseeds = 2\nsteps = 4\n'
+        '[base]\nmodel = "mlp"\ntask = "teacher"\ndepth = 2\nwidth = 8\nbatch_size = 4\ncadence = "none"\n'
+        'ntk = false\nsharpness = false\nfeature_alignment = false\n'
+    )
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    r = CliRunner().invoke(app, ["run", str(spec), "--url", sqlite_url, "--launcher", "local", "--workers", "2",
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    with Store.open(sqlite_url) as store:
+        assert store.runs_frame("sub")["status"].to_list() == ["completed"] * 4
