@@ -69,11 +69,16 @@ def load_runs(store: Any, sweep: str, *, budget: Optional[int] = None, want_min:
         "u.min_loss AS s_min, u.tail_mean_loss AS s_tail, "
         "(SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS first_step, "
         "(SELECT MAX(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS max_step, "
-        "(SELECT v.value FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ? "
-        " ORDER BY v.step LIMIT 1) AS initial_loss "
+        # The initial loss is the reference for "trained" and "left the plateau". One minibatch's loss
+        # is a noisy estimate of it (seen: 0.62 against a plateau at 0.99 with B = 32), so where the
+        # held-out test loss was measured at the first step (f = 0 there, for every run) it is used.
+        "COALESCE((SELECT t.value FROM metric_values t WHERE t.run_id = r.id AND t.metric_id = ? AND t.step = "
+        "  (SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?)), "
+        " (SELECT v.value FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ? "
+        "  ORDER BY v.step LIMIT 1)) AS initial_loss "
         "FROM runs r JOIN sweeps s ON s.id = r.sweep_id LEFT JOIN run_summaries u ON u.run_id = r.id "
         "WHERE s.name = ? AND r.status IN (?, ?) ORDER BY r.id",
-        [loss_id, loss_id, loss_id, sweep, *finished],
+        [loss_id, loss_id, _metric_id(store, TEST_LOSS) or -1, loss_id, loss_id, sweep, *finished],
     )
     if runs.is_empty():
         raise AnalysisError(f"sweep {sweep!r} has no finished (completed or diverged) runs yet")

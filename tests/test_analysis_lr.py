@@ -509,3 +509,20 @@ def test_a_group_where_everything_diverged_is_reported_not_fatal() -> None:
 
     spec = optimal_lr_chart(res).to_dict()  # the empty group still draws: all its cells dark
     assert len(spec["vconcat"]) == 2
+
+
+def test_initial_loss_is_the_test_loss_at_the_first_step_when_measured(store: Store) -> None:
+    """One minibatch's loss at step 1 is a noisy reference for "trained" (loss <= 0.1 x initial); the
+    held-out test loss at that step is not. Here step 1's batch loss is 0.5 while the plateau is 1.0."""
+    rows = []
+    for eta in (0.01, 0.1, 1.0):
+        for step in range(1, 101):
+            loss = 0.5 if step == 1 else (1.0 if eta < 0.1 or step < 50 else 0.08 if eta == 0.1 else 0.2)
+            rows.append(dict(gamma=1.0, eta=eta, seed=0, step=step, loss=loss,
+                             test_loss=1.0 if step == 1 else None))
+    import_frame(store, pl.DataFrame(rows), "noisy")
+    table = load_runs(store, "noisy")
+    assert table.frame["initial_loss"].to_list() == [1.0, 1.0, 1.0]
+    points = olr.analyze(store, "noisy").points
+    # eta = 0.1 ends at 0.08 <= 0.1 x 1.0 (trained); against the batch loss 0.5 it would not count
+    assert points["eta_max"].to_list() == [0.1]
