@@ -418,12 +418,13 @@ class Store:
             ])
 
     def reset_runs(self, run_ids: Sequence[int]) -> int:
-        """Put runs back to pending (their committed steps stay and are overwritten on rerun)."""
+        """Put running runs back to pending (their committed steps stay and are overwritten on
+        rerun); runs that already ended are left alone."""
         if not run_ids:
             return 0
         with self.session_scope() as s:
             res = s.execute(
-                update(Run).where(Run.id.in_(list(run_ids))).values(
+                update(Run).where(Run.id.in_(list(run_ids)), Run.status == RunStatus.RUNNING).values(
                     status=RunStatus.PENDING, worker=None, error=None, finished_at=None
                 )
             )

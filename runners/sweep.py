@@ -144,8 +144,9 @@ def run_sweep(store: Store, plan: SweepPlan, options: WorkOptions = WorkOptions(
                 if run is None:
                     break
                 done += 1
-                reporter.run_started(run, done, report.total)
-                _tally(report, train_claimed(store, run, options, reporter))
+                with _released_on_interrupt(store, [run.id]):
+                    reporter.run_started(run, done, report.total)
+                    _tally(report, train_claimed(store, run, options, reporter))
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -211,8 +212,9 @@ def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
                 break
             report.total += 1
             report.run_ids.append(run.id)
-            reporter.run_started(run, report.total, 0)
-            _tally(report, train_claimed(store, run, options, reporter))
+            with _released_on_interrupt(store, [run.id]):
+                reporter.run_started(run, report.total, 0)
+                _tally(report, train_claimed(store, run, options, reporter))
     report.seconds = time.perf_counter() - t0
     report.store_seconds = store.seconds  # type: ignore[attr-defined]
     return report
@@ -294,10 +296,12 @@ def _drain_ensembles(store: Store, sweep_id: int, pending: Sequence[RunRecord], 
             claimed = store.claim_many(sweep_id, ids, limit=options.ensemble)
             if not claimed:
                 break
-            for run in claimed:
-                done += 1
-                reporter.run_started(run, done, total)
-            yield from train_claimed_ensemble(store, claimed, options, reporter)
+            with _released_on_interrupt(store, [r.id for r in claimed]):
+                for run in claimed:
+                    done += 1
+                    reporter.run_started(run, done, total)
+                statuses = train_claimed_ensemble(store, claimed, options, reporter)
+            yield from statuses
 
 
 def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: WorkOptions,
@@ -389,6 +393,17 @@ def _adaptive(store: Store, sweep_id: int, plan: SweepPlan, options: WorkOptions
                 statuses.append(status)
             if largest_convergent is None and statuses and RunStatus.DIVERGED not in statuses:
                 largest_convergent = eta
+
+
+@contextmanager
+def _released_on_interrupt(store: Any, run_ids: list[int]) -> Iterator[None]:
+    """Ctrl-C / SIGTERM anywhere between a claim and a run's end puts the claimed runs back to
+    pending (runs that already ended stay as they are)."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        store.reset_runs(run_ids)
+        raise
 
 
 def _tally(report: SweepReport, status: RunStatus) -> None:

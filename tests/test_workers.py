@@ -240,3 +240,33 @@ def test_submitit_local_launcher_drains_the_sweep(sqlite_url: str, tmp_path: Pat
     assert r.exit_code == 0, r.output
     with Store.open(sqlite_url) as store:
         assert store.runs_frame("sub")["status"].to_list() == ["completed"] * 4
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_finishes(sqlite_url: str, tmp_path: Path) -> None:
+    import signal
+
+    spec = tmp_path / "t.toml"
+    spec.write_text(
+        'name = "term"\ngamma = [0.5, 2.0]\neta = [0.01, 0.02, 0.05]\nseeds = 1\nsteps = 400\n'
+        '[base]\nmodel = "mlp"\ntask = "teacher"\ndepth = 2\nwidth = 8\nbatch_size = 4\ncadence = "none"\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "gammadb", "run", str(spec), "--url", sqlite_url, "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with Store.open(sqlite_url) as store:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.1)
+            try:
+                if store.read("SELECT COALESCE(SUM(steps_done), 0) AS n FROM runs")["n"][0] > 500:
+                    break
+            except Exception:
+                continue
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "interrupted: everything logged so far is committed" in err
+        statuses = store.runs_frame("term")["status"].to_list()
+        assert "running" not in statuses and "pending" in statuses
+        assert subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True).returncode == 0
+        assert store.runs_frame("term")["status"].to_list() == ["completed"] * 6
