@@ -84,7 +84,6 @@ def bench_mlflow(tmp: Path, runs: int, steps: int) -> dict[str, float]:
 
 
 def bench_gammadb(tmp: Path, runs: int, steps: int) -> dict[str, float]:
-    import polars as pl
 
     from gammadb.metrics import MetricKey
     from gammadb.records import RunSpec

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
-from sqlalchemy import create_engine, delete, event, func, select, text, update
+from sqlalchemy import create_engine, delete, event, select, text, update
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gammadb import __version__
@@ -33,7 +33,7 @@ from gammadb.errors import (
 )
 from gammadb.metrics import LOSS, MetricKey, kind_of
 from gammadb.records import RunRecord, RunSpec, SummaryRecord, SweepRecord
-from gammadb.schema import Base, Metric, MetricValue, Run, RunStatus, RunSummary, Sweep
+from gammadb.schema import Metric, MetricValue, Run, RunStatus, RunSummary, Sweep
 from gammadb.urls import libpq_uri, mask, parse_url, resolve_url, sqlite_path
 
 if TYPE_CHECKING:
@@ -427,6 +427,15 @@ class Store:
                 update(Run).where(Run.id.in_(list(run_ids)), Run.status == RunStatus.RUNNING).values(
                     status=RunStatus.PENDING, worker=None, error=None, finished_at=None
                 )
+            )
+            return res.rowcount or 0
+
+    def release_worker(self, worker: str | None = None) -> int:
+        """Put every run that ``worker`` (default: this process) holds as running back to pending."""
+        with self.session_scope() as s:
+            res = s.execute(
+                update(Run).where(Run.worker == (worker or worker_id()), Run.status == RunStatus.RUNNING)
+                .values(status=RunStatus.PENDING, worker=None)
             )
             return res.rowcount or 0
 

@@ -11,7 +11,6 @@ agrees with what is stored. A re-written step overwrites (upsert), never duplica
 from __future__ import annotations
 
 import datetime as dt
-import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -274,7 +273,3 @@ def _sqlite_now() -> str:
 def _transient(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(w in text for w in ("terminat", "connection", "closed", "server", "locked", "busy"))
-
-
-def is_nan(v: float) -> bool:
-    return isinstance(v, float) and math.isnan(v)

@@ -13,12 +13,11 @@ and the store upserts the steps it rewrites.
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -126,7 +125,7 @@ def run_sweep(store: Store, plan: SweepPlan, options: WorkOptions = WorkOptions(
     t0 = time.perf_counter()
     sweep_id, runs = prepare(store, plan)
     report = SweepReport(sweep=plan.name)
-    with _terminate_as_interrupt():
+    with _terminate_as_interrupt(store):
         if plan.adaptive:
             _adaptive(store, sweep_id, plan, options, reporter, report)
         else:
@@ -198,7 +197,7 @@ def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
     store = TimedStore(store)  # type: ignore[assignment]
     rec = store.get_sweep(sweep)
     report = SweepReport(sweep=sweep)
-    with _terminate_as_interrupt():
+    with _terminate_as_interrupt(store):
         if options.ensemble > 1 and max_runs is None:
             store.requeue(sweep, stale_after_s=stale_after_s)
             pending = store.runs(sweep=sweep, status=RunStatus.PENDING)
@@ -420,8 +419,10 @@ def _safe(name: str) -> str:
 
 
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (e.g. from SLURM or `kill`) stops like Ctrl-C: the current batch is committed."""
+def _terminate_as_interrupt(store: Any = None) -> Iterator[None]:
+    """SIGTERM (e.g. from SLURM or `kill`) stops like Ctrl-C: the current batch is committed, and
+    (with ``store``) every run this process holds goes back to pending, whichever statement the
+    signal interrupted (a claim's commit included)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -432,9 +433,10 @@ def _terminate_as_interrupt() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, _handler)
     try:
         yield
+    except (KeyboardInterrupt, SystemExit):
+        if store is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the release
+            store.release_worker()
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def finite_or_none(v: Optional[float]) -> Optional[float]:
-    return v if v is not None and math.isfinite(v) else None

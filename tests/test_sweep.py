@@ -14,7 +14,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from gammadb.schema import RunStatus
 from gammadb.store import Store
 from runners.config import RunConfig
 from runners.sweep import SweepPlan, WorkOptions, run_sweep

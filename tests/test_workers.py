@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import polars as pl
 import pytest
 from typer.testing import CliRunner
 
