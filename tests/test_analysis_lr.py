@@ -453,7 +453,8 @@ def test_unfinished_runs_are_left_out(store: Store) -> None:
 
     import_frame(store, synth(gammas=[1.0], seeds=(0,)), "partial")
     run_id = int(store.runs_frame("partial")["run_id"][0])
-    store.reset_runs([run_id])  # back to pending: not a result yet
+    store.mark_running(run_id)  # rerun, then interrupted: back to pending, not a result yet
+    store.reset_runs([run_id])
     t = load_runs(store, "partial")
     assert run_id not in t.frame["run_id"].to_list()
     assert store.get_run(run_id).status == RunStatus.PENDING
