@@ -393,16 +393,22 @@ class Store:
     def finish_run(self, run_id: int, status: RunStatus, *, steps_done: int,
                    diverged_at: int | None = None, error: str | None = None,
                    summarize: bool = True) -> None:
-        """Record a run's end and (for a finished run) rebuild its summary."""
+        """Record a run's end and (for a finished run) its summary, in one transaction: a run is never
+        'completed' without its summary, whatever interrupts this call."""
+        rows = []
+        if status.finished and summarize:
+            rows = summarize_losses(self.series([run_id], metrics=[LOSS]), [run_id])
+        now = utcnow()
         with self.session_scope() as s:
             s.execute(
                 update(Run).where(Run.id == run_id).values(
                     status=status, steps_done=steps_done, diverged_at=diverged_at,
-                    error=mask(error)[:4000] if error else None, finished_at=utcnow(), heartbeat_at=utcnow(),
+                    error=mask(error)[:4000] if error else None, finished_at=now, heartbeat_at=now,
                 )
             )
-        if status.finished and summarize:
-            self.rebuild_summaries(run_ids=[run_id])
+            if rows:
+                s.execute(delete(RunSummary).where(RunSummary.run_id == run_id))
+                s.execute(RunSummary.__table__.insert(), [{**r, "updated_at": now} for r in rows])
 
     def finish_runs(self, ends: Sequence[tuple[int, RunStatus, int, Optional[int]]]) -> None:
         """Record many runs' ends, (run_id, status, steps_done, diverged_at), in one transaction

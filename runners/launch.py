@@ -185,7 +185,8 @@ def summary_text(store: Store, report: SweepReport) -> str:
         import polars as pl
 
         lines.extend(_per_gamma_table(runs))
-        best = (runs.filter(pl.col("status") == "completed").sort("final_loss").head(1))
+        best = (runs.filter((pl.col("status") == "completed") & pl.col("final_loss").is_not_null())
+                .sort("final_loss").head(1))
         if best.height:
             b = best.row(0, named=True)
             lines.append(f"best final loss {b['final_loss']:.4g} at gamma={b['gamma']:g}, eta={b['eta']:g} (run {b['run_id']})")
