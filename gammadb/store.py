@@ -406,9 +406,7 @@ class Store:
                     error=mask(error)[:4000] if error else None, finished_at=now, heartbeat_at=now,
                 )
             )
-            if rows:
-                s.execute(delete(RunSummary).where(RunSummary.run_id == run_id))
-                s.execute(RunSummary.__table__.insert(), [{**r, "updated_at": now} for r in rows])
+            _replace_summaries(s, rows, now)
 
     def finish_runs(self, ends: Sequence[tuple[int, RunStatus, int, Optional[int]]]) -> None:
         """Record many runs' ends, (run_id, status, steps_done, diverged_at), in one transaction
@@ -554,10 +552,7 @@ class Store:
             loss = self.series(chunk, metrics=[LOSS])
             rows.extend(summarize_losses(loss, chunk))
         with self.session_scope() as s:
-            for chunk in _chunks([r["run_id"] for r in rows], 500):
-                s.execute(delete(RunSummary).where(RunSummary.run_id.in_(chunk)))
-            now = utcnow()
-            s.execute(RunSummary.__table__.insert(), [{**r, "updated_at": now} for r in rows])
+            _replace_summaries(s, rows, utcnow())
         return len(rows)
 
     def summaries(self, run_ids: Sequence[int]) -> dict[int, SummaryRecord]:
@@ -668,6 +663,15 @@ def summarize_losses(loss: pl.DataFrame, run_ids: Sequence[int]) -> list[dict[st
             diverged=diverged, steps_logged=len(values),
         ))
     return rows
+
+
+def _replace_summaries(session: Session, rows: list[dict[str, Any]], now: dt.datetime) -> None:
+    """Inside the caller's transaction: the summaries of ``rows``' runs become ``rows``."""
+    if not rows:
+        return
+    for chunk in _chunks([r["run_id"] for r in rows], 500):
+        session.execute(delete(RunSummary).where(RunSummary.run_id.in_(chunk)))
+    session.execute(RunSummary.__table__.insert(), [{**r, "updated_at": now} for r in rows])
 
 
 def _finite_or_none(v: float) -> Optional[float]:

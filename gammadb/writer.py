@@ -256,11 +256,10 @@ class MetricWriter:
 
 
 def _latest(rows: list[Row]) -> list[tuple[tuple[int, int, int], Optional[float]]]:
-    """The last value logged for each (run, metric, step), in clustered-key order.
-
-    Within one batch a re-written step must win (an upsert cannot see two rows of one statement on
-    PostgreSQL), and key order makes each series an append: fewer page splits, fewer bytes.
-    """
+    """The last value logged for each (run, metric, step), in key order: the PostgreSQL path's
+    staging table feeds one INSERT ... ON CONFLICT, which cannot touch one key twice, so a step
+    re-written within a batch must be reduced to its last value first. (SQLite's executemany applies
+    rows in order and needs no such pass.)"""
     latest = {(r, m, s): v for r, m, s, v in rows}
     return sorted(latest.items())
 

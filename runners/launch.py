@@ -23,7 +23,7 @@ from runners.spec import SweepSpec
 
 if TYPE_CHECKING:
     import polars as pl
-from runners.sweep import NullReporter, SweepPlan, SweepReport, WorkOptions, prepare, run_sweep, work
+from runners.sweep import NullReporter, SweepPlan, SweepReport, WorkOptions, tally, prepare, run_sweep, work
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +84,10 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
                         f"`gammadb sweeps ls` and `gammadb runs ls --sweep {plan.name}`")
         report = SweepReport(sweep=plan.name, total=len(runs), run_ids=[r.id for r in runs],
                              skipped=sum(r.status.finished for r in runs))
+        ran_now = {r.id for r in runs if not r.status.finished}  # what the workers were given
         for r in store.runs(sweep=plan.name):
-            if r.id in set(report.run_ids) and not any(r.id == x.id and x.status.finished for x in runs):
-                if r.status == RunStatus.COMPLETED:
-                    report.completed += 1
-                elif r.status == RunStatus.DIVERGED:
-                    report.diverged += 1
-                elif r.status == RunStatus.FAILED:
-                    report.failed += 1
+            if r.id in ran_now:
+                tally(report, r.status)
         report.seconds = time.perf_counter() - t0
         return summary_text(store, report)
 

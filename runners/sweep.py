@@ -137,7 +137,7 @@ def run_sweep(store: Store, plan: SweepPlan, options: WorkOptions = WorkOptions(
             if options.ensemble > 1:
                 pending = [r for r in runs if not r.status.finished]
                 for status in _drain_ensembles(store, sweep_id, pending, options, reporter, done, report.total):
-                    _tally(report, status)
+                    tally(report, status)
             while True:
                 run = store.claim_next(sweep_id, run_ids=ids)
                 if run is None:
@@ -145,7 +145,7 @@ def run_sweep(store: Store, plan: SweepPlan, options: WorkOptions = WorkOptions(
                 done += 1
                 with _released_on_interrupt(store, [run.id]):
                     reporter.run_started(run, done, report.total)
-                    _tally(report, train_claimed(store, run, options, reporter))
+                    tally(report, train_claimed(store, run, options, reporter))
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -203,7 +203,7 @@ def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
             pending = store.runs(sweep=sweep, status=RunStatus.PENDING)
             for status in _drain_ensembles(store, rec.id, pending, options, reporter, 0, len(pending)):
                 report.total += 1
-                _tally(report, status)
+                tally(report, status)
         while max_runs is None or report.total < max_runs:
             store.requeue(sweep, stale_after_s=stale_after_s)
             run = store.claim_next(rec.id)
@@ -213,7 +213,7 @@ def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
             report.run_ids.append(run.id)
             with _released_on_interrupt(store, [run.id]):
                 reporter.run_started(run, report.total, 0)
-                _tally(report, train_claimed(store, run, options, reporter))
+                tally(report, train_claimed(store, run, options, reporter))
     report.seconds = time.perf_counter() - t0
     report.store_seconds = store.seconds  # type: ignore[attr-defined]
     return report
@@ -237,25 +237,15 @@ def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: 
         _drop_checkpoints_ahead_of_store(policy.directory, run.steps_done)
     writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
     sink = _StoreSink(writer, run.id, config.steps, reporter)
-    try:
-        try:
-            outcome = train(config, sink, device=device, checkpoint=policy)
-        except (KeyboardInterrupt, SystemExit):
-            writer.close()  # keep every step logged so far
-            store.reset_runs([run.id])
-            raise
-        except GammadbError:
-            writer.close()
-            raise
-        except Exception as exc:  # a bug or a bad config in one run must not stop the sweep
-            writer.close()
-            text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            store.finish_run(run.id, RunStatus.FAILED, steps_done=sink.last_step, error=text)
-            reporter.run_finished(run, RunStatus.FAILED, sink.last_step, None)
-            return RunStatus.FAILED
-        writer.close()
-    finally:
-        writer.close()
+    with _failures_recorded(store, [run], [sink], writer, reporter) as failed:
+        outcome = train(config, sink, device=device, checkpoint=policy)
+    if failed:
+        return RunStatus.FAILED
+    return _record_end(store, run, outcome, sink, reporter)
+
+
+def _record_end(store: Store, run: RunRecord, outcome: Any, sink: "_StoreSink", reporter: Reporter) -> RunStatus:
+    """Record how a trained run ended (a runners.train.RunOutcome); return its status."""
     if outcome.status == "stopped":  # interrupted on request: resumable, not a result
         store.reset_runs([run.id])
         return RunStatus.PENDING
@@ -303,6 +293,36 @@ def _drain_ensembles(store: Store, sweep_id: int, pending: Sequence[RunRecord], 
             yield from statuses
 
 
+@contextmanager
+def _failures_recorded(store: Store, runs: Sequence[RunRecord], sinks: Sequence["_StoreSink"],
+                       writer: MetricWriter, reporter: Reporter) -> Iterator[list[bool]]:
+    """Around training: the writer is always closed (every step logged so far is committed). An
+    exception from training marks the runs failed with its text, and the yielded list becomes [True],
+    so the sweep goes on; store errors and interrupts propagate (the callers release the runs)."""
+    failed: list[bool] = []
+    try:
+        yield failed
+    except (KeyboardInterrupt, SystemExit, GammadbError):
+        _close_quietly(writer)
+        raise
+    except Exception as exc:  # a bug or a bad config in one run must not stop the sweep
+        _close_quietly(writer)
+        text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+        for run, sink in zip(runs, sinks):
+            store.finish_run(run.id, RunStatus.FAILED, steps_done=sink.last_step, error=text)
+            reporter.run_finished(run, RunStatus.FAILED, sink.last_step, None)
+        failed.append(True)
+        return
+    writer.close()
+
+
+def _close_quietly(writer: MetricWriter) -> None:
+    try:
+        writer.close()
+    except Exception:
+        pass  # the exception being handled matters more
+
+
 def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: WorkOptions,
                            reporter: Reporter) -> list[RunStatus]:
     """Train claimed runs as one stacked model; each member is recorded as its own run."""
@@ -315,31 +335,11 @@ def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: Wor
         store.mark_running(r.id, worker=worker_id(), device=device)
     writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
     sinks = [_StoreSink(writer, r.id, c.steps, reporter) for r, c in zip(runs, configs)]
-    try:
+    with _failures_recorded(store, runs, sinks, writer, reporter) as failed:
         outcomes = train_ensemble(configs, sinks, device=device)
-    except (KeyboardInterrupt, SystemExit):
-        writer.close()
-        store.reset_runs([r.id for r in runs])
-        raise
-    except GammadbError:
-        writer.close()
-        raise
-    except Exception as exc:
-        writer.close()
-        text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-        for r, sink in zip(runs, sinks):
-            store.finish_run(r.id, RunStatus.FAILED, steps_done=sink.last_step, error=text)
-            reporter.run_finished(r, RunStatus.FAILED, sink.last_step, None)
+    if failed:
         return [RunStatus.FAILED] * len(runs)
-    writer.close()
-    statuses = []
-    for r, sink, outcome in zip(runs, sinks, outcomes):
-        status = RunStatus.DIVERGED if outcome.status == "diverged" else RunStatus.COMPLETED
-        store.delete_steps_after(r.id, outcome.steps_done)
-        store.finish_run(r.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at)
-        reporter.run_finished(r, status, outcome.steps_done, sink.last_loss)
-        statuses.append(status)
-    return statuses
+    return [_record_end(store, r, outcome, sink, reporter) for r, sink, outcome in zip(runs, sinks, outcomes)]
 
 
 class _StoreSink:
@@ -388,7 +388,7 @@ def _adaptive(store: Store, sweep_id: int, plan: SweepPlan, options: WorkOptions
                     continue
                 reporter.run_started(claimed, index, report.total)
                 status = train_claimed(store, claimed, options, reporter)
-                _tally(report, status)
+                tally(report, status)
                 statuses.append(status)
             if largest_convergent is None and statuses and RunStatus.DIVERGED not in statuses:
                 largest_convergent = eta
@@ -405,7 +405,8 @@ def _released_on_interrupt(store: Any, run_ids: list[int]) -> Iterator[None]:
         raise
 
 
-def _tally(report: SweepReport, status: RunStatus) -> None:
+def tally(report: SweepReport, status: RunStatus) -> None:
+    """Count one finished run into the report."""
     if status == RunStatus.COMPLETED:
         report.completed += 1
     elif status == RunStatus.DIVERGED:

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from gammadb.schema import RunStatus
 from gammadb.store import Store
 from runners.config import RunConfig
 from runners.sweep import SweepPlan, WorkOptions, run_sweep
@@ -151,3 +152,24 @@ def test_ensemble_sweep_records_each_member_as_its_own_run(sqlite_url: str) -> N
                 assert len(x) == len(y)
                 assert all((u == v) or abs(u - v) <= 1e-10 * max(1.0, abs(v)) or (u != u and v != v)
                            or (math.isinf(u) and math.isinf(v)) for u, v in zip(x, y))
+
+
+def test_an_exception_in_training_marks_the_run_failed_and_the_sweep_goes_on(store: Store, monkeypatch) -> None:
+    import runners.train as train_module
+
+    real = train_module.train
+
+    def flaky(config, sink, **kw):
+        if config.eta == 0.2:
+            sink.log(1, {})  # something was logged before the failure
+            raise RuntimeError("boom in the trainer")
+        return real(config, sink, **kw)
+
+    monkeypatch.setattr(train_module, "train", flaky)
+    rep = run_sweep(store, plan("fail", gammas=(1.0,)), WorkOptions(device="cpu"))
+    assert (rep.completed, rep.failed) == (1, 1)
+    runs = store.runs(sweep="fail")
+    bad = next(r for r in runs if r.eta == 0.2)
+    assert bad.status == RunStatus.FAILED and "RuntimeError: boom in the trainer" in (bad.error or "")
+    assert bad.steps_done == 1
+    assert store.requeue("fail", failed=True) == [bad.id]
