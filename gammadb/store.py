@@ -136,7 +136,9 @@ class Store:
         head = head_revision()
         if current == head:
             return
-        if current is None and create and not self._has_tables():
+        if current is None and create:
+            # Decided again under the schema lock: another process may be creating it right now
+            # (its tables can be visible before its revision is).
             self.upgrade(only_if_empty=True)
             return
         if current is not None and current not in _known_revisions():
@@ -148,12 +150,6 @@ class Store:
             f"store {self.display_url} is at revision {current or 'none'}, gammadb needs {head}: "
             f"run `gammadb db upgrade --url {self.display_url}`"
         )
-
-    def _has_tables(self) -> bool:
-        from sqlalchemy import inspect
-
-        with self._connect() as conn:
-            return bool(inspect(conn).get_table_names())
 
     @contextlib.contextmanager
     def _schema_lock(self) -> Iterator[Any]:
@@ -183,10 +179,10 @@ class Store:
 
         with self._schema_lock() as conn:
             before = MigrationContext.configure(conn).get_current_revision()
-            if only_if_empty and before is not None:  # another process created it meanwhile
-                conn.rollback()
+            if only_if_empty and (before is not None or _has_tables(conn)):
+                conn.rollback()  # another process created it meanwhile, or it is not empty
                 self._check_schema(create=False)
-                return before, before
+                return before, before or "none"
             # The lock connection itself runs the migrations (on SQLite a second connection would
             # wait on the first). Its autobegun transaction is committed by alembic's context.
             cfg = _alembic_config(conn)
@@ -663,6 +659,12 @@ def summarize_losses(loss: pl.DataFrame, run_ids: Sequence[int]) -> list[dict[st
             diverged=diverged, steps_logged=len(values),
         ))
     return rows
+
+
+def _has_tables(conn: Any) -> bool:
+    from sqlalchemy import inspect
+
+    return bool(inspect(conn).get_table_names())
 
 
 def _replace_summaries(session: Session, rows: list[dict[str, Any]], now: dt.datetime) -> None:
