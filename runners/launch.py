@@ -71,8 +71,6 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
         if plan.adaptive:
             raise InvalidSpecError("the adaptive eta scan runs in one process: drop --workers/--launcher, "
                                    "or use --full-grid")
-        if opts.ensemble > 1 and opts.launcher != "none":
-            raise InvalidSpecError("--ensemble with --launcher is not supported yet: use local --workers")
         t0 = time.perf_counter()
         _, runs = prepare(store, plan)
         if opts.launcher == "none":
@@ -94,10 +92,12 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
 
 def worker_main(url: Optional[str], sweep: str, *, device: str = "auto", max_runs: Optional[int] = None,
                 grace: float = 300.0, checkpoint_dir: Optional[Path] = None, checkpoint_every: float = 300.0,
-                threads: Optional[int] = None, quiet: bool = False, ensemble: int = 1) -> str:
-    """`gammadb worker`: drain a sweep's pending runs."""
+                threads: Optional[int] = None, quiet: bool = False, ensemble: Optional[int] = None) -> str:
+    """`gammadb worker`: drain a sweep's pending runs (``ensemble`` None: the sweep spec's)."""
     set_threads(threads)
     with Store.open(url) as store:
+        if ensemble is None:
+            ensemble = int(store.get_sweep(sweep).spec.get("ensemble", 1))
         reporter = NullReporter() if quiet else LineReporter()
         report = work(store, sweep, WorkOptions(device=device, checkpoint_dir=checkpoint_dir,
                                                 checkpoint_every_seconds=checkpoint_every, ensemble=ensemble),
@@ -130,9 +130,10 @@ def _local_workers(url: Optional[str], sweep: str, opts: LaunchOptions) -> None:
         raise
 
 
-def _submitit_job(url: str, sweep: str, device: str, checkpoint_dir: Optional[str], threads: Optional[int]) -> str:
+def _submitit_job(url: str, sweep: str, device: str, checkpoint_dir: Optional[str], threads: Optional[int],
+                  ensemble: int = 1) -> str:
     return worker_main(url, sweep, device=device, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-                       threads=threads, quiet=True)
+                       threads=threads, quiet=True, ensemble=ensemble)
 
 
 def _submitit(url: Optional[str], sweep: str, opts: LaunchOptions) -> bool:
@@ -155,7 +156,7 @@ def _submitit(url: Optional[str], sweep: str, opts: LaunchOptions) -> bool:
     args = [resolve_url(url)] * opts.workers
     ck = str(opts.checkpoint_dir) if opts.checkpoint_dir else None
     jobs = executor.map_array(_submitit_job, args, [sweep] * opts.workers, [opts.device] * opts.workers,
-                              [ck] * opts.workers, [opts.threads or 1] * opts.workers)
+                              [ck] * opts.workers, [opts.threads or 1] * opts.workers, [opts.ensemble] * opts.workers)
     if opts.launcher == "local":
         for job in jobs:
             job.result()

@@ -10,6 +10,7 @@ TOML form (every key optional except what the preset does not provide)::
     steps = 2000
     adaptive = true             # scan eta from high to low per gamma, stop decades_below the first
     decades_below = 3           #   convergent eta (the orchestrator reads these; expand() ignores them)
+    ensemble = 32               # train up to 32 compatible grid points as one stacked model (CLI --ensemble wins)
     description = "..."
 
     [base]                      # any RunConfig field except gamma / eta / seed
@@ -36,7 +37,8 @@ from gammadb.errors import InvalidSpecError, NotFoundError
 from runners.config import RunConfig, field_names, parse_field_value
 
 SWEPT = ("gamma", "eta", "seed")
-_TOP_KEYS = {"name", "preset", "gamma", "eta", "seeds", "steps", "adaptive", "decades_below", "description", "base"}
+_TOP_KEYS = {"name", "preset", "gamma", "eta", "seeds", "steps", "adaptive", "decades_below", "ensemble",
+             "description", "base"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class SweepSpec:
 
     ``adaptive`` / ``decades_below`` describe the learning-rate scan the orchestrator runs (for each
     gamma, etas from high to low; after the first convergent eta, continue ``decades_below`` decades
-    down, then stop); ``expand`` always lists the full grid.
+    down, then stop); ``expand`` always lists the full grid. ``ensemble`` is how many compatible
+    grid points the orchestrator and workers may stack into one model (1: one run at a time).
     """
 
     name: str
@@ -56,6 +59,7 @@ class SweepSpec:
     axes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     adaptive: bool = False
     decades_below: float = 3.0
+    ensemble: int = 1
     description: str = ""
 
     @property
@@ -90,6 +94,8 @@ class SweepSpec:
                 raise InvalidSpecError(f"axis {axis!r} has no values")
         if not (isinstance(self.decades_below, (int, float)) and self.decades_below > 0):
             raise InvalidSpecError(f"decades_below must be > 0, got {self.decades_below!r}")
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 1:
+            raise InvalidSpecError(f"ensemble must be an integer >= 1, got {self.ensemble!r}")
         return self
 
     def expand(self, *, check_files: bool = True) -> list[RunConfig]:
@@ -126,6 +132,7 @@ class SweepSpec:
             "steps": self.base.steps,
             "adaptive": self.adaptive,
             "decades_below": self.decades_below,
+            "ensemble": self.ensemble,
             "base": base,
         }
 
@@ -266,6 +273,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> SweepSpec:
         axes=axes,
         adaptive=_bool("adaptive", data["adaptive"]) if "adaptive" in data else (start.adaptive if start else False),
         decades_below=_number("decades_below", data["decades_below"]) if "decades_below" in data else (start.decades_below if start else 3.0),
+        ensemble=data["ensemble"] if "ensemble" in data else (start.ensemble if start else 1),
         description=str(data.get("description", start.description if start else "")),
     )
     return spec.validate()
@@ -342,6 +350,7 @@ def spec_from_flags(
         axes=axes,
         adaptive=start.adaptive if adaptive is None else adaptive,
         decades_below=start.decades_below if decades_below is None else decades_below,
+        ensemble=start.ensemble,
         description=start.description,
     )
     return spec.validate()

@@ -136,7 +136,8 @@ def run_sweep(store: Store, plan: SweepPlan, options: WorkOptions = WorkOptions(
             ids = [r.id for r in runs]
             if options.ensemble > 1:
                 pending = [r for r in runs if not r.status.finished]
-                for status in _drain_ensembles(store, sweep_id, pending, options, reporter, done, report.total):
+                for _, status in _drain_ensembles(store, sweep_id, pending, options, reporter, done, report.total):
+                    done += 1
                     tally(report, status)
             while True:
                 run = store.claim_next(sweep_id, run_ids=ids)
@@ -201,8 +202,9 @@ def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
         if options.ensemble > 1 and max_runs is None:
             store.requeue(sweep, stale_after_s=stale_after_s)
             pending = store.runs(sweep=sweep, status=RunStatus.PENDING)
-            for status in _drain_ensembles(store, rec.id, pending, options, reporter, 0, len(pending)):
+            for run, status in _drain_ensembles(store, rec.id, pending, options, reporter, 0, len(pending)):
                 report.total += 1
+                report.run_ids.append(run.id)
                 tally(report, status)
         while max_runs is None or report.total < max_runs:
             store.requeue(sweep, stale_after_s=stale_after_s)
@@ -270,7 +272,7 @@ def _drop_checkpoints_ahead_of_store(directory: Path, steps_committed: int) -> N
 
 
 def _drain_ensembles(store: Store, sweep_id: int, pending: Sequence[RunRecord], options: WorkOptions,
-                     reporter: Reporter, done: int, total: int) -> Iterator[RunStatus]:
+                     reporter: Reporter, done: int, total: int) -> Iterator[tuple[RunRecord, RunStatus]]:
     """Claim and train compatible pending runs in stacks of up to ``options.ensemble``; runs that
     cannot be stacked are left pending for the one-at-a-time loop."""
     from runners.ensemble import can_ensemble, ensemble_key
@@ -290,7 +292,7 @@ def _drain_ensembles(store: Store, sweep_id: int, pending: Sequence[RunRecord], 
                     done += 1
                     reporter.run_started(run, done, total)
                 statuses = train_claimed_ensemble(store, claimed, options, reporter)
-            yield from statuses
+            yield from zip(claimed, statuses)
 
 
 @contextmanager
@@ -360,38 +362,96 @@ class _StoreSink:
             self.reporter.step(self.run_id, step, self.total)
 
 
+@dataclasses.dataclass
+class _Ladder:
+    """One (group, gamma) of the adaptive scan: its eta levels, largest first, and how far it got."""
+
+    levels: list[tuple[float, list[RunConfig]]]
+    taken: int = 0  # levels handed out so far
+    largest_convergent: Optional[float] = None
+
+    def next_levels(self, count: int, decades_below: float) -> list[tuple[float, list[RunConfig]]]:
+        """Hand out up to ``count`` further levels, stopping at the scan's lower end."""
+        out = []
+        while len(out) < count and self.taken < len(self.levels):
+            eta, configs = self.levels[self.taken]
+            if self.largest_convergent is not None and eta < self.largest_convergent * 10 ** (-decades_below) * (1 - 1e-9):
+                break
+            out.append((eta, configs))
+            self.taken += 1
+        return out
+
+    def record(self, eta: float, statuses: Sequence[RunStatus]) -> None:
+        """Levels are recorded largest eta first: the first with no diverged seed is the largest convergent."""
+        if self.largest_convergent is None and statuses and RunStatus.DIVERGED not in statuses:
+            self.largest_convergent = eta
+
+    def untaken(self) -> int:
+        return sum(len(configs) for _, configs in self.levels[self.taken:])
+
+
+def _ladders(configs: Sequence[RunConfig]) -> list[_Ladder]:
+    by_key: dict[tuple, dict[float, list[RunConfig]]] = {}
+    for c in configs:
+        key = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ("eta", "seed")))
+        by_key.setdefault(key, {}).setdefault(float(c.eta), []).append(c)
+    return [_Ladder(sorted(levels.items(), key=lambda item: -item[0])) for levels in by_key.values()]
+
+
 def _adaptive(store: Store, sweep_id: int, plan: SweepPlan, options: WorkOptions, reporter: Reporter,
               report: SweepReport) -> None:
-    ladders: dict[tuple, dict[float, list[RunConfig]]] = {}
-    for c in plan.configs:
-        key = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ("eta", "seed")))
-        ladders.setdefault(key, {}).setdefault(float(c.eta), []).append(c)
+    """The adaptive eta scan in rounds: each round takes the next eta level of every open ladder (more
+    than one level each when ``options.ensemble`` leaves room, so a gamma's eta ladder can be one
+    ensemble), trains the round (stacked where it can), then moves each ladder's lower end. A level
+    trained in the same round as the ladder's first convergent one may lie below the scan's range:
+    it is kept, as a result like any other."""
+    ladders = _ladders(plan.configs)
     report.total = len(plan.configs)
-    index = 0
-    for ladder in ladders.values():
-        largest_convergent: Optional[float] = None
-        for eta in sorted(ladder, reverse=True):
-            if largest_convergent is not None and eta < largest_convergent * 10 ** (-plan.decades_below) * (1 - 1e-9):
-                report.not_needed += len(ladder[eta])
-                continue
-            runs = store.ensure_runs(sweep_id, [run_spec(c) for c in ladder[eta]])
-            report.run_ids.extend(r.id for r in runs)
-            statuses = []
-            for run in runs:
-                index += 1
-                if run.status.finished:
-                    report.skipped += 1
-                    statuses.append(run.status)
-                    continue
-                claimed = store.claim_next(sweep_id, run_ids=[run.id])
-                if claimed is None:  # another process has it
-                    continue
-                reporter.run_started(claimed, index, report.total)
-                status = train_claimed(store, claimed, options, reporter)
-                tally(report, status)
-                statuses.append(status)
-            if largest_convergent is None and statuses and RunStatus.DIVERGED not in statuses:
-                largest_convergent = eta
+    started = 0
+    while True:
+        open_ladders = [ladder for ladder in ladders if ladder.taken < len(ladder.levels)]
+        width = sum(len(ladder.levels[ladder.taken][1]) for ladder in open_ladders)
+        depth = max(1, options.ensemble // width) if options.ensemble > 1 and width else 1
+        chosen = [(ladder, eta, configs) for ladder in open_ladders
+                  for eta, configs in ladder.next_levels(depth, plan.decades_below)]
+        if not chosen:
+            break
+        runs = store.ensure_runs(sweep_id, [run_spec(c) for _, _, configs in chosen for c in configs])
+        report.run_ids.extend(r.id for r in runs)
+        report.skipped += sum(r.status.finished for r in runs)
+        results = {r.id: r.status for r in runs if r.status.finished}
+        for run, status in _train_round(store, sweep_id, [r for r in runs if not r.status.finished],
+                                        options, reporter, started, report.total):
+            started += 1
+            tally(report, status)
+            results[run.id] = status
+        at = iter(runs)
+        for ladder, eta, configs in chosen:  # in each ladder's order, largest eta first
+            level = [next(at) for _ in configs]
+            ladder.record(eta, [results[r.id] for r in level if r.id in results])
+    report.not_needed = sum(ladder.untaken() for ladder in ladders)
+
+
+def _train_round(store: Store, sweep_id: int, runs: Sequence[RunRecord], options: WorkOptions,
+                 reporter: Reporter, started: int, total: int) -> Iterator[tuple[RunRecord, RunStatus]]:
+    """Claim and train ``runs`` (stacked in ensembles where allowed, the rest one at a time); runs
+    another process holds are left to it."""
+    trained: set[int] = set()
+    if options.ensemble > 1:
+        for run, status in _drain_ensembles(store, sweep_id, runs, options, reporter, started, total):
+            trained.add(run.id)
+            started += 1
+            yield run, status
+    for run in runs:
+        if run.id in trained:
+            continue
+        claimed = store.claim_next(sweep_id, run_ids=[run.id])
+        if claimed is None:  # another process has it
+            continue
+        started += 1
+        with _released_on_interrupt(store, [claimed.id]):
+            reporter.run_started(claimed, started, total)
+            yield claimed, train_claimed(store, claimed, options, reporter)
 
 
 @contextmanager

@@ -123,9 +123,15 @@ def test_toml_spec(tmp_path) -> None:
     assert spec_from_dict(spec.to_dict()) == spec
 
 
+def test_toml_ensemble_round_trips() -> None:
+    spec = spec_from_toml('preset = "quick"\nensemble = 16\n')
+    assert spec.ensemble == 16 and spec.to_dict()["ensemble"] == 16
+    assert spec_from_dict(spec.to_dict()) == spec
+
+
 def test_toml_preset_override() -> None:
     spec = spec_from_toml('preset = "toy"\nname = "mine"\nsteps = 20\n[base]\ndepth = 3\n')
-    assert spec.name == "mine" and spec.base.model == "toy" and spec.steps == 20
+    assert spec.name == "mine" and spec.base.model == "toy" and spec.steps == 20 and spec.ensemble == 1
     assert spec.axes == ()  # depth given as a single value replaces the preset's depth axis
     assert spec.base.depth == 3 and spec.gammas == preset("toy").gammas
 
@@ -139,10 +145,13 @@ def test_toml_preset_override() -> None:
         ('name = "x"\ngamma = [1.0]\neta = [1.0]\n[base]\nwidht = 2\n', "unknown run config field 'widht'"),
         ('name = "x"\ngamma = [1.0]\neta = [1.0]\n[base]\nwidth = "wide"\n', "width must be an integer"),
         ('name = "x"\ngamma = [1.0]\neta = [1.0]\nadaptive = 3\n', "adaptive must be true or false"),
+        ('name = "x"\ngamma = [1.0]\neta = [1.0]\nensemble = 0\n', "ensemble must be an integer >= 1"),
+        ('name = "x"\ngamma = [1.0]\neta = [1.0]\nensemble = "8"\n', "ensemble must be an integer >= 1"),
         ('preset = "nope"\n', "unknown preset 'nope'"),
         ("name = \n", "not valid TOML"),
     ],
-    ids=["no-gamma", "unknown-key", "swept-in-base", "typo-field", "bad-type", "bad-bool", "bad-preset", "bad-toml"],
+    ids=["no-gamma", "unknown-key", "swept-in-base", "typo-field", "bad-type", "bad-bool", "ensemble-0", "ensemble-str",
+         "bad-preset", "bad-toml"],
 )
 def test_toml_errors_are_one_line(text: str, message: str) -> None:
     with pytest.raises(InvalidSpecError, match=message) as info:

@@ -76,6 +76,60 @@ def test_adaptive_scan_stops_below_the_largest_convergent_eta(store: Store) -> N
     assert min(ran) >= largest / 10 * (1 - 1e-9) and rep.not_needed >= 1
 
 
+
+def _stored(store: Store, sweep: str) -> dict[tuple, tuple]:
+    """(gamma, eta, seed) -> (status, diverged_at, losses) of every run of ``sweep``."""
+    out = {}
+    for r in store.runs_frame(sweep).iter_rows(named=True):
+        losses = store.series([r["run_id"]], metrics=["loss"])["value"].to_list()
+        out[(r["gamma"], r["eta"], r["seed"])] = (r["status"], r["diverged_at"], losses)
+    return out
+
+
+def test_adaptive_scan_with_ensembles_stacks_each_ladder_and_finds_the_same_range(sqlite_url: str, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """--ensemble with the adaptive scan: a gamma's eta ladder is trained as stacks, the largest
+    convergent eta and every shared run equal the one-at-a-time scan's, and the extra levels a round
+    may train lie below the scan's range."""
+    import runners.ensemble as ensemble_module
+
+    sizes: list[int] = []
+    real = ensemble_module.train_ensemble
+
+    def spy(configs, sinks, **kw):
+        sizes.append(len(configs))
+        return real(configs, sinks, **kw)
+
+    monkeypatch.setattr(ensemble_module, "train_ensemble", spy)
+    etas = (1e6, 3e5, 1e5, 3e4, 1e4, 3e3, 1e3, 300, 100, 30, 10, 3, 1)
+    configs = [tiny(gamma=g, eta=e, seed=s, steps=12, dtype="float64", cadence="none", ntk=False, sharpness=False)
+               for g in (0.5, 2.0) for e in etas for s in (0, 1)]
+
+    def scan(url: str, k: int) -> tuple:
+        with Store.open(url) as store:
+            rep = run_sweep(store, SweepPlan(name="ad", spec={}, configs=configs, adaptive=True, decades_below=1.0),
+                            WorkOptions(device="cpu", ensemble=k))
+            return rep, _stored(store, "ad")
+
+    stacked_rep, stacked = scan(sqlite_url, 8)
+    assert sizes and max(sizes) == 8  # 2 ladders x 2 seeds per level: two levels per ladder per round
+    solo_rep, solo = scan(f"sqlite:///{tmp_path / 'solo.sqlite'}", 1)
+    assert set(solo) <= set(stacked) and stacked_rep.not_needed < len(configs)
+    assert stacked_rep.total == solo_rep.total == len(configs)
+    for key, (status, diverged_at, losses) in solo.items():
+        got = stacked[key]
+        assert (got[0], got[1]) == (status, diverged_at), key
+        assert len(got[2]) == len(losses)
+        assert all(u == v or abs(u - v) <= 1e-10 * max(1.0, abs(v)) or (math.isnan(u) and math.isnan(v))
+                   or (math.isinf(u) and math.isinf(v)) for u, v in zip(got[2], losses)), key
+    for gamma in (0.5, 2.0):
+        diverging = {e for (g, e, _), (st, _, _) in solo.items() if g == gamma and st == "diverged"}
+        largest_convergent = max(e for (g, e, _) in solo if g == gamma and e not in diverging)
+        lowest_needed = largest_convergent / 10 * (1 - 1e-9)
+        extra = [e for (g, e, _) in set(stacked) - set(solo) if g == gamma]
+        assert all(e < lowest_needed for e in extra), (gamma, extra)
+        assert {e for (g, e, _) in solo if g == gamma} == {e for e in etas if e >= lowest_needed}
+
 SCRIPT = textwrap.dedent("""
     import sys
     from gammadb.store import Store

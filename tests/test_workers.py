@@ -16,9 +16,11 @@ from typer.testing import CliRunner
 
 from gammadb.cli import app
 from gammadb.errors import StoreUnavailableError
+from gammadb.schema import RunStatus
 from gammadb.store import Store
 from runners.config import RunConfig
 from runners.sweep import SweepPlan, prepare
+from runners.train import ListSink, train
 
 ROOT = Path(__file__).parent.parent
 
@@ -186,8 +188,6 @@ def test_repeated_sigkills_at_random_points_lose_and_duplicate_nothing(sqlite_ur
     import random
     import signal
 
-    from runners.train import ListSink, train
-
     configs = [short(gamma=2.0, eta=0.05, steps=400, seed=s, feature_alignment=True) for s in range(3)]
     with Store.open(sqlite_url) as store:
         prepare(store, SweepPlan(name="kills", spec={}, configs=configs))
@@ -224,21 +224,59 @@ def test_repeated_sigkills_at_random_points_lose_and_duplicate_nothing(sqlite_ur
         assert set(ran.values()) <= {1}
 
 
-def test_submitit_local_launcher_drains_the_sweep(sqlite_url: str, tmp_path: Path, monkeypatch) -> None:
+def test_a_worker_without_ensemble_takes_the_sweep_specs(sqlite_url: str, tmp_path: Path, monkeypatch) -> None:
+    """`gammadb worker` with no --ensemble stacks as the stored sweep spec says."""
+    import runners.ensemble as ensemble_module
+
+    sizes: list[int] = []
+    real = ensemble_module.train_ensemble
+
+    def spy(configs, sinks, **kw):
+        sizes.append(len(configs))
+        return real(configs, sinks, **kw)
+
+    monkeypatch.setattr(ensemble_module, "train_ensemble", spy)
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "wk"\ngamma = [0.5, 2.0]\neta = [0.01, 0.02]\nsteps = 3\nensemble = 4\n'
+                    '[base]\nmodel = "mlp"\ntask = "teacher"\ndepth = 2\nwidth = 8\nbatch_size = 4\n'
+                    'cadence = "none"\n')
+    with Store.open(sqlite_url) as store:
+        from runners.launch import plan_of
+        from runners.spec import load_spec
+
+        prepare(store, plan_of(load_spec(spec)))
+    r = CliRunner().invoke(app, ["worker", "--sweep", "wk", "--url", sqlite_url, "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert sizes == [4]
+    with Store.open(sqlite_url) as store:
+        assert [run.status for run in store.runs(sweep="wk")] == [RunStatus.COMPLETED] * 4
+
+
+@pytest.mark.parametrize("ensemble", [1, 4])
+def test_submitit_local_launcher_drains_the_sweep(sqlite_url: str, tmp_path: Path, monkeypatch, ensemble: int) -> None:
+    """Through submitit's local executor, one run at a time or stacked (the sweep spec's ``ensemble``):
+    every run completes with the losses of the same point trained alone (float64)."""
     pytest.importorskip("submitit")
     monkeypatch.chdir(tmp_path)  # submitit's job folder goes under the working directory
     spec = tmp_path / "s.toml"
     spec.write_text(
-        'name = "sub"\ngamma = [0.5, 2.0]\neta = [0.01]\nseeds = 2\nsteps = 4\n'
+        f'name = "sub"\ngamma = [0.5, 2.0]\neta = [0.01]\nseeds = 2\nsteps = 4\nensemble = {ensemble}\n'
         '[base]\nmodel = "mlp"\ntask = "teacher"\ndepth = 2\nwidth = 8\nbatch_size = 4\ncadence = "none"\n'
-        'ntk = false\nsharpness = false\nfeature_alignment = false\n'
+        'ntk = false\nsharpness = false\nfeature_alignment = false\ndtype = "float64"\n'
     )
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     r = CliRunner().invoke(app, ["run", str(spec), "--url", sqlite_url, "--launcher", "local", "--workers", "2",
                                  "--quiet"])
     assert r.exit_code == 0, r.output
     with Store.open(sqlite_url) as store:
-        assert store.runs_frame("sub")["status"].to_list() == ["completed"] * 4
+        runs = store.runs(sweep="sub")
+        assert [r.status for r in runs] == [RunStatus.COMPLETED] * 4
+        assert store.get_sweep("sub").spec["ensemble"] == ensemble
+        for run in runs:
+            ref = ListSink()
+            train(RunConfig.from_dict(run.config), ref, device="cpu")
+            got = store.series([run.id], metrics=["loss"])["value"].to_list()
+            assert got == pytest.approx(ref.values("loss"), rel=1e-10, abs=0)
 
 
 def test_sigterm_stops_cleanly_and_the_rerun_finishes(sqlite_url: str, tmp_path: Path) -> None:

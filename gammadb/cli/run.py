@@ -21,7 +21,7 @@ class Launcher(str, enum.Enum):
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto picks CUDA when present).")]
 CkptOpt = Annotated[Optional[Path], typer.Option("--checkpoint-dir", help="Save resumable checkpoints under this directory.")]
 CkptEveryOpt = Annotated[float, typer.Option("--checkpoint-every", help="Seconds between checkpoints (with --checkpoint-dir).")]
-EnsembleOpt = Annotated[int, typer.Option("--ensemble", "-k", help="Train up to K compatible grid points (MLP/toy, SGD) as one stacked model.")]
+EnsembleOpt = Annotated[Optional[int], typer.Option("--ensemble", "-k", help="Train up to K compatible grid points (MLP/toy, SGD) as one stacked model [default: the sweep spec's ensemble, else 1].")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads per worker (default: cores / workers).")]
 
 
@@ -58,7 +58,7 @@ def run(
     checkpoint_dir: CkptOpt = None,
     checkpoint_every: CkptEveryOpt = 300.0,
     threads: ThreadsOpt = None,
-    ensemble: EnsembleOpt = 1,
+    ensemble: EnsembleOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run (or resume) a sweep: a TOML spec, a preset, or flags. Re-running skips finished runs.
@@ -95,12 +95,15 @@ def run(
         )
     if workers < 1:
         raise InvalidSpecError("--workers must be >= 1")
+    if ensemble is not None and ensemble < 1:
+        raise InvalidSpecError("--ensemble must be >= 1")
     from runners.launch import LaunchOptions, launch
 
     report = launch(url, sweep_spec, LaunchOptions(
         device=device, workers=workers, launcher=launcher.value, partition=partition,
         gpus_per_task=gpus_per_task, array_parallelism=array_parallelism, time_min=time_min,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, threads=threads, ensemble=ensemble,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, threads=threads,
+        ensemble=sweep_spec.ensemble if ensemble is None else ensemble,
         progress=not quiet and sys.stderr.isatty(), quiet=quiet,
     ))
     echo(report)
@@ -115,7 +118,7 @@ def worker(
     checkpoint_dir: CkptOpt = None,
     checkpoint_every: CkptEveryOpt = 300.0,
     threads: ThreadsOpt = None,
-    ensemble: EnsembleOpt = 1,
+    ensemble: EnsembleOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")] = False,
 ) -> None:
     """Claim pending runs of a sweep from a shared store, train them, exit when none are left.
