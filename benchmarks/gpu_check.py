@@ -16,6 +16,9 @@ and the script goes on.
     values into an SQLite file through gammadb's ``MetricWriter`` (a bare-sqlite3 shim of the store, so
     the GPU machine needs no sqlalchemy/polars); the writer's largest backlog (rows queued
     and not yet committed), its commit rate, and the step rate against (b)'s rate without a store.
+(d) would a CNN ensemble pay? The CNN's conv front end for K = 8 and 32 members at widths 16 and 64 as
+    one grouped convolution against K stacks in turn (benchmarks/bench_grouped_conv.py; on 2 CPU
+    cores grouped was 0.47 - 0.61x, i.e. slower).
 
 Every measurement is bounded by a deadline (``--budget`` seconds in all, default 300): a run that would
 pass its part's deadline is stopped (``should_stop``) and reported on the steps it did; a part with no
@@ -315,6 +318,24 @@ def part_c(device: str, smoke: bool, deadline: Deadline, rates: dict[tuple[int, 
         f"final drain {drain:.2f} s", summary=True)
 
 
+def part_d(device: str, smoke: bool) -> None:
+    import statistics
+
+    from benchmarks.bench_grouped_conv import grouped, seconds, sequential
+
+    say("== (d) CNN front end: grouped convolution of K members vs K in turn")
+    dev = torch.device(device)
+    for width, k in ((4, 2),) if smoke else ((16, 8), (16, 32), (64, 8), (64, 32)):
+        x = torch.randn(128, 1, 28, 28, device=dev)
+        w1 = torch.randn(k, width, 1, 3, 3, device=dev, requires_grad=True)
+        w2 = torch.randn(k, 2 * width, width, 3, 3, device=dev, requires_grad=True)
+        for fn in (sequential, grouped):
+            seconds(fn, x, w1, w2, dev)
+        ratio = statistics.median(seconds(sequential, x, w1, w2, dev) / seconds(grouped, x, w1, w2, dev)
+                                  for _ in range(3))
+        say(f"  width {width:>3} K {k:>3}: sequential / grouped {ratio:.2f}x", summary=True)
+
+
 # ----- main ----------------------------------------------------------------------------------------
 
 
@@ -340,10 +361,11 @@ def main() -> None:
     guarded("(a)", lambda: part_a(device, smoke, Deadline(0.25 * budget)))
 
     def b() -> None:
-        rates.update(part_b(device, smoke, Deadline(0.85 * budget - (time.perf_counter() - start))))
+        rates.update(part_b(device, smoke, Deadline(0.8 * budget - (time.perf_counter() - start))))
 
     guarded("(b)", b)
-    guarded("(c)", lambda: part_c(device, smoke, Deadline(budget - (time.perf_counter() - start)), rates))
+    guarded("(c)", lambda: part_c(device, smoke, Deadline(0.95 * budget - (time.perf_counter() - start)), rates))
+    guarded("(d)", lambda: part_d(device, smoke))
     say()
     say(f"== summary ({time.perf_counter() - start:.0f} s)")
     for line in SUMMARY:

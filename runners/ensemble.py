@@ -70,7 +70,8 @@ from runners.train import RunOutcome, Sink, resolve_device
 
 logger = logging.getLogger(__name__)
 
-#: Models an ensemble can stack (the CNN would need grouped convolutions; not done).
+#: Models an ensemble can stack. Not the CNN: as one grouped convolution its conv front end ran at
+#: 0.47 - 0.61x the speed of the same members in turn on the CPU (benchmarks/bench_grouped_conv.py).
 ENSEMBLE_MODELS: tuple[str, ...] = ("mlp", "toy")
 #: The only optimiser: plain SGD (no per-parameter state, so the update is one masked axpy).
 ENSEMBLE_OPTIMIZERS: tuple[str, ...] = ("sgd",)
