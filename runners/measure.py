@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from runners.models import ScaledLinear
+
 # ----- centered kernel alignment ------------------------------------------------------------------
 
 
@@ -80,15 +82,107 @@ def empirical_ntk(net: nn.Module, x: Tensor, params: dict[str, Tensor] | None = 
 
     ``net`` is the raw network f_NN (the centered model's NTK is this divided by gamma^2; alignments
     and relative distances do not see the factor). ``params`` defaults to the net's trainable
-    parameters; pass theta_0's to get K at init. Built one output at a time, so memory stays at
-    n x (number of parameters). Buffers are passed as copies and never updated.
+    parameters; pass theta_0's to get K at init. The kernel is (n, n) in ``x``'s dtype. The net's
+    parameters, gradients and buffers are never changed (buffers are passed as copies).
+
+    Two ways, the same kernel up to rounding:
+
+    - Layer-wise (``_ntk_by_layers``), when every parameter in ``params`` is the weight or bias of a
+      ``ScaledLinear`` y = m (a W^T + b) that the forward calls once on a 2-D (n, fan_in) input, and
+      no module mixes examples (BatchNorm) or draws randomness (dropout). An example's gradient w.r.t.
+      W is then m g a^T, so the layer adds m^2 (G G^T) * (A A^T [+ 1 with bias]), elementwise, with A
+      the layer's inputs and G the gradients of f_c w.r.t. its outputs (one backward per output c):
+      O(n^2 (fan_in + fan_out)) per layer instead of O(n^2 fan_in fan_out).
+    - Otherwise per-example gradients (``_ntk_by_example_gradients``): see there.
+    """
+    if params is None:
+        params = {k: v.detach() for k, v in net.named_parameters() if v.requires_grad}
+    kernel = _ntk_by_layers(net, x, params)
+    return kernel if kernel is not None else _ntk_by_example_gradients(net, x, params)
+
+
+# Modules under which the layer-wise NTK is not exact: an example's output depends on the batch
+# (BatchNorm in training) or on random draws.
+_EXAMPLE_MIXING = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def _layer_parameters(net: nn.Module, params: dict[str, Tensor]) -> dict[ScaledLinear, tuple[bool, bool]] | None:
+    """{layer: (weight in params, bias in params)} when the layer-wise NTK applies to ``net`` and
+    ``params`` (structure only; the forward checks the calls), else None."""
+    if any(isinstance(m, _EXAMPLE_MIXING) for m in net.modules()):
+        return None
+    # A parameter shared between modules would collect gradient from each: not a single layer's term.
+    if len(list(net.named_parameters(remove_duplicate=False))) != len(list(net.named_parameters())):
+        return None
+    owners: dict[str, tuple[ScaledLinear, str]] = {}
+    for prefix, module in net.named_modules():
+        if isinstance(module, ScaledLinear):
+            for kind in ("weight", "bias"):
+                owners[f"{prefix}.{kind}" if prefix else kind] = (module, kind)
+    layers: dict[ScaledLinear, tuple[bool, bool]] = {}
+    for name in params:
+        if name not in owners or getattr(owners[name][0], owners[name][1]) is None:
+            return None
+        layer, kind = owners[name]
+        weight, bias = layers.get(layer, (False, False))
+        layers[layer] = (weight or kind == "weight", bias or kind == "bias")
+    return layers
+
+
+def _ntk_by_layers(net: nn.Module, x: Tensor, params: dict[str, Tensor]) -> Tensor | None:
+    """The layer-wise empirical NTK (see ``empirical_ntk``), or None where it does not apply."""
+    layers = _layer_parameters(net, params)
+    if not layers:
+        return None
+    n = x.shape[0]
+    calls: dict[ScaledLinear, list[tuple[Tensor, Tensor]]] = {layer: [] for layer in layers}
+
+    def record(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        # A zero leaf added to the output: d f / d zero = d f / d output, with or without parameters
+        # that require grad (theta_0's do not), and y + 0 = y bit for bit.
+        zero = torch.zeros_like(output, requires_grad=True)
+        calls[layer].append((inputs[0].detach(), zero))  # type: ignore[index]
+        return output + zero
+
+    handles = [layer.register_forward_hook(record) for layer in layers]
+    detached = {k: v.detach() for k, v in params.items()}
+    buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
+    with torch.enable_grad():  # whatever the caller's grad mode
+        try:
+            out = functional_call(net, (detached, buffers), (x.detach(),)).reshape(n, -1)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for layer, seen in calls.items():
+            if len(seen) != 1 or seen[0][0].dim() != 2 or seen[0][0].shape[0] != n:
+                return None  # called twice, or on tokens: an example's gradient is not one outer product
+        zeros = [calls[layer][0][1] for layer in layers]
+        grads: list[list[Tensor]] = [[] for _ in layers]
+        for c in range(out.shape[1]):
+            # Examples are independent (no BatchNorm): one backward of the sum gives every example's g.
+            # A layer whose output f_c does not reach gets zeros (materialize_grads).
+            per_c = torch.autograd.grad(out[:, c].sum(), zeros, retain_graph=True, materialize_grads=True)
+            for per_layer, g in zip(grads, per_c):
+                per_layer.append(g)
+    kernel = torch.zeros(n, n, dtype=out.dtype, device=out.device)
+    for (layer, (weight, bias)), per_output in zip(layers.items(), grads):
+        g = torch.cat(per_output, dim=1)  # (n, out_dim * fan_out): sum_c G_c G_c^T in one product
+        inputs = calls[layer][0][0]
+        a = inputs @ inputs.t() if weight else torch.zeros_like(kernel)
+        if bias:
+            a = a + 1.0
+        kernel += layer.multiplier**2 * (g @ g.t()) * a
+    return kernel.to(x.dtype)
+
+
+def _ntk_by_example_gradients(net: nn.Module, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+    """The empirical NTK from per-example gradients, for any network; built one output at a time, so
+    memory stays at n x (number of parameters).
 
     Without BatchNorm, per-example gradients (vmap over examples) are cheapest. With BatchNorm an
     example's output depends on the whole batch, so the Jacobian of the batch output is taken instead
     (jacrev; about n times the work), on a copy whose BatchNorms use batch statistics as in training.
     """
-    if params is None:
-        params = {k: v.detach() for k, v in net.named_parameters() if v.requires_grad}
     batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
     if batchnorm:
         # A grad transform may not update running statistics in place.
