@@ -117,7 +117,7 @@ def alignment_cost(config: RunConfig) -> float:
 
 
 def cadence_cost(config: RunConfig) -> float:
-    """One cadence evaluation: test loss, NTK on the probe batch, sharpness (power iteration)."""
+    """One cadence evaluation: test loss, NTK on the probe batch, sharpness (Lanczos)."""
     return _isolated(config, lambda m, stream: m.cadence(2, stream), repeats=3)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -222,37 +221,45 @@ def top_hessian_eigenvalue(
 ) -> float:
     """The largest (most positive) eigenvalue of the Hessian of ``loss_fn()`` w.r.t. ``params``.
 
-    Power iteration on Hessian-vector products (double backward; the gradient graph is built once).
-    Returns the Rayleigh quotient after ``iters`` steps. If the dominant eigenvalue is negative, a
-    second power iteration on H - lambda_min I finds the top one. Start vectors come from
-    ``generator`` (CPU), not the global RNG. Never touches ``.grad``.
+    Lanczos with full reorthogonalisation: ``iters`` Hessian-vector products (double backward; the
+    gradient graph is built once) span a Krylov space, and the answer is the top eigenvalue of the
+    projected tridiagonal matrix. For the same number of products this is far more accurate than power
+    iteration when the top eigenvalues are close (MLP on MNIST, 20 products: relative error 1e-14
+    against 3e-2; benchmarks/bench_sharpness.py), and a negative dominant eigenvalue needs no second
+    pass. Memory: ``iters`` vectors of the parameter count. The start vector comes from ``generator``
+    (CPU), not the global RNG. Never touches ``.grad``.
     """
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params, create_graph=True)
-
-    def hvp(vec: Sequence[Tensor]) -> list[Tensor]:
-        return list(torch.autograd.grad(grads, params, grad_outputs=vec, retain_graph=True))
-
-    def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-        return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
-
-    def power(shift: float) -> float:
-        vec = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
-        eig = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
-        for _ in range(iters):
-            norm = torch.sqrt(dot(vec, vec))
-            vec = [v / norm for v in vec]
-            hv = hvp(vec)
-            if shift:
-                hv = [h - shift * v for h, v in zip(hv, vec)]
-            eig = dot(hv, vec)
-            vec = [h.detach() for h in hv]
-        return float(eig) + shift  # the one host transfer of the measurement
-
-    top = power(0.0)
-    if top < 0 and math.isfinite(top):
-        top = power(top)
-    return top
+    sizes = [p.numel() for p in params]
+    dtype, device = params[0].dtype, params[0].device
+    steps = max(1, min(iters, sum(sizes)))
+    basis = torch.zeros(steps, sum(sizes), dtype=dtype, device=device)
+    start = torch.cat([torch.randn(p.shape, generator=generator, dtype=dtype).reshape(-1) for p in params])
+    basis[0] = start.to(device) / start.norm()
+    alphas: list[Tensor] = []
+    betas: list[Tensor] = []
+    scale = 0.0
+    for j in range(steps):
+        vec = [part.view_as(p) for part, p in zip(basis[j].split(sizes), params)]
+        hv = torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads, params, grad_outputs=vec, retain_graph=True)])
+        alphas.append(hv @ basis[j])
+        scale = max(scale, abs(float(alphas[-1])))
+        if j + 1 == steps:
+            break
+        w = hv - alphas[-1] * basis[j] - (betas[-1] * basis[j - 1] if betas else 0.0)
+        done = basis[: j + 1]
+        w = w - (done @ w) @ done  # one full reorthogonalisation pass keeps the basis orthonormal
+        beta = torch.linalg.vector_norm(w)
+        if float(beta) <= 1e-12 * scale:  # an invariant subspace: the answer is exact
+            break
+        betas.append(beta)
+        basis[j + 1] = w / beta
+    tridiagonal = torch.diag(torch.stack(alphas))
+    if betas:
+        off = torch.stack(betas)
+        tridiagonal = tridiagonal + torch.diag(off, 1) + torch.diag(off, -1)
+    return float(torch.linalg.eigvalsh(tridiagonal)[-1])
 
 
 # ----- test error ------------------------------------------------------------------------------------
