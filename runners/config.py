@@ -95,7 +95,7 @@ class RunConfig:
     feature_alignment: bool = True  # per-step feature-kernel alignment on the probe batch
     ntk: bool = True  # NTK alignment and distance on the cadence
     sharpness: bool = True  # top Hessian eigenvalue on the cadence
-    sharpness_iters: int = 20  # Hessian-vector products (Lanczos steps) per sharpness measurement
+    sharpness_iters: int = 20  # at most this many Hessian-vector products (Lanczos steps) per sharpness measurement
 
     def __post_init__(self) -> None:
         # Accept the CLI's string forms; keep the frozen value canonical (N as int, names lower-case).
