@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -246,12 +247,16 @@ def top_hessian_eigenvalue(
         vec = [part.view_as(p) for part, p in zip(basis[j].split(sizes), params)]
         hv = torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads, params, grad_outputs=vec, retain_graph=True)])
         alphas.append(float(hv @ basis[j]))
+        if not math.isfinite(alphas[-1]):  # a diverging network: the non-finite value is the data
+            return alphas[-1]
         if j + 1 == steps:
             break
         w = hv - alphas[-1] * basis[j] - (betas[-1] * basis[j - 1] if betas else 0.0)
         done = basis[: j + 1]
         w = w - (done @ w) @ done  # one full reorthogonalisation pass keeps the basis orthonormal
         beta = float(torch.linalg.vector_norm(w))
+        if not math.isfinite(beta):
+            return beta
         theta, last = _top_ritz(alphas, betas)
         if beta * abs(last) <= tol * max(abs(theta), 1e-300):  # converged, or an exact invariant subspace
             return theta
@@ -261,13 +266,15 @@ def top_hessian_eigenvalue(
 
 
 def _top_ritz(alphas: list[float], betas: list[float]) -> tuple[float, float]:
-    """The top eigenvalue of the Lanczos tridiagonal matrix and the last entry of its eigenvector."""
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    """The top eigenvalue of the Lanczos tridiagonal matrix and the last entry of its eigenvector
+    (finite entries; scaled to unit size first, so that huge curvatures near divergence stay in range)."""
+    scale = max(max(abs(a) for a in alphas), max(betas, default=0.0)) or 1.0
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64) / scale)
     if betas:
-        off = torch.tensor(betas, dtype=torch.float64)
+        off = torch.tensor(betas, dtype=torch.float64) / scale
         t = t + torch.diag(off, 1) + torch.diag(off, -1)
     values, vectors = torch.linalg.eigh(t)
-    return float(values[-1]), float(vectors[-1, -1])
+    return float(values[-1]) * scale, float(vectors[-1, -1])
 
 
 # ----- test error ------------------------------------------------------------------------------------

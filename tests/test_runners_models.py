@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -200,3 +202,15 @@ def test_sharpness_matches_the_exact_hessian_of_a_small_mlp_in_few_products() ->
                                  generator=torch.Generator().manual_seed(1))
     assert top == pytest.approx(float(exact[-1]), rel=1e-8)
     assert all(p.grad is None for p in params)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 1e300])
+def test_sharpness_of_a_diverging_network_is_a_value_not_an_error(bad: float) -> None:
+    """Non-finite or huge curvature (a run on its way to divergence) comes back as a float."""
+    theta = torch.tensor([1.0, bad, 2.0], dtype=torch.float64, requires_grad=True)
+    top = top_hessian_eigenvalue(lambda: (theta**4).sum(), [theta], iters=3, generator=torch.Generator().manual_seed(0))
+    assert isinstance(top, float)
+    if bad == 1e300:
+        assert math.isinf(top) or top > 1e300
+    else:
+        assert not math.isfinite(top)

@@ -219,3 +219,22 @@ def test_bad_config_raises_before_training() -> None:
 def test_device_auto() -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_run_diverging_at_a_cadence_step_records_its_metrics_and_ends_diverged() -> None:
+    """Near divergence the Hessian overflows: sharpness is logged as a non-finite value (data), the
+    run ends 'diverged', alone and as an ensemble member, and the other member is unaffected."""
+    from runners.ensemble import train_ensemble
+
+    config = RunConfig(model="mlp", task="teacher", depth=3, width=64, batch_size=32, gamma=1.0, eta=31.6227766017,
+                       steps=40, probe_size=32, test_size=100, sharpness_size=64, sharpness_iters=10)
+    alone = ListSink()
+    outcome = train(config, alone, device="cpu")
+    assert outcome.status == "diverged"
+    sharp = alone.values(SHARPNESS)
+    assert len(sharp) >= 2 and math.isfinite(sharp[0]) and not math.isfinite(sharp[-1])
+    sinks = [ListSink(), ListSink()]
+    outcomes = train_ensemble([config, config.replace(eta=0.1)], sinks, device="cpu")
+    assert [o.status for o in outcomes] == ["diverged", "completed"]
+    assert outcomes[0].diverged_at == outcome.diverged_at
+    assert all(math.isfinite(v) for v in sinks[1].values(SHARPNESS))
