@@ -19,8 +19,13 @@ Divergence: a member whose loss is NaN/inf is logged at that step and ends 'dive
 excluded from the summed backward and its update is masked on the device (no extra host sync), so its
 parameters stay frozen and nothing non-finite reaches the other members (every other operation is per
 member: batched matmuls and per-member reductions). It is then dropped from the stack, so it costs no
-more compute. ``should_stop`` ends every running member 'stopped'; ensembles write no checkpoints, so a
-stopped member restarts from step 1 (the store upserts the steps it rewrites).
+more compute. ``should_stop`` ends every running member 'stopped'.
+
+Checkpoints: with a ``CheckpointPolicy`` per member, every running member is saved on the policy's
+schedule, on stop and at the end, each as its own file in the solo format (``runners.checkpoint``), so
+a member resumes alone with ``train`` or in any later ensemble. An ensemble resumes when all its
+members' latest checkpoints are at the same step (members stopped together are); otherwise it starts
+from step 1 (the store upserts the steps it rewrites).
 
 Two implementations of the stacked forward exist: ``impl='bmm'`` (hand-written batched matmuls, the
 default: the faster one, see benchmarks/bench_ensemble.py) and ``impl='vmap'`` (``torch.func``:
@@ -53,20 +58,32 @@ from gammadb.metrics import (
     WEIGHT_CHANGE,
     MetricKey,
 )
+from runners.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointClock,
+    CheckpointPolicy,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from runners.config import RunConfig
 from runners.data import Batch, DataStream, Task, make_task, mix_seed
 from runners.measure import TargetKernel, empirical_ntk, top_hessian_eigenvalue
 from runners.models import (
     MLP,
+    Centered,
     ToyNet,
     build_model,
     build_net,
+    build_optimizer,
     learning_rate,
     make_loss,
     mse_prefactor,
     torch_dtype,
 )
-from runners.train import RunOutcome, Sink, resolve_device
+from runners.train import RunOutcome, Sink, checkpoint_step, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +219,16 @@ class _Stack:
         self.params = [p.detach().index_select(0, index).requires_grad_(True) for p in self.params]
         self.init_params = [p.index_select(0, index) for p in self.init_params]
         self._bind()
+
+    @torch.no_grad()
+    def store_member(self, k: int, net: nn.Module, init_net: nn.Module) -> None:
+        """Copy ``net``'s parameters into member ``k``'s slot and ``init_net``'s into its theta_0 (the
+        inverse of ``load_member``)."""
+        for source, stacks in ((net, self.params), (init_net, self.init_params)):
+            named = dict(source.named_parameters())
+            for stacked, name, t in zip(stacks, self.solo_names, self.transposed):
+                value = named[name].detach()
+                stacked[k].copy_(value.transpose(-1, -2) if t else value)
 
     @torch.no_grad()
     def load_member(self, k: int, net: nn.Module, init_net: nn.Module) -> None:
@@ -379,6 +406,36 @@ class _Ensemble:
             self.solo = build_model(c.replace(seed=0), device)
             self.solo_loss = make_loss(c)
         self.ntk_init: dict[int, Tensor] = {}
+        self.scratch: Centered | None = None  # a solo model to convert members from and to checkpoints
+
+    def _scratch(self) -> Centered:
+        if self.scratch is None:
+            self.scratch = build_model(self.config.replace(seed=0), self.gamma.device)
+        return self.scratch
+
+    def member_state(self, j: int, step: int, stream: DataStream) -> dict:
+        """The member at stack position ``j`` as a solo checkpoint (``runners.checkpoint``'s format)."""
+        config = self.configs[self.members[j]]
+        solo = self._scratch()
+        self.stack.load_member(j, solo.net, solo.init_net)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.to_json(),
+            "step": step,
+            "model": {k: v.detach().clone() for k, v in solo.state_dict().items()},
+            "optimizer": build_optimizer(config, solo).state_dict(),
+            "data": stream.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def restore(self, states: Sequence[dict]) -> None:
+        """Load every member (stack order, before any was dropped) from its solo checkpoint state."""
+        solo = self._scratch()
+        for j, state in enumerate(states):
+            solo.load_state_dict(state["model"])
+            self.stack.store_member(j, solo.net, solo.init_net)
+        self._norm_init()
+        self.ntk_init.clear()
 
     def _norm_init(self) -> None:
         self.init_norms = torch.stack([_norms(w) for w in self.stack.init_weights])  # (L, K)
@@ -508,6 +565,7 @@ def train_ensemble(
     device: str | torch.device = "auto",
     should_stop: Callable[[], bool] | None = None,
     impl: Impl = "bmm",
+    checkpoints: Sequence[CheckpointPolicy | None] | None = None,
 ) -> list[RunOutcome]:
     """Train ``configs`` (equal ``ensemble_key``; each ``can_ensemble``) as one stacked model.
 
@@ -518,9 +576,14 @@ def train_ensemble(
     step when the configs are bad, cannot be ensembled or differ in more than gamma, eta and seed.
     ``impl`` picks the stacked forward ('bmm', the default and faster one, or 'vmap'). One device ->
     host transfer per step for the per-step values of all members, plus the cadence metrics.
+    ``checkpoints[k]`` (optional) is member k's checkpoint policy (see the module docstring); the
+    schedule is the first policy's.
     """
     configs, sinks = list(configs), list(sinks)
     _check(configs, sinks)
+    policies = list(checkpoints) if checkpoints is not None else [None] * len(configs)
+    if len(policies) != len(configs):
+        raise InvalidSpecError(f"{len(configs)} configs but {len(policies)} checkpoint policies")
     config = configs[0]
     dev = resolve_device(device)
     dtype = torch_dtype(config)
@@ -539,9 +602,21 @@ def train_ensemble(
         keys.append(MetricKey(FEATURE_ALIGNMENT))
     cadence = config.cadence_steps()
     outcomes: list[RunOutcome | None] = [None] * len(configs)
+    start = _resume(model, configs, policies, stream)
+    schedule = next((p for p in policies if p is not None), None)
+    clock = CheckpointClock(schedule, start) if schedule is not None else None
 
-    for step in range(1, config.steps + 1):
+    def save(step: int) -> None:
+        for j, i in enumerate(model.members):
+            policy = policies[i]
+            if policy is not None and outcomes[i] is None:  # diverged members are results: not saved
+                save_checkpoint(policy.directory, model.member_state(j, step, stream), keep=policy.keep)
+        if clock is not None:
+            clock.saved(step)
+
+    for step in range(start + 1, config.steps + 1):
         if should_stop is not None and should_stop():
+            save(step - 1)
             for i in model.members:
                 outcomes[i] = RunOutcome("stopped", step - 1)
             break
@@ -574,8 +649,37 @@ def train_ensemble(
             if not keep:
                 break
             model.select(keep)
+        if clock is not None and clock.due(step):
+            save(step)
 
+    stopped = any(o is not None and o.status == "stopped" for o in outcomes)  # saved when it stopped
+    if clock is not None and clock.last_step != config.steps and not stopped:
+        save(config.steps)
     return [o if o is not None else RunOutcome("completed", config.steps) for o in outcomes]
+
+
+def _resume(model: _Ensemble, configs: Sequence[RunConfig], policies: Sequence[CheckpointPolicy | None],
+            stream: DataStream) -> int:
+    """Load every member from its latest checkpoint when all have one at the same step; return that
+    step (0: start from scratch). A checkpoint of another config raises InvalidSpecError."""
+    if not policies or any(p is None or not p.resume for p in policies):
+        return 0
+    paths = [latest_checkpoint(p.directory) for p in policies if p is not None]
+    if any(path is None for path in paths):
+        if any(path is not None for path in paths):
+            logger.info("some members have no checkpoint: the ensemble starts from step 1")
+        return 0
+    states = [load_checkpoint(path) for path in paths if path is not None]
+    steps = {checkpoint_step(state, c, path) for state, c, path in zip(states, configs, paths)}
+    if len(steps) != 1 or len({repr(state["data"]) for state in states}) != 1:
+        logger.warning("members' latest checkpoints are at steps %s: the ensemble starts from step 1", sorted(steps))
+        return 0
+    model.restore(states)
+    stream.load_state_dict(states[0]["data"])
+    set_rng_state(states[0]["rng"])
+    step = steps.pop()
+    logger.info("ensemble of %d resumed from its checkpoints at step %d", len(states), step)
+    return step
 
 
 __all__ = [

@@ -224,19 +224,12 @@ def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
 def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: Reporter) -> RunStatus:
     """Train one claimed run and record its end. Exceptions in training mark it failed (with the
     error text) and the sweep goes on; a store failure or an interrupt propagates."""
-    from runners.checkpoint import CheckpointPolicy
     from runners.train import resolve_device, train
 
     config = RunConfig.from_dict(run.config)
     device = str(resolve_device(options.device))
     store.mark_running(run.id, worker=worker_id(), device=device)
-    policy = None
-    if options.checkpoint_dir is not None:
-        policy = CheckpointPolicy(
-            directory=Path(options.checkpoint_dir) / _safe(run.sweep) / str(run.id),
-            every_steps=options.checkpoint_every_steps, every_seconds=options.checkpoint_every_seconds,
-        )
-        _drop_checkpoints_ahead_of_store(policy.directory, run.steps_done)
+    policy = _checkpoint_policy(options, run)
     writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
     sink = _StoreSink(writer, run.id, config.steps, reporter)
     with _failures_recorded(store, [run], [sink], writer, reporter) as failed:
@@ -258,6 +251,21 @@ def _record_end(store: Store, run: RunRecord, outcome: Any, sink: "_StoreSink", 
     store.finish_run(run.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at)
     reporter.run_finished(run, status, outcome.steps_done, sink.last_loss)
     return status
+
+
+def _checkpoint_policy(options: WorkOptions, run: RunRecord) -> Any:
+    """The run's checkpoint policy (a runners.checkpoint.CheckpointPolicy; None without a checkpoint
+    directory), its directory cleared of checkpoints newer than what the store holds."""
+    if options.checkpoint_dir is None:
+        return None
+    from runners.checkpoint import CheckpointPolicy
+
+    policy = CheckpointPolicy(
+        directory=Path(options.checkpoint_dir) / _safe(run.sweep) / str(run.id),
+        every_steps=options.checkpoint_every_steps, every_seconds=options.checkpoint_every_seconds,
+    )
+    _drop_checkpoints_ahead_of_store(policy.directory, run.steps_done)
+    return policy
 
 
 def _drop_checkpoints_ahead_of_store(directory: Path, steps_committed: int) -> None:
@@ -327,7 +335,8 @@ def _close_quietly(writer: MetricWriter) -> None:
 
 def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: WorkOptions,
                            reporter: Reporter) -> list[RunStatus]:
-    """Train claimed runs as one stacked model; each member is recorded as its own run."""
+    """Train claimed runs as one stacked model; each member is recorded as its own run (and, with a
+    checkpoint directory, checkpointed as its own run)."""
     from runners.ensemble import train_ensemble
     from runners.train import resolve_device
 
@@ -338,7 +347,8 @@ def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: Wor
     writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
     sinks = [_StoreSink(writer, r.id, c.steps, reporter) for r, c in zip(runs, configs)]
     with _failures_recorded(store, runs, sinks, writer, reporter) as failed:
-        outcomes = train_ensemble(configs, sinks, device=device)
+        outcomes = train_ensemble(configs, sinks, device=device,
+                                  checkpoints=[_checkpoint_policy(options, r) for r in runs])
     if failed:
         return [RunStatus.FAILED] * len(runs)
     return [_record_end(store, r, outcome, sink, reporter) for r, sink, outcome in zip(runs, sinks, outcomes)]

@@ -182,7 +182,9 @@ class _Measurements:
             )
 
 
-def _restore(state: dict, config: RunConfig, path: object, model: Centered, optimizer: torch.optim.Optimizer, stream: DataStream) -> int:
+def checkpoint_step(state: dict, config: RunConfig, path: object) -> int:
+    """The step of the checkpoint ``state`` (read from ``path``), once it is known to belong to
+    ``config`` (``steps`` may have been raised since) and to lie within its steps."""
     saved = RunConfig.from_json(state["config"])
     if saved.replace(steps=config.steps) != config:
         raise InvalidSpecError(
@@ -191,6 +193,11 @@ def _restore(state: dict, config: RunConfig, path: object, model: Centered, opti
     step = int(state["step"])
     if step > config.steps:
         raise InvalidSpecError(f"checkpoint {path} is at step {step}, past steps={config.steps}: raise steps")
+    return step
+
+
+def _restore(state: dict, config: RunConfig, path: object, model: Centered, optimizer: torch.optim.Optimizer, stream: DataStream) -> int:
+    step = checkpoint_step(state, config, path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     stream.load_state_dict(state["data"])

@@ -17,6 +17,7 @@ from gammadb.metrics import (
     TEST_ACCURACY,
     TEST_LOSS,
 )
+from runners.checkpoint import CheckpointPolicy, checkpoint_files
 from runners.config import RunConfig
 from runners.data import make_task
 from runners.ensemble import (
@@ -150,6 +151,88 @@ def test_should_stop_stops_every_running_member() -> None:
     outcomes = train_ensemble(configs, sinks, device="cpu", should_stop=lambda: next(calls) >= 7)
     assert outcomes == [RunOutcome("stopped", 7)] * 2
     assert [s for s, _ in sinks[0].records] == list(range(1, 8))
+
+
+def _policies(root, n: int, **kw) -> list[CheckpointPolicy]:
+    return [CheckpointPolicy(directory=root / str(k), **kw) for k in range(n)]
+
+
+@pytest.mark.parametrize("case", ["mlp-mse", "mlp-depth2-finite-data", "toy"])
+def test_a_stopped_ensemble_resumes_from_its_checkpoints_as_if_never_stopped(case: str, tmp_path) -> None:
+    """Stop mid-run (one member already diverged), resume from the per-member checkpoints: the two
+    parts together log what the solo runs log; a diverged member is a result: nothing is saved after
+    its divergence."""
+    configs = CASES[case][:2] + [CASES[case][0].replace(eta=1e9, seed=5)]  # the last diverges early
+    first = [ListSink() for _ in configs]
+    calls = iter(range(10_000))
+    half = configs[0].steps // 2
+    policies = _policies(tmp_path, len(configs), every_steps=3)
+    stopped = train_ensemble(configs, first, device="cpu", checkpoints=policies,
+                             should_stop=lambda: next(calls) >= half)
+    assert [o.status for o in stopped] == ["stopped", "stopped", "diverged"]
+    diverged_at = stopped[2].diverged_at
+    assert diverged_at is not None and diverged_at <= half
+    assert all(int(p.stem[5:]) < diverged_at for p in checkpoint_files(policies[2].directory))
+    assert [int(p.stem[5:]) for p in checkpoint_files(policies[0].directory)][-1] == half
+    second = [ListSink() for _ in configs[:2]]
+    outcomes = train_ensemble(configs[:2], second, device="cpu", checkpoints=policies[:2])
+    assert [o.status for o in outcomes] == ["completed", "completed"]
+    assert second[0].records[0][0] == half + 1
+    for config, a, b in zip(configs, first, second):
+        whole = ListSink()
+        whole.records = a.records + b.records
+        _assert_same_records(_solo(config)[1], whole)
+
+
+def test_member_checkpoints_are_solo_checkpoints(tmp_path) -> None:
+    """A member stopped in an ensemble resumes alone with train(), and solo runs stopped at the same
+    step resume together as an ensemble."""
+    configs = CASES["mlp-mse"][:2]
+    policies = _policies(tmp_path / "ens", 2)
+    calls = iter(range(10_000))
+    first = [ListSink(), ListSink()]
+    train_ensemble(configs, first, device="cpu", checkpoints=policies, should_stop=lambda: next(calls) >= 10)
+    rest = ListSink()
+    assert train(configs[1], rest, device="cpu", checkpoint=policies[1]) == RunOutcome("completed", configs[1].steps)
+    whole = ListSink()
+    whole.records = first[1].records + rest.records
+    _assert_same_records(_solo(configs[1])[1], whole)
+
+    solo_policies = _policies(tmp_path / "solo", 2)
+    heads = []
+    for config, policy in zip(configs, solo_policies):
+        calls = iter(range(10_000))
+        heads.append(ListSink())
+        train(config, heads[-1], device="cpu", checkpoint=policy, should_stop=lambda calls=calls: next(calls) >= 12)
+    tails = [ListSink(), ListSink()]
+    train_ensemble(configs, tails, device="cpu", checkpoints=solo_policies)
+    for config, head, tail in zip(configs, heads, tails):
+        assert tail.records[0][0] == 13
+        whole = ListSink()
+        whole.records = head.records + tail.records
+        _assert_same_records(_solo(config)[1], whole)
+
+
+def test_members_checkpointed_at_different_steps_start_over(tmp_path) -> None:
+    configs = CASES["mlp-mse"][:2]
+    policies = _policies(tmp_path, 2)
+    for config, policy, stop_at in zip(configs, policies, (5, 9)):
+        calls = iter(range(10_000))
+        train(config, ListSink(), device="cpu", checkpoint=policy, should_stop=lambda calls=calls, n=stop_at: next(calls) >= n)
+    sinks = [ListSink(), ListSink()]
+    train_ensemble(configs, sinks, device="cpu", checkpoints=policies)
+    for config, sink in zip(configs, sinks):
+        _assert_same_records(_solo(config)[1], sink)  # from step 1
+
+
+def test_a_checkpoint_of_another_config_is_refused(tmp_path) -> None:
+    configs = CASES["mlp-mse"][:2]
+    policies = _policies(tmp_path, 2)
+    calls = iter(range(10_000))
+    train_ensemble(configs, [ListSink(), ListSink()], device="cpu", checkpoints=policies,
+                   should_stop=lambda: next(calls) >= 4)
+    with pytest.raises(InvalidSpecError, match="different run config"):
+        train_ensemble([configs[1], configs[0]], [ListSink(), ListSink()], device="cpu", checkpoints=policies)
 
 
 @pytest.mark.parametrize(

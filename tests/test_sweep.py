@@ -139,17 +139,20 @@ SCRIPT = textwrap.dedent("""
     p = SweepPlan(name="crash", spec={}, configs=[tiny(gamma=1.0, eta=0.05, steps=int(sys.argv[2]),
                   seed=s, cadence="none", sharpness=False, ntk=False) for s in (0, 1)])
     run_sweep(store, p, WorkOptions(device="cpu", flush_seconds=0.05, batch_rows=200,
-              checkpoint_dir=sys.argv[3] if sys.argv[3] != "-" else None, checkpoint_every_steps=50))
+              checkpoint_dir=sys.argv[3] if sys.argv[3] != "-" else None, checkpoint_every_steps=50,
+              ensemble=int(sys.argv[4])))
 """)
 
 
-@pytest.mark.parametrize("checkpoints", [False, True], ids=["restart", "resume"])
+@pytest.mark.parametrize(("checkpoints", "ensemble"), [(False, 1), (True, 1), (True, 2)],
+                         ids=["restart", "resume", "resume-ensemble"])
 def test_sigkill_mid_run_leaves_whole_batches_and_the_rerun_matches_a_clean_run(
-        sqlite_url: str, tmp_path: Path, checkpoints: bool) -> None:
+        sqlite_url: str, tmp_path: Path, checkpoints: bool, ensemble: int) -> None:
     steps = 1500
     ckpt = str(tmp_path / "ckpt") if checkpoints else "-"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, sqlite_url, str(steps), ckpt], env=env, cwd=ROOT)
+    args = [str(steps), ckpt, str(ensemble)]
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, sqlite_url, *args], env=env, cwd=ROOT)
     store = Store.open(sqlite_url)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -164,21 +167,23 @@ def test_sigkill_mid_run_leaves_whole_batches_and_the_rerun_matches_a_clean_run(
     proc.wait()
     runs = store.runs_frame("crash")
     killed = runs.filter(pl.col("status") == "running")
-    assert killed.height == 1, runs
+    assert killed.height == ensemble, runs  # the two seeds are one ensemble
     run_id = killed["run_id"][0]
     # Whole batches only: every stored step has all its per-step metrics, and steps_done agrees.
     per_step = store.series([run_id], metrics=["loss", "weight_change", "feature_alignment"])
     counts = per_step.group_by("step").len()["len"].unique().to_list()
     assert counts == [5]
     assert per_step["step"].max() == killed["steps_done"][0]
+    if checkpoints:
+        assert list((tmp_path / "ckpt" / "crash" / str(run_id)).glob("step_*.pt"))
 
-    subprocess.run([sys.executable, "-c", SCRIPT, sqlite_url, str(steps), ckpt], env=env, cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", SCRIPT, sqlite_url, *args], env=env, cwd=ROOT, check=True)
     runs = store.runs_frame("crash")
     assert runs["status"].to_list() == ["completed", "completed"]
     got = store.series(runs["run_id"].to_list(), metrics=["loss"])
 
     ref_url = f"sqlite:///{tmp_path / 'ref.sqlite'}"
-    subprocess.run([sys.executable, "-c", SCRIPT, ref_url, str(steps), "-"], env=env, cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", SCRIPT, ref_url, str(steps), "-", str(ensemble)], env=env, cwd=ROOT, check=True)
     ref = Store.open(ref_url)
     want = ref.series(ref.runs_frame("crash")["run_id"].to_list(), metrics=["loss"])
     assert got.height == want.height == 2 * steps
