@@ -6,6 +6,10 @@ first, through the driver's bulk path (sqlite3 ``executemany`` under WAL; Postgr
 staging table, then one ``INSERT ... ON CONFLICT``). Each commit is one transaction that also moves the
 runs' progress and heartbeats, so after a crash the store holds whole batches and ``steps_done``
 agrees with what is stored. A re-written step overwrites (upsert), never duplicates.
+
+Backpressure: when training produces rows faster than the store commits them (a large ensemble on a
+GPU), the queue stops at ``max_backlog_rows`` and ``log`` waits for the next commit, so memory stays
+bounded and training runs at the store's pace; ``seconds_waiting`` says how long it waited.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 from gammadb.errors import GammadbError, StoreUnavailableError
@@ -44,11 +48,14 @@ class MetricWriter:
     """
 
     def __init__(self, store: Any, *, batch_rows: int = 20_000, flush_seconds: float = 2.0,
-                 background: bool = True) -> None:
+                 background: bool = True, max_backlog_rows: int | None = None) -> None:
         self._store = store
         self._backend = store.backend
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
+        self.max_backlog_rows = max_backlog_rows if max_backlog_rows is not None else 50 * batch_rows
+        if self.max_backlog_rows < batch_rows:
+            raise ValueError("max_backlog_rows must be >= batch_rows")
         self._buf: list[Row] = []
         self._progress: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -62,6 +69,7 @@ class MetricWriter:
         self.rows_written = 0
         self.seconds_in_db = 0.0
         self.max_backlog = 0
+        self.seconds_waiting = 0.0  # producers blocked on a full queue
         self._ids: dict[MetricKey, int] = {}
         self._thread: Optional[threading.Thread] = None
         if background:
@@ -79,16 +87,38 @@ class MetricWriter:
             rows = [(run_id, ids[k], step, v) for k, v in values.items()]
         self.write_rows(rows, progress=(run_id, step))
 
+    def log_block(self, step: int, run_ids: Sequence[int], keys: Sequence[MetricKey],
+                  rows: Iterable[Sequence[float]]) -> None:
+        """Queue one step of many runs at once (an ensemble): ``rows[j]`` holds run ``run_ids[j]``'s
+        values of ``keys``. One lock and no per-run dicts: the fast path for large ensembles."""
+        ids = self._ids
+        if not all(k in ids for k in keys):
+            ids.update(self._store.metric_ids(keys))
+        metric_ids = [ids[k] for k in keys]
+        out = [(run_id, m, step, v) for run_id, row in zip(run_ids, rows) for m, v in zip(metric_ids, row)]
+        self._queue(out, [(run_id, step) for run_id in run_ids])
+
     def write_rows(self, rows: Iterable[Row], *, progress: tuple[int, int] | None = None) -> None:
         """Queue raw (run_id, metric_id, step, value) rows; ``progress`` = (run_id, steps_done)."""
+        self._queue(rows, [progress] if progress is not None else [])
+
+    def _queue(self, rows: Iterable[Row], progress: Sequence[tuple[int, int]]) -> None:
         if self._error is not None:
             self._raise()
         if self._closed:
             raise GammadbError("metric writer is closed")
         with self._lock:
+            if self._thread is not None and len(self._buf) >= self.max_backlog_rows:
+                t0 = time.perf_counter()
+                while len(self._buf) >= self.max_backlog_rows and self._error is None and self._thread.is_alive():
+                    self._wake.notify()  # commit now, not at the next deadline
+                    self._idle.wait(0.5)
+                self.seconds_waiting += time.perf_counter() - t0
+            if self._error is not None:
+                self._raise()
             self._buf.extend(rows)
-            if progress is not None:
-                self._progress[progress[0]] = progress[1]
+            for run_id, steps_done in progress:
+                self._progress[run_id] = steps_done
             n = len(self._buf)
             if n > self.max_backlog:
                 self.max_backlog = n
@@ -171,6 +201,7 @@ class MetricWriter:
             rows, self._buf = self._buf, []
             progress, self._progress = self._progress, {}
             self._busy = True
+            self._idle.notify_all()  # a producer blocked on a full queue may go on
         try:
             if not rows and not progress:
                 return

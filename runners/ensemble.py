@@ -577,9 +577,11 @@ def train_ensemble(
     ``impl`` picks the stacked forward ('bmm', the default and faster one, or 'vmap'). One device ->
     host transfer per step for the per-step values of all members, plus the cadence metrics.
     ``checkpoints[k]`` (optional) is member k's checkpoint policy (see the module docstring); the
-    schedule is the first policy's.
+    schedule is the first policy's. When ``sinks`` has a method ``log_block(step, members, keys,
+    rows)``, steps without cadence metrics go there in one call (``rows[j]``: the values of ``keys``
+    of member ``members[j]``) instead of one ``log`` per member: the store's fast path.
     """
-    configs, sinks = list(configs), list(sinks)
+    sinks_in, configs, sinks = sinks, list(configs), list(sinks)
     _check(configs, sinks)
     policies = list(checkpoints) if checkpoints is not None else [None] * len(configs)
     if len(policies) != len(configs):
@@ -602,6 +604,7 @@ def train_ensemble(
         keys.append(MetricKey(FEATURE_ALIGNMENT))
     cadence = config.cadence_steps()
     outcomes: list[RunOutcome | None] = [None] * len(configs)
+    block = getattr(sinks_in, "log_block", None)  # one call per step for all members, when offered
     start = _resume(model, configs, policies, stream)
     schedule = next((p for p in policies if p is not None), None)
     clock = CheckpointClock(schedule, start) if schedule is not None else None
@@ -634,12 +637,16 @@ def train_ensemble(
         model.sgd_step(finite)
         parts.insert(0, detached.unsqueeze(1))
         rows = torch.cat(parts, dim=1).tolist()  # the one device -> host transfer of the step
+        if block is not None and not extra:
+            block(step, model.members, keys, rows)
+        else:
+            for j, (i, row) in enumerate(zip(model.members, rows)):
+                record = dict(zip(keys, row))
+                if extra:
+                    record.update(extra[j])
+                sinks[i].log(step, record)
         diverged = False
-        for j, (i, row) in enumerate(zip(model.members, rows)):
-            record = dict(zip(keys, row))
-            if extra:
-                record.update(extra[j])
-            sinks[i].log(step, record)
+        for i, row in zip(model.members, rows):
             if not math.isfinite(row[0]):
                 logger.info("member %d diverged at step %d (loss %s)", i, step, row[0])
                 outcomes[i] = RunOutcome("diverged", step, diverged_at=step)

@@ -345,7 +345,7 @@ def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: Wor
     for r in runs:
         store.mark_running(r.id, worker=worker_id(), device=device)
     writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
-    sinks = [_StoreSink(writer, r.id, c.steps, reporter) for r, c in zip(runs, configs)]
+    sinks = _StoreSinks(_StoreSink(writer, r.id, c.steps, reporter) for r, c in zip(runs, configs))
     with _failures_recorded(store, runs, sinks, writer, reporter) as failed:
         outcomes = train_ensemble(configs, sinks, device=device,
                                   checkpoints=[_checkpoint_policy(options, r) for r in runs])
@@ -370,6 +370,22 @@ class _StoreSink:
         self.last_loss = values.get(self._loss_key, self.last_loss)
         if step % self._every == 0:
             self.reporter.step(self.run_id, step, self.total)
+
+
+class _StoreSinks(list):
+    """An ensemble's member sinks, plus the one-call-per-step path into the writer (``log_block``)."""
+
+    def log_block(self, step: int, members: Sequence[int], keys: Sequence[MetricKey],
+                  rows: Sequence[Sequence[float]]) -> None:
+        sinks = [self[i] for i in members]
+        sinks[0].writer.log_block(step, [sink.run_id for sink in sinks], keys, rows)
+        loss = keys.index(sinks[0]._loss_key) if sinks[0]._loss_key in keys else None
+        for sink, row in zip(sinks, rows):
+            sink.last_step = step
+            if loss is not None:
+                sink.last_loss = row[loss]
+            if step % sink._every == 0:
+                sink.reporter.step(sink.run_id, step, sink.total)
 
 
 @dataclasses.dataclass

@@ -56,6 +56,42 @@ def test_rewritten_step_overwrites_and_never_duplicates(store: Store) -> None:
     assert wc["layer"].unique().to_list() == [1] and wc.height == 5
 
 
+def test_log_block_stores_what_per_run_logs_store(store: Store) -> None:
+    """The ensemble fast path: one call per step for many runs, the same rows and progress."""
+    sweep = store.ensure_sweep("s", {})
+    runs = store.ensure_runs(sweep.id, [spec(seed=s) for s in range(6)])
+    keys = [MetricKey(LOSS), MetricKey(WEIGHT_CHANGE, 1), MetricKey(WEIGHT_CHANGE, 2)]
+    half = [r.id for r in runs[:3]], [r.id for r in runs[3:]]
+    with store.writer(batch_rows=7) as w:
+        for step in range(1, 21):
+            rows = [[step + j / 10, math.nan if step == 5 else 0.5, -math.inf] for j in range(3)]
+            w.log_block(step, half[0], keys, rows)
+            for run_id, row in zip(half[1], rows):
+                w.log(run_id, step, dict(zip(keys, row)))
+    for a, b in zip(*half):
+        x = store.series([a], metrics=[LOSS, WEIGHT_CHANGE]).drop("run_id")
+        y = store.series([b], metrics=[LOSS, WEIGHT_CHANGE]).drop("run_id")
+        assert x.height == 60 and str(x.to_dicts()) == str(y.to_dicts())  # NaN compares by its text
+    assert {r.steps_done for r in store.runs(sweep="s")} == {20}
+
+
+def test_a_full_queue_makes_the_producer_wait_for_the_store(store: Store) -> None:
+    """Backpressure: logging far faster than the store commits never queues more than
+    max_backlog_rows (plus one call's rows), and every row still arrives."""
+    sweep = store.ensure_sweep("s", {})
+    runs = store.ensure_runs(sweep.id, [spec(seed=s) for s in range(50)])
+    keys = [MetricKey(LOSS), MetricKey(WEIGHT_CHANGE, 1)]
+    ids = [r.id for r in runs]
+    with store.writer(batch_rows=500, max_backlog_rows=2000, flush_seconds=60.0) as w:
+        for step in range(1, 2001):
+            w.log_block(step, ids, keys, [[1.0 / step, 2.0]] * len(ids))
+        assert w.max_backlog < 2000 + 100
+        assert w.seconds_waiting > 0
+    assert int(store.read("SELECT COUNT(*) AS n FROM metric_values")["n"][0]) == 2000 * 50 * 2
+    with pytest.raises(ValueError, match="max_backlog_rows"):
+        store.writer(batch_rows=500, max_backlog_rows=100)
+
+
 def test_writer_commits_progress_and_heartbeat_with_each_batch(store: Store) -> None:
     sweep = store.ensure_sweep("s", {})
     (run,) = store.ensure_runs(sweep.id, [spec(steps=100)])
