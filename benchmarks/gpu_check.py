@@ -87,6 +87,13 @@ class WriterSink:
         self.writer.log(self.run_id, step, values)  # type: ignore[attr-defined]
 
 
+class WriterSinks(list):
+    """An ensemble's sinks with the sweep's one-call-per-step path (``MetricWriter.log_block``)."""
+
+    def log_block(self, step: int, members: list[int], keys: list[MetricKey], rows: list[list[float]]) -> None:
+        self[0].writer.log_block(step, [self[i].run_id for i in members], keys, rows)
+
+
 class Deadline:
     def __init__(self, seconds: float) -> None:
         self.end = time.perf_counter() + seconds
@@ -301,7 +308,7 @@ def part_c(device: str, smoke: bool, deadline: Deadline, rates: dict[tuple[int, 
     store = _BareSqliteStore(path)
     run_ids = store.add_runs(k)
     writer = MetricWriter(store)
-    sinks = [WriterSink(writer, r) for r in run_ids]
+    sinks = WriterSinks(WriterSink(writer, r) for r in run_ids)
     step, _, done = _ensemble_step(configs, device, "bmm", deadline, sinks)
     t0 = time.perf_counter()
     writer.close()
@@ -315,6 +322,7 @@ def part_c(device: str, smoke: bool, deadline: Deadline, rates: dict[tuple[int, 
     say(f"writer: max backlog {writer.max_backlog} rows ({writer.max_backlog / max(k * per_member, 1):.0f} steps of the "
         f"ensemble), rows written {writer.rows_written} (stored {stored}, expected {produced}), seconds in db "
         f"{writer.seconds_in_db:.2f}, commit rate {writer.rows_written / max(writer.seconds_in_db, 1e-9):.0f} rows/s, "
+        f"training waited {writer.seconds_waiting:.2f} s on the full queue (limit {writer.max_backlog_rows} rows), "
         f"final drain {drain:.2f} s", summary=True)
 
 
