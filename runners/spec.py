@@ -371,7 +371,7 @@ def _quick() -> SweepSpec:
     # the per-step and cadence measurements from costing more than the training itself.
     return SweepSpec(
         name="quick",
-        description="MLP L=3 N=64 on the teacher task, 500 steps: lazy to rich, divergent to under-trained; ~2-3 CPU minutes",
+        description="MLP L=3 N=64 on the teacher task, 500 steps: lazy to rich, divergent to under-trained; ~40 s on 2 CPU cores (~10 s with --ensemble 32)",
         base=RunConfig(
             model="mlp", task="teacher", depth=3, width=64, batch_size=32, steps=500,
             probe_size=32, test_size=500, sharpness_size=64, sharpness_iters=10,
@@ -401,7 +401,7 @@ def _toy() -> SweepSpec:
 def _mlp_depth3() -> SweepSpec:
     return SweepSpec(
         name="mlp-depth3",
-        description="MLP L=3 N=128 on the teacher task, 1000 steps, half-decade grids; a few CPU minutes with the adaptive scan",
+        description="MLP L=3 N=128 on the teacher task, 1000 steps, half-decade grids; about a CPU minute with the adaptive scan",
         base=RunConfig(model="mlp", task="teacher", depth=3, width=128, batch_size=64, steps=1000),
         gammas=parse_grid("1e-2:1e2:9"),
         etas=parse_grid("1e-6:1e2:17"),
