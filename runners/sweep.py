@@ -226,6 +226,7 @@ def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: 
     error text) and the sweep goes on; a store failure or an interrupt propagates."""
     from runners.train import resolve_device, train
 
+    _stop_if_requested()
     config = RunConfig.from_dict(run.config)
     device = str(resolve_device(options.device))
     store.mark_running(run.id, worker=worker_id(), device=device)
@@ -233,10 +234,12 @@ def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: 
     writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
     sink = _StoreSink(writer, run.id, config.steps, reporter)
     with _failures_recorded(store, [run], [sink], writer, reporter) as failed:
-        outcome = train(config, sink, device=device, checkpoint=policy)
+        outcome = train(config, sink, device=device, checkpoint=policy, should_stop=stop_requested)
     if failed:
         return RunStatus.FAILED
-    return _record_end(store, run, outcome, sink, reporter)
+    status = _record_end(store, run, outcome, sink, reporter)
+    _stop_if_requested()
+    return status
 
 
 def _record_end(store: Store, run: RunRecord, outcome: Any, sink: "_StoreSink", reporter: Reporter) -> RunStatus:
@@ -340,6 +343,7 @@ def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: Wor
     from runners.ensemble import train_ensemble
     from runners.train import resolve_device
 
+    _stop_if_requested()
     configs = [RunConfig.from_dict(r.config) for r in runs]
     device = str(resolve_device(options.device))
     for r in runs:
@@ -347,11 +351,13 @@ def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: Wor
     writer = store.writer(batch_rows=options.batch_rows, flush_seconds=options.flush_seconds)
     sinks = _StoreSinks(_StoreSink(writer, r.id, c.steps, reporter) for r, c in zip(runs, configs))
     with _failures_recorded(store, runs, sinks, writer, reporter) as failed:
-        outcomes = train_ensemble(configs, sinks, device=device,
+        outcomes = train_ensemble(configs, sinks, device=device, should_stop=stop_requested,
                                   checkpoints=[_checkpoint_policy(options, r) for r in runs])
     if failed:
         return [RunStatus.FAILED] * len(runs)
-    return [_record_end(store, r, outcome, sink, reporter) for r, sink, outcome in zip(runs, sinks, outcomes)]
+    statuses = [_record_end(store, r, outcome, sink, reporter) for r, sink, outcome in zip(runs, sinks, outcomes)]
+    _stop_if_requested()
+    return statuses
 
 
 class _StoreSink:
@@ -505,25 +511,44 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+_STOP = threading.Event()  # set by the first SIGTERM
+
+
+def stop_requested() -> bool:
+    """Whether a SIGTERM asked this process to stop (polled by training before every step)."""
+    return _STOP.is_set()
+
+
+def _stop_if_requested() -> None:
+    if _STOP.is_set():
+        raise KeyboardInterrupt("stopped on SIGTERM")
+
+
 @contextmanager
 def _terminate_as_interrupt(store: Any = None) -> Iterator[None]:
-    """SIGTERM (e.g. from SLURM or `kill`) stops like Ctrl-C: the current batch is committed, and
-    (with ``store``) every run this process holds goes back to pending, whichever statement the
-    signal interrupted (a claim's commit included)."""
+    """SIGTERM (SLURM preemption, `kill`) stops gracefully: the run in training finishes its step,
+    saves a checkpoint (with a checkpoint directory) and goes back to pending, then the process stops
+    as on Ctrl-C: the current batch is committed and (with ``store``) every run it holds goes back to
+    pending. A second SIGTERM stops at once, whichever statement it interrupts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        if _STOP.is_set():
+            raise KeyboardInterrupt(f"signal {signum}")
+        _STOP.set()
 
+    _STOP.clear()
     previous = signal.signal(signal.SIGTERM, _handler)
     try:
         yield
+        _stop_if_requested()  # a signal after the last run still ends as an interrupt
     except (KeyboardInterrupt, SystemExit):
         if store is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the release
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a further signal must not cut the release
             store.release_worker()
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _STOP.clear()

@@ -279,16 +279,23 @@ def test_submitit_local_launcher_drains_the_sweep(sqlite_url: str, tmp_path: Pat
             assert got == pytest.approx(ref.values("loss"), rel=1e-10, abs=0)
 
 
-def test_sigterm_stops_cleanly_and_the_rerun_finishes(sqlite_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("checkpoints", "ensemble"), [(False, 1), (True, 1), (True, 3)],
+                         ids=["plain", "checkpoints", "checkpoints-ensemble"])
+def test_sigterm_stops_cleanly_and_the_rerun_finishes(sqlite_url: str, tmp_path: Path, checkpoints: bool,
+                                                      ensemble: int) -> None:
+    """SIGTERM: the runs in training finish their step, save a checkpoint at exactly the stored step
+    count, go back to pending and the process exits 130; the rerun resumes there and ends with the
+    losses of an uninterrupted sweep, bit for bit."""
     import signal
 
     spec = tmp_path / "t.toml"
     spec.write_text(
-        'name = "term"\ngamma = [0.5, 2.0]\neta = [0.01, 0.02, 0.05]\nseeds = 1\nsteps = 400\n'
+        'name = "term"\ngamma = [0.5, 2.0]\neta = [0.01, 0.02, 0.05]\nseeds = 1\nsteps = 1500\n'
         '[base]\nmodel = "mlp"\ntask = "teacher"\ndepth = 2\nwidth = 8\nbatch_size = 4\ncadence = "none"\n'
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "gammadb", "run", str(spec), "--url", sqlite_url, "--quiet"]
+    extra = ["--ensemble", str(ensemble)] + (["--checkpoint-dir", str(tmp_path / "ck")] if checkpoints else [])
+    cmd = [sys.executable, "-m", "gammadb", "run", str(spec), "--url", sqlite_url, "--quiet", *extra]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with Store.open(sqlite_url) as store:
         deadline = time.time() + 120
@@ -303,7 +310,22 @@ def test_sigterm_stops_cleanly_and_the_rerun_finishes(sqlite_url: str, tmp_path:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
         assert "interrupted: everything logged so far is committed" in err
-        statuses = store.runs_frame("term")["status"].to_list()
-        assert "running" not in statuses and "pending" in statuses
+        runs = store.runs(sweep="term")
+        assert RunStatus.RUNNING not in [r.status for r in runs]
+        stopped = [r for r in runs if r.status == RunStatus.PENDING and r.steps_done > 0]
+        assert stopped, [(r.status, r.steps_done) for r in runs]
+        if checkpoints:
+            from runners.checkpoint import latest_checkpoint
+
+            for r in stopped:
+                path = latest_checkpoint(tmp_path / "ck" / "term" / str(r.id))
+                assert path is not None and int(path.stem[5:]) == r.steps_done
         assert subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True).returncode == 0
         assert store.runs_frame("term")["status"].to_list() == ["completed"] * 6
+        got = store.series([r.id for r in runs], metrics=["loss"])
+    clean = f"sqlite:///{tmp_path / 'clean.sqlite'}"
+    assert subprocess.run([*cmd[:6], clean, "--quiet", "--ensemble", str(ensemble)], env=env, cwd=ROOT,
+                          capture_output=True).returncode == 0
+    with Store.open(clean) as ref:
+        want = ref.series([r.id for r in ref.runs(sweep="term")], metrics=["loss"])
+    assert got["value"].to_list() == want["value"].to_list() and got.height == 6 * 1500
