@@ -19,11 +19,23 @@ from gammadb.records import RunRecord
 from gammadb.schema import RunStatus
 from gammadb.store import Store
 from gammadb.urls import resolve_url
+from runners.config import RunConfig
 from runners.spec import SweepSpec
 
 if TYPE_CHECKING:
     import polars as pl
-from runners.sweep import NullReporter, SweepPlan, SweepReport, WorkOptions, tally, prepare, run_sweep, work
+from runners.sweep import (
+    NullReporter,
+    SweepPlan,
+    SweepReport,
+    WorkOptions,
+    advance_adaptive,
+    prepare,
+    run_sweep,
+    run_spec,
+    tally,
+    work,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +80,17 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
             with reporter:
                 report = run_sweep(store, plan, work_opts, reporter)
             return summary_text(store, report)
-        if plan.adaptive:
-            raise InvalidSpecError("the adaptive eta scan runs in one process: drop --workers/--launcher, "
-                                   "or use --full-grid")
         t0 = time.perf_counter()
         _, runs = prepare(store, plan)
+        planned = {run_spec(c).point_key() for c in plan.configs}
+
+        def plan_runs() -> list[RunRecord]:
+            return [r for r in store.runs(sweep=plan.name)
+                    if run_spec(RunConfig.from_dict(r.config)).point_key() in planned]
+
+        if plan.adaptive:  # the workers scan together: create the first levels, they do the rest
+            advance_adaptive(store, plan.name)
+            runs = plan_runs()
         if opts.launcher == "none":
             _local_workers(url, plan.name, opts)
         else:
@@ -80,12 +98,16 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
             if not done:
                 return (f"submitted {opts.workers} workers for sweep {plan.name!r} to SLURM; watch with "
                         f"`gammadb sweeps ls` and `gammadb runs ls --sweep {plan.name}`")
-        report = SweepReport(sweep=plan.name, total=len(runs), run_ids=[r.id for r in runs],
+        report = SweepReport(sweep=plan.name, total=len(plan.configs) if plan.adaptive else len(runs),
                              skipped=sum(r.status.finished for r in runs))
-        ran_now = {r.id for r in runs if not r.status.finished}  # what the workers were given
-        for r in store.runs(sweep=plan.name):
-            if r.id in ran_now:
+        done_before = {r.id for r in runs if r.status.finished}
+        now = plan_runs()
+        report.run_ids = [r.id for r in now]
+        for r in now:
+            if r.id not in done_before:
                 tally(report, r.status)
+        if plan.adaptive:
+            report.not_needed = len(plan.configs) - len(now)
         report.seconds = time.perf_counter() - t0
         return summary_text(store, report)
 

@@ -192,24 +192,38 @@ class _TimedWriter:
 
 def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
          reporter: Reporter = NullReporter(), *, max_runs: Optional[int] = None,
-         stale_after_s: float = 300.0) -> SweepReport:
-    """`gammadb worker`: claim pending runs of ``sweep`` until none is left (or ``max_runs``)."""
+         stale_after_s: float = 300.0, poll_seconds: float = 0.5) -> SweepReport:
+    """`gammadb worker`: claim pending runs of ``sweep`` until none is left (or ``max_runs``).
+
+    An adaptive sweep (its stored spec says so) is scanned by the workers together: before each claim
+    a worker creates the next eta level of every ladder whose levels so far have ended
+    (:func:`advance_adaptive`), and while other workers still train runs that may open new levels it
+    waits for them (polling every ``poll_seconds``) instead of exiting.
+    """
     t0 = time.perf_counter()
     store = TimedStore(store)  # type: ignore[assignment]
     rec = store.get_sweep(sweep)
+    adaptive = bool(rec.spec.get("adaptive"))
     report = SweepReport(sweep=sweep)
     with _terminate_as_interrupt(store):
-        if options.ensemble > 1 and max_runs is None:
-            store.requeue(sweep, stale_after_s=stale_after_s)
-            pending = store.runs(sweep=sweep, status=RunStatus.PENDING)
-            for run, status in _drain_ensembles(store, rec.id, pending, options, reporter, 0, len(pending)):
-                report.total += 1
-                report.run_ids.append(run.id)
-                tally(report, status)
         while max_runs is None or report.total < max_runs:
             store.requeue(sweep, stale_after_s=stale_after_s)
+            busy = advance_adaptive(store, sweep) if adaptive else 0
+            if options.ensemble > 1 and max_runs is None:
+                pending = store.runs(sweep=sweep, status=RunStatus.PENDING)
+                for run, status in _drain_ensembles(store, rec.id, pending, options, reporter, report.total, 0):
+                    busy += 1
+                    report.total += 1
+                    report.run_ids.append(run.id)
+                    tally(report, status)
             run = store.claim_next(rec.id)
             if run is None:
+                if busy:
+                    continue  # something ended or was created: look again
+                if adaptive and store.runs(sweep=sweep, status=RunStatus.RUNNING):
+                    _stop_if_requested()
+                    time.sleep(poll_seconds)  # another worker's runs may open the next levels
+                    continue
                 break
             report.total += 1
             report.run_ids.append(run.id)
@@ -407,11 +421,15 @@ class _Ladder:
         out = []
         while len(out) < count and self.taken < len(self.levels):
             eta, configs = self.levels[self.taken]
-            if self.largest_convergent is not None and eta < self.largest_convergent * 10 ** (-decades_below) * (1 - 1e-9):
+            if self.below_range(eta, decades_below):
                 break
             out.append((eta, configs))
             self.taken += 1
         return out
+
+    def below_range(self, eta: float, decades_below: float) -> bool:
+        """Whether ``eta`` lies below the scan's range (known once a level converged)."""
+        return self.largest_convergent is not None and eta < self.largest_convergent * 10 ** (-decades_below) * (1 - 1e-9)
 
     def record(self, eta: float, statuses: Sequence[RunStatus]) -> None:
         """Levels are recorded largest eta first: the first with no diverged seed is the largest convergent."""
@@ -428,6 +446,40 @@ def _ladders(configs: Sequence[RunConfig]) -> list[_Ladder]:
         key = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ("eta", "seed")))
         by_key.setdefault(key, {}).setdefault(float(c.eta), []).append(c)
     return [_Ladder(sorted(levels.items(), key=lambda item: -item[0])) for levels in by_key.values()]
+
+
+_LEVEL_ENDED = (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)
+
+
+def advance_adaptive(store: Store, sweep: str) -> int:
+    """The adaptive scan driven by the store, for workers: create the next eta level of every ladder
+    of ``sweep`` (per its stored spec) whose created levels have all ended and that is still within
+    range; return how many runs were created. Any number of workers may call it at once: runs are
+    keyed by their point, so a level is created once. A failed run ends its level as a non-diverged
+    one (as in the one-process scan)."""
+    from runners.spec import spec_from_dict
+
+    rec = store.get_sweep(sweep)
+    spec = spec_from_dict(rec.spec)
+    if not spec.adaptive:
+        return 0
+    stored = {run_spec(RunConfig.from_dict(r.config)).point_key(): r.status for r in store.runs(sweep=sweep)}
+    new: list[RunSpec] = []
+    for ladder in _ladders(spec.expand(check_files=False)):
+        for eta, configs in ladder.levels:
+            if ladder.below_range(eta, spec.decades_below):
+                break
+            specs = [run_spec(c) for c in configs]
+            statuses = [stored.get(s.point_key()) for s in specs]
+            if any(status is None for status in statuses):
+                new.extend(s for s, status in zip(specs, statuses) if status is None)
+                break
+            if any(status not in _LEVEL_ENDED for status in statuses):
+                break  # in progress
+            ladder.record(eta, [status for status in statuses if status is not None])
+    if new:
+        store.ensure_runs(rec.id, new)
+    return len(new)
 
 
 def _adaptive(store: Store, sweep_id: int, plan: SweepPlan, options: WorkOptions, reporter: Reporter,
