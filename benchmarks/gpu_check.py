@@ -19,6 +19,9 @@ and the script goes on.
 (d) would a CNN ensemble pay? The CNN's conv front end for K = 8 and 32 members at widths 16 and 64 as
     one grouped convolution against K stacks in turn (benchmarks/bench_grouped_conv.py; on 2 CPU
     cores grouped was 0.47 - 0.61x, i.e. slower).
+(e) ensemble sharpness: one batched Lanczos for K = 8 and 64 members at width 256 against K solo
+    ones (benchmarks/bench_ensemble_sharpness.py; batched is the CUDA default, unmeasured on a GPU so
+    far; on the CPU it was 1.36-1.44x at width 64 and 0.72-0.76x at width 256).
 
 Every measurement is bounded by a deadline (``--budget`` seconds in all, default 300): a run that would
 pass its part's deadline is stopped (``should_stop``) and reported on the steps it did; a part with no
@@ -344,6 +347,34 @@ def part_d(device: str, smoke: bool) -> None:
         say(f"  width {width:>3} K {k:>3}: sequential / grouped {ratio:.2f}x", summary=True)
 
 
+def part_e(device: str, smoke: bool) -> None:
+    import statistics
+
+    from benchmarks.bench_ensemble_sharpness import per_member
+    from runners.data import make_task
+    from runners.ensemble import _Ensemble
+
+    say("== (e) ensemble sharpness: batched Lanczos vs member by member")
+    dev = torch.device(device)
+    for width, k in ((16, 2),) if smoke else ((256, 8), (256, 64)):
+        base = RunConfig(model="mlp", task="teacher", width=width, depth=3, batch_size=128, steps=10)
+        configs = [base.replace(gamma=0.5 * (1 + m % 8), eta=0.05, seed=m // 8) for m in range(k)]
+        model = _Ensemble(configs, make_task(base), dev, torch.float32, "bmm")
+        model._sharpness(1)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            slow = per_member(model, 1)
+            sync(device)
+            t1 = time.perf_counter()
+            fast = model._sharpness(1)
+            sync(device)
+            times.append((t1 - t0) / (time.perf_counter() - t1))
+        diff = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(slow, fast))
+        say(f"  width {width:>4} K {k:>3}: member-by-member / batched {statistics.median(times):.2f}x "
+            f"(max rel diff {diff:.1e})", summary=True)
+
+
 # ----- main ----------------------------------------------------------------------------------------
 
 
@@ -374,6 +405,7 @@ def main() -> None:
     guarded("(b)", b)
     guarded("(c)", lambda: part_c(device, smoke, Deadline(0.95 * budget - (time.perf_counter() - start)), rates))
     guarded("(d)", lambda: part_d(device, smoke))
+    guarded("(e)", lambda: part_e(device, smoke))
     say()
     say(f"== summary ({time.perf_counter() - start:.0f} s)")
     for line in SUMMARY:

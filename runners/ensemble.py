@@ -11,9 +11,11 @@ follows the trajectory it would follow alone (to rounding: a test holds float64 
 
 Every member's values reach its own sink exactly as ``runners.train.train`` would log them: LOSS,
 WEIGHT_CHANGE per layer and FEATURE_ALIGNMENT per step; TEST_LOSS, TEST_ACCURACY and DATA_PASSES on the
-cadence, computed on the stacked model; NTK_ALIGNMENT, NTK_DISTANCE and SHARPNESS on the cadence, member
-by member on a scratch solo model loaded with the member's weights (the same code as ``train``, so they
-cost what K solo runs would pay for them: keep them off, or on a sparse cadence, for large K).
+cadence, computed on the stacked model; SHARPNESS on the cadence, on CUDA by one batched Lanczos on the
+stacked model (``runners.measure.top_hessian_eigenvalues``: one Hessian-vector product serves all
+members, each member's start vector drawn as its solo run draws it), on the CPU member by member;
+NTK_ALIGNMENT and NTK_DISTANCE member by member on a scratch solo model loaded with the member's
+weights (the same code as ``train``).
 
 Divergence: a member whose loss is NaN/inf is logged at that step and ends 'diverged' there. Its loss is
 excluded from the summed backward and its update is masked on the device (no extra host sync), so its
@@ -70,7 +72,7 @@ from runners.checkpoint import (
 )
 from runners.config import RunConfig
 from runners.data import Batch, DataStream, Task, make_task, mix_seed
-from runners.measure import TargetKernel, empirical_ntk, top_hessian_eigenvalue
+from runners.measure import TargetKernel, empirical_ntk, top_hessian_eigenvalue, top_hessian_eigenvalues
 from runners.models import (
     MLP,
     Centered,
@@ -387,7 +389,12 @@ def _member_losses(config: RunConfig, out: Tensor, y: Tensor, labels: Tensor | N
 class _Ensemble:
     """The stacked model (centered, per-member gamma) and what is measured on it."""
 
-    def __init__(self, configs: Sequence[RunConfig], task: Task, device: torch.device, dtype: torch.dtype, impl: Impl):
+    def __init__(self, configs: Sequence[RunConfig], task: Task, device: torch.device, dtype: torch.dtype, impl: Impl,
+                 batched_sharpness: bool | None = None):
+        # One Lanczos for all members on CUDA (one kernel sequence instead of K); member by member on
+        # the CPU, where it measured faster at width 256 (0.72-0.76x batched) though slower at width
+        # 64 (1.36-1.44x batched; benchmarks/bench_ensemble_sharpness.py).
+        self.batched_sharpness = device.type == "cuda" if batched_sharpness is None else batched_sharpness
         self.configs = list(configs)
         self.config = configs[0]
         self.members = list(range(len(configs)))  # stack position -> index into configs
@@ -400,13 +407,10 @@ class _Ensemble:
         self.test = task.test_set().to(device, dtype)
         self.sharp = task.sharpness_batch().to(device, dtype)
         self._norm_init()
-        c = self.config
-        self.solo = None  # scratch solo model for the per-member NTK / sharpness
-        if c.cadence_steps() and ((c.ntk and self.kernels) or c.sharpness):
-            self.solo = build_model(c.replace(seed=0), device)
-            self.solo_loss = make_loss(c)
         self.ntk_init: dict[int, Tensor] = {}
-        self.scratch: Centered | None = None  # a solo model to convert members from and to checkpoints
+        # A solo model: members are loaded into it for the NTK and converted through it to and from
+        # checkpoints; the sharpness layout follows its parameter order.
+        self.scratch: Centered | None = None
 
     def _scratch(self) -> Centered:
         if self.scratch is None:
@@ -489,19 +493,22 @@ class _Ensemble:
         """Cadence metrics of theta_{step-1} for every member, in stack order."""
         c = self.config
         test_losses, accuracies = self._evaluate()
+        sharpness = None
+        if c.sharpness:
+            sharpness = self._sharpness(step) if self.batched_sharpness else \
+                [self._sharpness_of(j, step) for j in range(len(self.members))]
         records: list[dict[MetricKey, float]] = []
         passes = stream.data_passes()
         for j, i in enumerate(self.members):
             values = {MetricKey(TEST_LOSS): test_losses[j]}
             if accuracies is not None:
                 values[MetricKey(TEST_ACCURACY)] = accuracies[j]
-            if self.solo is not None:
-                self.stack.load_member(j, self.solo.net, self.solo.init_net)
-                self.solo.gamma = float(self.configs[i].gamma)
-                if c.ntk and self.kernels:
-                    values.update(self._ntk(i))
-                if c.sharpness:
-                    values[MetricKey(SHARPNESS)] = self._sharpness(i, step)
+            if c.ntk and self.kernels:
+                solo = self._scratch()
+                self.stack.load_member(j, solo.net, solo.init_net)
+                values.update(self._ntk(i, solo))
+            if sharpness is not None:
+                values[MetricKey(SHARPNESS)] = sharpness[j]
             if passes is not None:
                 values[MetricKey(DATA_PASSES)] = passes
             records.append(values)
@@ -524,30 +531,46 @@ class _Ensemble:
         accuracy = None if labels is None else [h / n for h in hits.tolist()]
         return [t / n for t in total.tolist()], accuracy
 
-    def _ntk(self, i: int) -> dict[MetricKey, float]:
-        assert self.target is not None and self.solo is not None
+    def _ntk(self, i: int, solo: Centered) -> dict[MetricKey, float]:
+        """NTK metrics of member ``i``, loaded into ``solo``."""
+        assert self.target is not None
         x = self.probe.x
         if i not in self.ntk_init:
-            theta0 = {k: v.detach() for k, v in self.solo.init_net.named_parameters()}
-            self.ntk_init[i] = empirical_ntk(self.solo.init_net, x, theta0)
+            theta0 = {k: v.detach() for k, v in solo.init_net.named_parameters()}
+            self.ntk_init[i] = empirical_ntk(solo.init_net, x, theta0)
         init = self.ntk_init[i]
-        kernel = empirical_ntk(self.solo.net, x)
+        kernel = empirical_ntk(solo.net, x)
         distance = torch.linalg.matrix_norm(kernel - init) / torch.linalg.matrix_norm(init)
         return {
             MetricKey(NTK_ALIGNMENT): float(self.target.alignment_of_kernel(kernel)),
             MetricKey(NTK_DISTANCE): float(distance),
         }
 
-    def _sharpness(self, i: int, step: int) -> float:
-        assert self.solo is not None
-        solo, batch = self.solo, self.sharp
-        generator = torch.Generator().manual_seed(mix_seed(self.configs[i].seed, step))
-        return top_hessian_eigenvalue(
-            lambda: self.solo_loss(solo(batch.x), batch.y, batch.labels),
-            solo.trainable_parameters(),
-            iters=self.config.sharpness_iters,
-            generator=generator,
-        )
+    def _sharpness_of(self, j: int, step: int) -> float:
+        """SHARPNESS of the member at stack position ``j`` alone, on the solo model (as ``train``)."""
+        solo, batch, config = self._scratch(), self.sharp, self.configs[self.members[j]]
+        self.stack.load_member(j, solo.net, solo.init_net)
+        solo.gamma = float(config.gamma)
+        loss_fn = make_loss(config)
+        generator = torch.Generator().manual_seed(mix_seed(config.seed, step))
+        return top_hessian_eigenvalue(lambda: loss_fn(solo(batch.x), batch.y, batch.labels),
+                                      solo.trainable_parameters(), iters=config.sharpness_iters, generator=generator)
+
+    def _sharpness(self, step: int) -> list[float]:
+        """SHARPNESS of every member (stack order): one batched Lanczos on the stacked model. Each
+        member's start vector is drawn exactly as its solo run draws it (same generator, same order,
+        in the solo layout), so the values equal the solo ones to rounding."""
+        batch = self.sharp
+        solo = dict(self._scratch().net.named_parameters())
+        start = [torch.empty_like(p) for p in self.stack.params]
+        for j, i in enumerate(self.members):
+            generator = torch.Generator().manual_seed(mix_seed(self.configs[i].seed, step))
+            drawn = {name: torch.randn(p.shape, generator=generator, dtype=p.dtype)
+                     for name, p in solo.items() if p.requires_grad}
+            for slot, name, t in zip(start, self.stack.solo_names, self.stack.transposed):
+                slot[j].copy_(drawn[name].transpose(-1, -2) if t else drawn[name])
+        return top_hessian_eigenvalues(lambda: self.losses(batch).sum(), self.stack.params, start,
+                                       iters=self.config.sharpness_iters)
 
 
 def _norms(stacked: Tensor) -> Tensor:
@@ -566,6 +589,7 @@ def train_ensemble(
     should_stop: Callable[[], bool] | None = None,
     impl: Impl = "bmm",
     checkpoints: Sequence[CheckpointPolicy | None] | None = None,
+    batched_sharpness: bool | None = None,
 ) -> list[RunOutcome]:
     """Train ``configs`` (equal ``ensemble_key``; each ``can_ensemble``) as one stacked model.
 
@@ -580,6 +604,7 @@ def train_ensemble(
     schedule is the first policy's. When ``sinks`` has a method ``log_block(step, members, keys,
     rows)``, steps without cadence metrics go there in one call (``rows[j]``: the values of ``keys``
     of member ``members[j]``) instead of one ``log`` per member: the store's fast path.
+    ``batched_sharpness``: one Lanczos for all members (default: on CUDA) or one per member.
     """
     sinks_in, configs, sinks = sinks, list(configs), list(sinks)
     _check(configs, sinks)
@@ -595,7 +620,7 @@ def train_ensemble(
     )
     task = make_task(config)
     stream = DataStream(task, dev, dtype)
-    model = _Ensemble(configs, task, dev, dtype, impl)
+    model = _Ensemble(configs, task, dev, dtype, impl, batched_sharpness)
 
     layers = len(model.stack.weights)
     keys = [MetricKey(LOSS)] + [MetricKey(WEIGHT_CHANGE, layer) for layer in range(1, layers + 1)]

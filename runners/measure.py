@@ -265,16 +265,116 @@ def top_hessian_eigenvalue(
     return _top_ritz(alphas, betas)[0]
 
 
+def top_hessian_eigenvalues(
+    loss_fn: Callable[[], Tensor],
+    params: Sequence[Tensor],
+    start: Sequence[Tensor],
+    *,
+    iters: int = 20,
+    tol: float = 1e-9,
+    max_basis_bytes: int = 1 << 30,
+) -> list[float]:
+    """``top_hessian_eigenvalue`` for K independent members at once (a stacked ensemble).
+
+    Every tensor in ``params`` carries a leading member axis (member k's parameters in slice k) and
+    ``loss_fn()`` is the sum of the members' losses, so the Hessian is block diagonal and one
+    Hessian-vector product of the stack serves every member. ``start`` holds each member's start
+    vector laid out like ``params``. Each member runs the same Lanczos, with the same stopping rule,
+    as it would alone; returns the K top eigenvalues (non-finite for a member whose curvature is).
+    Members go in groups whose Lanczos vectors fit in ``max_basis_bytes``.
+    """
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    k = params[0].shape[0]
+    sizes = [p[0].numel() for p in params]
+    steps = max(1, min(iters, sum(sizes)))
+    starts = torch.cat([t.reshape(k, -1) for t in start], dim=1)
+
+    def hvp(rows: Tensor, members: list[int]) -> Tensor:
+        """H_m v_m for the members' rows (the other members get a zero vector)."""
+        full = torch.zeros_like(starts)
+        full[members] = rows
+        vec = [part.reshape(p.shape) for part, p in zip(full.split(sizes, dim=1), params)]
+        hv = torch.autograd.grad(grads, params, grad_outputs=vec, retain_graph=True)
+        return torch.cat([t.reshape(k, -1) for t in hv], dim=1)[members]
+
+    group = max(1, max_basis_bytes // (steps * starts.shape[1] * starts.element_size()))
+    out: list[float] = []
+    for lo in range(0, k, group):
+        members = list(range(lo, min(k, lo + group)))
+        out.extend(_lanczos_group(lambda rows, members=members: hvp(rows, members), starts[members], steps, tol))
+    return out
+
+
+def _lanczos_group(hvp: Callable[[Tensor], Tensor], start: Tensor, steps: int, tol: float) -> list[float]:
+    """Lanczos on the rows of ``start`` (one member each) at once; see ``top_hessian_eigenvalue``."""
+    k = start.shape[0]
+    basis = torch.zeros(steps, *start.shape, dtype=start.dtype, device=start.device)
+    basis[0] = start / torch.linalg.vector_norm(start, dim=1, keepdim=True)
+    alphas: list[list[float]] = [[] for _ in range(k)]
+    betas: list[list[float]] = [[] for _ in range(k)]
+    result: list[float | None] = [None] * k
+    active = list(range(k))
+    beta = torch.zeros(k, dtype=start.dtype, device=start.device)
+    for j in range(steps):
+        hv = hvp(basis[j])
+        alpha = (hv * basis[j]).sum(dim=1)
+        host = alpha.tolist()
+        for m in active:
+            alphas[m].append(host[m])
+            if not math.isfinite(host[m]):  # a diverging member: the non-finite value is the data
+                result[m] = host[m]
+        active = [m for m in active if result[m] is None]
+        if not active or j + 1 == steps:
+            break
+        w = hv - alpha[:, None] * basis[j] - (beta[:, None] * basis[j - 1] if j else 0.0)
+        done = basis[: j + 1]
+        w = w - torch.einsum("jk,jkn->kn", torch.einsum("kn,jkn->jk", w, done), done)  # reorthogonalise
+        beta = torch.linalg.vector_norm(w, dim=1)
+        host = beta.tolist()
+        for m in active:
+            if not math.isfinite(host[m]):
+                result[m] = host[m]
+        finite = [m for m in active if result[m] is None]
+        for m, (theta, last) in zip(finite, _top_ritz_many([alphas[m] for m in finite], [betas[m] for m in finite])):
+            if host[m] * abs(last) <= tol * max(abs(theta), 1e-300):  # converged, or an invariant subspace
+                result[m] = theta
+        active = [m for m in finite if result[m] is None]
+        if not active:
+            break
+        for m in active:
+            betas[m].append(host[m])
+        keep = torch.zeros(k, dtype=torch.bool, device=start.device)
+        keep[active] = True
+        beta = torch.where(keep, beta, 1.0)
+        basis[j + 1] = torch.where(keep[:, None], w / beta[:, None], 0.0)
+    for m, (theta, _) in zip(active, _top_ritz_many([alphas[m] for m in active], [betas[m] for m in active])):
+        result[m] = theta
+    return [float(r) for r in result]  # type: ignore[arg-type]
+
+
 def _top_ritz(alphas: list[float], betas: list[float]) -> tuple[float, float]:
-    """The top eigenvalue of the Lanczos tridiagonal matrix and the last entry of its eigenvector
-    (finite entries; scaled to unit size first, so that huge curvatures near divergence stay in range)."""
-    scale = max(max(abs(a) for a in alphas), max(betas, default=0.0)) or 1.0
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64) / scale)
-    if betas:
-        off = torch.tensor(betas, dtype=torch.float64) / scale
-        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    """The top eigenvalue of the Lanczos tridiagonal matrix and the last entry of its eigenvector."""
+    return _top_ritz_many([alphas], [betas])[0]
+
+
+def _top_ritz_many(alphas: list[list[float]], betas: list[list[float]]) -> list[tuple[float, float]]:
+    """``_top_ritz`` of several tridiagonal matrices of one size, in one batched eigh. Each is
+    scaled to unit size first (finite entries), so that huge curvatures near divergence stay in range."""
+    if not alphas:
+        return []
+    a = torch.tensor(alphas, dtype=torch.float64)
+    b = torch.tensor(betas, dtype=torch.float64).reshape(len(alphas), -1)
+    scale = a.abs().amax(dim=1)
+    if b.shape[1]:
+        scale = torch.maximum(scale, b.amax(dim=1))
+    scale = torch.where(scale > 0, scale, 1.0)
+    t = torch.diag_embed(a / scale[:, None])
+    if b.shape[1]:
+        off = b / scale[:, None]
+        t = t + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
     values, vectors = torch.linalg.eigh(t)
-    return float(values[-1]) * scale, float(vectors[-1, -1])
+    return list(zip((values[:, -1] * scale).tolist(), vectors[:, -1, -1].tolist()))
 
 
 # ----- test error ------------------------------------------------------------------------------------

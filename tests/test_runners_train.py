@@ -233,8 +233,10 @@ def test_a_run_diverging_at_a_cadence_step_records_its_metrics_and_ends_diverged
     assert outcome.status == "diverged"
     sharp = alone.values(SHARPNESS)
     assert len(sharp) >= 2 and math.isfinite(sharp[0]) and not math.isfinite(sharp[-1])
-    sinks = [ListSink(), ListSink()]
-    outcomes = train_ensemble([config, config.replace(eta=0.1)], sinks, device="cpu")
-    assert [o.status for o in outcomes] == ["diverged", "completed"]
-    assert outcomes[0].diverged_at == outcome.diverged_at
-    assert all(math.isfinite(v) for v in sinks[1].values(SHARPNESS))
+    for batched in (False, True):
+        sinks = [ListSink(), ListSink()]
+        outcomes = train_ensemble([config, config.replace(eta=0.1)], sinks, device="cpu", batched_sharpness=batched)
+        assert [o.status for o in outcomes] == ["diverged", "completed"]
+        assert outcomes[0].diverged_at == outcome.diverged_at
+        assert all(math.isfinite(v) for v in sinks[1].values(SHARPNESS))
+        assert not math.isfinite(sinks[0].values(SHARPNESS)[-1])
