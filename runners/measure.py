@@ -237,32 +237,15 @@ def top_hessian_eigenvalue(
     grads = torch.autograd.grad(loss, params, create_graph=True)
     sizes = [p.numel() for p in params]
     dtype, device = params[0].dtype, params[0].device
-    steps = max(1, min(iters, sum(sizes)))
-    basis = torch.zeros(steps, sum(sizes), dtype=dtype, device=device)
     start = torch.cat([torch.randn(p.shape, generator=generator, dtype=dtype).reshape(-1) for p in params])
-    basis[0] = start.to(device) / start.norm()
-    alphas: list[float] = []  # the tridiagonal matrix, on the host (at most iters x iters)
-    betas: list[float] = []
-    for j in range(steps):
-        vec = [part.view_as(p) for part, p in zip(basis[j].split(sizes), params)]
-        hv = torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads, params, grad_outputs=vec, retain_graph=True)])
-        alphas.append(float(hv @ basis[j]))
-        if not math.isfinite(alphas[-1]):  # a diverging network: the non-finite value is the data
-            return alphas[-1]
-        if j + 1 == steps:
-            break
-        w = hv - alphas[-1] * basis[j] - (betas[-1] * basis[j - 1] if betas else 0.0)
-        done = basis[: j + 1]
-        w = w - (done @ w) @ done  # one full reorthogonalisation pass keeps the basis orthonormal
-        beta = float(torch.linalg.vector_norm(w))
-        if not math.isfinite(beta):
-            return beta
-        theta, last = _top_ritz(alphas, betas)
-        if beta * abs(last) <= tol * max(abs(theta), 1e-300):  # converged, or an exact invariant subspace
-            return theta
-        betas.append(beta)
-        basis[j + 1] = w / beta
-    return _top_ritz(alphas, betas)[0]
+
+    def hvp(rows: Tensor) -> Tensor:
+        vec = [part.view_as(p) for part, p in zip(rows[0].split(sizes), params)]
+        hv = torch.autograd.grad(grads, params, grad_outputs=vec, retain_graph=True)
+        return torch.cat([h.reshape(-1) for h in hv]).unsqueeze(0)
+
+    steps = max(1, min(iters, sum(sizes)))
+    return _lanczos_group(hvp, start.to(device).unsqueeze(0), steps, tol)[0]
 
 
 def top_hessian_eigenvalues(
@@ -307,7 +290,9 @@ def top_hessian_eigenvalues(
 
 
 def _lanczos_group(hvp: Callable[[Tensor], Tensor], start: Tensor, steps: int, tol: float) -> list[float]:
-    """Lanczos on the rows of ``start`` (one member each) at once; see ``top_hessian_eigenvalue``."""
+    """Lanczos with full reorthogonalisation on the rows of ``start`` (one member each) at once, each
+    row stopping by its own residual; ``hvp`` maps rows to their Hessian-vector products. The one
+    implementation behind ``top_hessian_eigenvalue`` (one row) and ``top_hessian_eigenvalues``."""
     k = start.shape[0]
     basis = torch.zeros(steps, *start.shape, dtype=start.dtype, device=start.device)
     basis[0] = start / torch.linalg.vector_norm(start, dim=1, keepdim=True)
@@ -353,14 +338,10 @@ def _lanczos_group(hvp: Callable[[Tensor], Tensor], start: Tensor, steps: int, t
     return [float(r) for r in result]  # type: ignore[arg-type]
 
 
-def _top_ritz(alphas: list[float], betas: list[float]) -> tuple[float, float]:
-    """The top eigenvalue of the Lanczos tridiagonal matrix and the last entry of its eigenvector."""
-    return _top_ritz_many([alphas], [betas])[0]
-
-
 def _top_ritz_many(alphas: list[list[float]], betas: list[list[float]]) -> list[tuple[float, float]]:
-    """``_top_ritz`` of several tridiagonal matrices of one size, in one batched eigh. Each is
-    scaled to unit size first (finite entries), so that huge curvatures near divergence stay in range."""
+    """The top eigenvalue of each Lanczos tridiagonal matrix (all of one size) and the last entry of
+    its eigenvector, in one batched eigh. Each is scaled to unit size first (finite entries), so that
+    huge curvatures near divergence stay in range."""
     if not alphas:
         return []
     a = torch.tensor(alphas, dtype=torch.float64)
