@@ -6,8 +6,8 @@ Model: the stacked MLP (depth 3, teacher task, batch 128, the default 256-exampl
 20 Hessian-vector products), members a (gamma, eta, seed) grid, trained 50 steps first. Variants,
 interleaved round by round:
 
-  per-member   what ensembles did before: load each member into a solo model and run
-               ``top_hessian_eigenvalue`` on it (K separate Lanczos runs)
+  per-member   ``_Ensemble._sharpness_of`` for each member (the CPU default): load it into a solo
+               model and run ``top_hessian_eigenvalue`` on it (K separate Lanczos runs)
   batched      ``_Ensemble._sharpness``: ``top_hessian_eigenvalues`` on the stack (one Hessian-vector
                product of the stacked model per Lanczos step serves every member)
 
@@ -28,23 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from runners.config import RunConfig  # noqa: E402
-from runners.data import DataStream, make_task, mix_seed  # noqa: E402
+from runners.data import DataStream, make_task  # noqa: E402
 from runners.ensemble import _Ensemble  # noqa: E402
-from runners.measure import top_hessian_eigenvalue  # noqa: E402
-from runners.models import make_loss  # noqa: E402
 
 
 def per_member(model: _Ensemble, step: int) -> list[float]:
-    solo, loss_fn, batch = model._scratch(), make_loss(model.config), model.sharp
-    out = []
-    for j, i in enumerate(model.members):
-        model.stack.load_member(j, solo.net, solo.init_net)
-        solo.gamma = float(model.configs[i].gamma)
-        generator = torch.Generator().manual_seed(mix_seed(model.configs[i].seed, step))
-        out.append(top_hessian_eigenvalue(lambda: loss_fn(solo(batch.x), batch.y, batch.labels),
-                                          solo.trainable_parameters(), iters=model.config.sharpness_iters,
-                                          generator=generator))
-    return out
+    return [model._sharpness_of(j, step) for j in range(len(model.members))]
 
 
 def main() -> None:
