@@ -19,7 +19,6 @@ from gammadb.records import RunRecord
 from gammadb.schema import RunStatus
 from gammadb.store import Store
 from gammadb.urls import resolve_url
-from runners.config import RunConfig
 from runners.spec import SweepSpec
 
 if TYPE_CHECKING:
@@ -30,6 +29,7 @@ from runners.sweep import (
     SweepReport,
     WorkOptions,
     advance_adaptive,
+    point_key,
     prepare,
     run_sweep,
     run_spec,
@@ -85,8 +85,7 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
         planned = {run_spec(c).point_key() for c in plan.configs}
 
         def plan_runs() -> list[RunRecord]:
-            return [r for r in store.runs(sweep=plan.name)
-                    if run_spec(RunConfig.from_dict(r.config)).point_key() in planned]
+            return [r for r in store.runs(sweep=plan.name) if point_key(r) in planned]
 
         if plan.adaptive:  # the workers scan together: create the first levels, they do the rest
             advance_adaptive(store, plan.name)

@@ -105,6 +105,11 @@ def run_spec(config: RunConfig) -> RunSpec:
     )
 
 
+def point_key(run: RunRecord) -> str:
+    """The key of a stored run's grid point (equal to ``run_spec(config).point_key()`` of its config)."""
+    return run_spec(RunConfig.from_dict(run.config)).point_key()
+
+
 def prepare(store: Store, plan: SweepPlan) -> tuple[int, list[RunRecord]]:
     """Validate every config (nothing is written when one is bad), then create the sweep and runs."""
     if not plan.configs:
@@ -374,6 +379,9 @@ def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: Wor
     return statuses
 
 
+_LOSS = MetricKey("loss")
+
+
 class _StoreSink:
     """Adapts the trainer's per-step calls to the batched writer (which only appends to a list)."""
 
@@ -381,13 +389,16 @@ class _StoreSink:
         self.writer, self.run_id, self.total, self.reporter = writer, run_id, total, reporter
         self.last_step = 0
         self.last_loss: Optional[float] = None
-        self._loss_key = MetricKey("loss")
         self._every = max(1, total // 200)
 
     def log(self, step: int, values: Mapping[MetricKey, float]) -> None:
         self.writer.log(self.run_id, step, values)
+        self.logged(step, values.get(_LOSS, self.last_loss))
+
+    def logged(self, step: int, loss: Optional[float]) -> None:
+        """Note a step handed to the writer (by ``log`` or an ensemble's ``log_block``)."""
         self.last_step = step
-        self.last_loss = values.get(self._loss_key, self.last_loss)
+        self.last_loss = loss
         if step % self._every == 0:
             self.reporter.step(self.run_id, step, self.total)
 
@@ -399,13 +410,9 @@ class _StoreSinks(list):
                   rows: Sequence[Sequence[float]]) -> None:
         sinks = [self[i] for i in members]
         sinks[0].writer.log_block(step, [sink.run_id for sink in sinks], keys, rows)
-        loss = keys.index(sinks[0]._loss_key) if sinks[0]._loss_key in keys else None
+        loss = keys.index(_LOSS) if _LOSS in keys else None
         for sink, row in zip(sinks, rows):
-            sink.last_step = step
-            if loss is not None:
-                sink.last_loss = row[loss]
-            if step % sink._every == 0:
-                sink.reporter.step(sink.run_id, step, sink.total)
+            sink.logged(step, row[loss] if loss is not None else sink.last_loss)
 
 
 @dataclasses.dataclass
@@ -463,7 +470,7 @@ def advance_adaptive(store: Store, sweep: str) -> int:
     spec = spec_from_dict(rec.spec)
     if not spec.adaptive:
         return 0
-    stored = {run_spec(RunConfig.from_dict(r.config)).point_key(): r.status for r in store.runs(sweep=sweep)}
+    stored = {point_key(r): r.status for r in store.runs(sweep=sweep)}
     new: list[RunSpec] = []
     for ladder in _ladders(spec.expand(check_files=False)):
         for eta, configs in ladder.levels:
