@@ -1,6 +1,6 @@
 """Altair charts of loss curves, trajectory collapse and per-step metrics.
 
-Builders take already-reduced polars frames (see :mod:`analysis.downsample`: a few thousand rows),
+Builders take already-reduced polars frames (see :mod:`gammadb.analysis.downsample`: a few thousand rows),
 return an ``alt.Chart`` (or a compound chart) and never save; :func:`save_chart` does that.
 Encodings carry explicit types and log scales are explicit.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import polars as pl
 
-from analysis.downsample import (
+from gammadb.analysis.downsample import (
     DEFAULT_PER_DECADE,
     bucketed_series,
     curve_bands,
@@ -28,8 +28,8 @@ from gammadb.metrics import LOSS
 if TYPE_CHECKING:
     import altair as alt
 
-    from analysis.collapse import CollapseReport
-    from analysis.plateaus import PlateauOptions
+    from gammadb.analysis.collapse import CollapseReport
+    from gammadb.analysis.plateaus import PlateauOptions
     from gammadb.store import Store
 
 WIDTH, HEIGHT = 460, 300
@@ -80,7 +80,7 @@ def curves_chart(bands: pl.DataFrame, marks: Optional[pl.DataFrame] = None, *, x
                  metric: str = "loss", y_log: Optional[bool] = None, title: Optional[str] = None) -> "alt.Chart":
     """Seed-mean curves on log-log axes, one colour per gamma, with a min/max band.
 
-    ``bands``: :func:`analysis.downsample.curve_bands` (series, gamma, eta, step, tau, mean, lo, hi,
+    ``bands``: :func:`gammadb.analysis.downsample.curve_bands` (series, gamma, eta, step, tau, mean, lo, hi,
     n_runs). ``marks`` (optional): kind ('plateau' | 'drop'), gamma, eta, seed, step, tau, x2 columns
     step_end / tau_end (plateau), value; drawn as a plateau bar and a triangle at each drop.
     """
@@ -138,7 +138,7 @@ def _mark_layers(marks: pl.DataFrame, x: str, yscale: Any, color: Any, log_y: bo
 
 
 def plateau_marks(table: pl.DataFrame, drops: pl.DataFrame) -> pl.DataFrame:
-    """Chart marks from :func:`analysis.plateaus.detect_plateaus`' tables: a 'plateau' bar from the
+    """Chart marks from :func:`gammadb.analysis.plateaus.detect_plateaus`' tables: a 'plateau' bar from the
     first step to the plateau's end at the initial level, and a 'drop' point at each drop's step
     (at the geometric mean of the loss before and after)."""
     schema = {"kind": pl.String, "run_id": pl.Int64, "gamma": pl.Float64, "eta": pl.Float64, "seed": pl.Int64,
@@ -168,7 +168,7 @@ def collapse_chart(curves: pl.DataFrame, *, metric: str = "loss", log_y: bool = 
                    reference: Optional[dict[str, Any]] = None, max_rows: int = 15_000) -> "alt.HConcatChart":
     """Raw time, the theory's tau = eta t / gamma, and the fitted time scale, side by side.
 
-    ``curves``: :attr:`analysis.collapse.CollapseReport.curves` (run_id, gamma, eta, seed, step, tau,
+    ``curves``: :attr:`gammadb.analysis.collapse.CollapseReport.curves` (run_id, gamma, eta, seed, step, tau,
     t_fit, value); one line per run, coloured by gamma.
     """
     import altair as alt
@@ -207,7 +207,7 @@ def metric_chart(bands: pl.DataFrame, *, metric: str, facet: str = "gamma", x: s
                  y_log: Optional[bool] = None, two_over_eta: bool = False, columns: int = 3) -> "alt.FacetChart":
     """A per-step metric against step or tau, one panel per gamma (or eta).
 
-    ``bands``: :func:`analysis.downsample.curve_bands` frames of every layer, with a ``layer`` column.
+    ``bands``: :func:`gammadb.analysis.downsample.curve_bands` frames of every layer, with a ``layer`` column.
     Colour: the layer when there are several, else the other of gamma / eta. ``two_over_eta`` adds
     the dashed 2/eta line (sharpness at the edge of stability).
     """
@@ -338,8 +338,8 @@ def curves_figure(store: "Store", sweep: str, *, metric: str = "loss", where: Se
                   per_decade: int = DEFAULT_PER_DECADE, max_rows: int = 20_000,
                   opts: Optional["PlateauOptions"] = None) -> tuple[Any, dict[str, Any]]:
     """The curves chart of a sweep's selected runs, and a summary (runs, curves, rows, marks)."""
-    from analysis.collapse import parse_metric
-    from analysis.plateaus import PlateauOptions, detect_plateaus
+    from gammadb.analysis.collapse import parse_metric
+    from gammadb.analysis.plateaus import PlateauOptions, detect_plateaus
 
     _check_x(x)
     key = parse_metric(metric)
@@ -370,7 +370,7 @@ def metric_figure(store: "Store", sweep: str, *, metric: str, facet: str = "gamm
                   two_over_eta: Optional[bool] = None, per_decade: int = DEFAULT_PER_DECADE,
                   max_rows: int = 20_000) -> tuple[Any, dict[str, Any]]:
     """A metric faceted by gamma or eta: every layer of ``metric`` (``NAME``) or one (``NAME.lK``)."""
-    from analysis.collapse import parse_metric
+    from gammadb.analysis.collapse import parse_metric
     from gammadb.metrics import SHARPNESS, MetricKey
 
     key = parse_metric(metric)
@@ -386,7 +386,7 @@ def metric_figure(store: "Store", sweep: str, *, metric: str, facet: str = "gamm
         if not b.is_empty():
             frames.append(b.with_columns(pl.lit(layer, dtype=pl.Int64).alias("layer")))
     if not frames:
-        from analysis.collapse import missing_metric_message
+        from gammadb.analysis.collapse import missing_metric_message
 
         raise InvalidSpecError(missing_metric_message(store, key, sweep))
     bands = pl.concat(frames, how="diagonal_relaxed")
@@ -398,6 +398,6 @@ def metric_figure(store: "Store", sweep: str, *, metric: str, facet: str = "gamm
 
 
 def collapse_figure(report: "CollapseReport") -> Any:
-    """The collapse chart of a :class:`analysis.collapse.CollapseReport`."""
+    """The collapse chart of a :class:`gammadb.analysis.collapse.CollapseReport`."""
     label = report.metric.name if report.metric.layer == 0 else f"{report.metric.name} (layer {report.metric.layer})"
     return collapse_chart(report.curves, metric=label, log_y=report.transform == "log10", reference=report.reference)

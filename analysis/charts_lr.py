@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import polars as pl
 
-from analysis._common import GROUP_COLUMNS
+from gammadb.analysis._common import GROUP_COLUMNS
 
 if TYPE_CHECKING:
     import altair as alt
 
-    from analysis.optimal_lr import OptimalLr
-    from analysis.phase import PhaseMap
+    from gammadb.analysis.optimal_lr import OptimalLr
+    from gammadb.analysis.phase import PhaseMap
 
 MAX_GROUPS = 12  # one row of panels per group; beyond this a chart stops being readable
 DIVERGED_FILL = "#2b2b2b"

@@ -24,7 +24,7 @@ every window and the matched range of values end there: the claim is about early
 late-time convergence (e.g. the toy model's exponential approach to 0, whose rate is not a function
 of tau) would otherwise dominate an RMS in log loss.
 
-Curves are reduced and smoothed as in :mod:`analysis.plateaus` (Gaussian in log10 step, 0.05
+Curves are reduced and smoothed as in :mod:`gammadb.analysis.plateaus` (Gaussian in log10 step, 0.05
 decades; per-step metrics widen it to hold 16 logged steps, cadence metrics are only interpolated).
 """
 
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import polars as pl
 
-from analysis.downsample import DEFAULT_PER_DECADE, bucketed_series
-from analysis.plateaus import (
+from gammadb.analysis.downsample import DEFAULT_PER_DECADE, bucketed_series
+from gammadb.analysis.plateaus import (
     LN10,
     MIN_SPAN_DECADES,
     group_columns,
@@ -242,7 +242,7 @@ def collapse_frame(runs: pl.DataFrame, buckets: pl.DataFrame, *, metric: MetricK
                    opts: CollapseOptions = CollapseOptions(), reference: Optional[int] = None,
                    sweep: str = "", family: Optional[dict[str, Any]] = None) -> CollapseReport:
     """The collapse analysis of a family of runs (``runs``: run_id, gamma, eta, seed, diverged_at;
-    ``buckets``: :func:`analysis.downsample.bucket_frame` of the metric for those runs)."""
+    ``buckets``: :func:`gammadb.analysis.downsample.bucket_frame` of the metric for those runs)."""
     family = dict(family or {})
     if runs.height < 2:
         raise AnalysisError(f"collapse needs at least 2 runs; the family has {runs.height}")
@@ -417,7 +417,7 @@ def analyze_collapse(store: "Store", sweep: str, *, metric: MetricKey | str = LO
     or ``all``, among the runs ``where`` and ``run_ids`` select. Sweeps with several groups (depths,
     models...) use the largest; the others are named (select one with ``where``, e.g. "depth = 3")."""
     key = parse_metric(metric) if isinstance(metric, str) else metric
-    from analysis.downsample import select_runs
+    from gammadb.analysis.downsample import select_runs
 
     runs = select_runs(store, sweep, where, run_ids)
     runs = runs.filter(pl.col("status").is_in(["completed", "diverged"]))

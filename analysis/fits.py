@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import polars as pl
 
-from analysis._common import none_if_nan, percentile_ci
+from gammadb.analysis._common import none_if_nan, percentile_ci
 from gammadb.errors import AnalysisError, InvalidSpecError
 
 MIN_POINTS = 3  # a power law through 2 points has no residual: it says nothing about the law

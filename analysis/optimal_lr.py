@@ -30,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 import polars as pl
 
-from analysis._common import (
+from gammadb.analysis._common import (
     GROUP_COLUMNS,
     Criterion,
     RunTable,
@@ -40,7 +40,7 @@ from analysis._common import (
     percentile_ci,
     theory_exponent,
 )
-from analysis.fits import DEFAULT_BOOT, BrokenPowerLaw, broken_power_law, power_law
+from gammadb.analysis.fits import DEFAULT_BOOT, BrokenPowerLaw, broken_power_law, power_law
 from gammadb.errors import AnalysisError, InvalidSpecError
 
 TARGETS = ("eta_star", "eta_max")
@@ -135,7 +135,7 @@ def analyze(store: Any, sweep: str, *, budget: Optional[int] = None, settings: S
 
 
 def analyze_runs(table: RunTable, sweep: str, settings: Settings = Settings()) -> OptimalLr:
-    """The analysis of a per-run table (see :class:`analysis._common.RunTable`)."""
+    """The analysis of a per-run table (see :class:`gammadb.analysis._common.RunTable`)."""
     settings.check()
     runs = with_value(table.frame, settings.criterion)
     groups, runs = index_groups(runs)

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 import polars as pl
 
-from analysis._common import GROUP_COLUMNS, check_fraction, load_runs
-from analysis.optimal_lr import index_groups
+from gammadb.analysis._common import GROUP_COLUMNS, check_fraction, load_runs
+from gammadb.analysis.optimal_lr import index_groups
 from gammadb.errors import InvalidSpecError
 
 

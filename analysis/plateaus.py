@@ -2,7 +2,7 @@
 
 Method (all in log time, on the log loss, so that a decade of steps weighs the same early and late):
 
-1. **Reduce.** Each curve is bucketed on a log-spaced step grid (:mod:`analysis.downsample`,
+1. **Reduce.** Each curve is bucketed on a log-spaced step grid (:mod:`gammadb.analysis.downsample`,
    ``per_decade`` = 40 buckets a decade); a bucket keeps the mean of ln(loss) and its count.
 2. **Smooth.** Local-linear regression with a Gaussian kernel in log10(step), weighted by the bucket
    counts (so every minibatch loss in the window counts once; local-linear so that a sloped stretch
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import polars as pl
 
-from analysis.downsample import DEFAULT_PER_DECADE, bucket_frame, bucketed_series
+from gammadb.analysis.downsample import DEFAULT_PER_DECADE, bucket_frame, bucketed_series
 from gammadb.errors import AnalysisError, InvalidSpecError
 from gammadb.metrics import LOSS
 from gammadb.records import RUN_COLUMNS
@@ -285,7 +285,7 @@ def detect_plateaus(buckets: pl.DataFrame, runs: pl.DataFrame,
                     opts: PlateauOptions = PlateauOptions()) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per-run plateaus and drops.
 
-    ``buckets``: :func:`analysis.downsample.bucket_frame` of the loss; ``runs``: one row per run with
+    ``buckets``: :func:`gammadb.analysis.downsample.bucket_frame` of the loss; ``runs``: one row per run with
     run_id, gamma, eta, seed (and optionally diverged_at). Returns (runs table, drops table) with the
     columns of ``RUN_TABLE_SCHEMA`` and ``DROP_TABLE_SCHEMA``.
     """
@@ -542,7 +542,7 @@ def analyze_plateaus(store: "Store", sweep: str, run_ids: Optional[Sequence[int]
                      measure: str = "escape_step", where: Sequence[str] = ()) -> PlateauReport:
     """Plateaus of every run of ``sweep`` (or of those ``run_ids`` and ``where`` select) and the
     per-sweep scaling."""
-    from analysis.downsample import select_runs
+    from gammadb.analysis.downsample import select_runs
 
     runs = select_runs(store, sweep, where, run_ids)
     if runs.is_empty():

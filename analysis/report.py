@@ -1,5 +1,5 @@
 """One self-contained HTML page for a sweep: the spec, the learning-rate analyses (phase portrait,
-eta* fits; when :mod:`analysis.optimal_lr` is available), the loss curves, plateaus and staircases,
+eta* fits; when :mod:`gammadb.analysis.optimal_lr` is available), the loss curves, plateaus and staircases,
 trajectory collapse and per-step metrics, each with its table.
 
 The page needs nothing from the network: the Vega / Vega-Lite / vega-embed bundle is inlined once
@@ -74,7 +74,7 @@ class _Page:
         return s
 
     def chart(self, sec: Section, chart: Any, caption: str = "") -> None:
-        from analysis.charts_curves import chart_spec
+        from gammadb.analysis.charts_curves import chart_spec
 
         spec = chart_spec(chart)
         cap = f"<p class='caption'>{html.escape(caption)}</p>" if caption else ""
@@ -146,7 +146,7 @@ def _guard(page: _Page, sec: Section, what: str, fn: Callable[[], None]) -> None
 
 # ---------------------------------------------------------------------------------------- sections
 def _spec_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -> None:
-    from analysis.plateaus import group_columns
+    from gammadb.analysis.plateaus import group_columns
 
     sec = page.section("spec", "What was run")
     rec = store.get_sweep(sweep)
@@ -169,7 +169,7 @@ def _spec_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -
 def _lr_sections(page: _Page, store: "Store", sweep: str) -> None:
     sec = page.section("optimal-lr", "Learning rate: phase portrait and eta* fits")
     try:
-        from analysis import charts_lr, optimal_lr
+        from gammadb.analysis import charts_lr, optimal_lr
     except ImportError as exc:
         page.note(sec, f"the optimal-lr analysis is not available in this installation ({exc}); "
                        "run `gammadb analyze optimal-lr` once it is")
@@ -187,7 +187,7 @@ def _lr_sections(page: _Page, store: "Store", sweep: str) -> None:
     _guard(page, sec, "optimal-lr analysis", lr)
     psec = page.section("phases", "Phases: diverged, trained, under-trained, catapult")
     try:
-        from analysis import phase
+        from gammadb.analysis import phase
     except ImportError as exc:
         page.note(psec, f"the phase analysis is not available in this installation ({exc})")
         psec.ok = False
@@ -205,8 +205,8 @@ def _lr_sections(page: _Page, store: "Store", sweep: str) -> None:
 def _curves_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame, family_ids: list[int],
                     fixed_eta: Optional[float], fixed_ids: list[int],
                     plateau_tables: tuple[pl.DataFrame, pl.DataFrame], group_label: str = "") -> None:
-    from analysis.charts_curves import curves_chart, plateau_marks
-    from analysis.downsample import curve_bands
+    from gammadb.analysis.charts_curves import curves_chart, plateau_marks
+    from gammadb.analysis.downsample import curve_bands
     from gammadb.metrics import MetricKey
 
     sec = page.section("curves", "Loss curves")
@@ -242,7 +242,7 @@ def _plateau_section(page: _Page, rep: Any, error: Optional[str]) -> None:
 
 
 def _plateau_body(page: _Page, sec: Section, rep: Any) -> None:
-    from analysis.charts_curves import scaling_chart
+    from gammadb.analysis.charts_curves import scaling_chart
 
     o = rep.options
     page.text(sec, f"Smoothed log loss in log time ({o.to_dict()['smoother']}, bandwidth {o.bandwidth} decades, "
@@ -273,8 +273,8 @@ def _plateau_body(page: _Page, sec: Section, rep: Any) -> None:
 
 
 def _collapse_section(page: _Page, store: "Store", sweep: str, gamma_min: Optional[float]) -> None:
-    from analysis.charts_curves import collapse_figure
-    from analysis.collapse import analyze_collapse
+    from gammadb.analysis.charts_curves import collapse_figure
+    from gammadb.analysis.collapse import analyze_collapse
 
     sec = page.section("collapse", "Trajectory collapse: tau = eta t / gamma")
 
@@ -299,7 +299,7 @@ def _collapse_section(page: _Page, store: "Store", sweep: str, gamma_min: Option
 
 
 def _metric_sections(page: _Page, store: "Store", sweep: str, family_ids: list[int]) -> None:
-    from analysis.charts_curves import metric_figure
+    from gammadb.analysis.charts_curves import metric_figure
 
     known = store.read("SELECT DISTINCT name FROM metrics")
     names = [m for m in REPORT_METRICS if m in set(known["name"].to_list())] if not known.is_empty() else []
@@ -324,7 +324,7 @@ def _metric_sections(page: _Page, store: "Store", sweep: str, family_ids: list[i
 def build_report(store: "Store", sweep: str, *, static: bool = False, gamma_min: Optional[float] = 1.0,
                  include_lr: bool = True) -> tuple[str, list[Section]]:
     """The report's HTML text and its sections."""
-    from analysis.plateaus import analyze_plateaus, group_columns, select_family
+    from gammadb.analysis.plateaus import analyze_plateaus, group_columns, select_family
 
     runs = store.runs_frame(sweep)
     page = _Page(static)
@@ -404,7 +404,7 @@ def _render(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -> str:
         body.append(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>{notes}{''.join(s.blocks)}</section>")
     script = ""
     if page.specs and not page.static:
-        from analysis.charts_curves import script_json, vega_bundle
+        from gammadb.analysis.charts_curves import script_json, vega_bundle
 
         bundle = vega_bundle()
         specs = script_json({div: spec for div, spec in page.specs})

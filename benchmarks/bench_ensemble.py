@@ -41,9 +41,9 @@ from collections.abc import Callable, Mapping  # noqa: E402
 import torch  # noqa: E402
 
 from gammadb.metrics import MetricKey  # noqa: E402
-from runners.config import RunConfig  # noqa: E402
-from runners.ensemble import train_ensemble  # noqa: E402
-from runners.train import train  # noqa: E402
+from gammadb.runners.config import RunConfig  # noqa: E402
+from gammadb.runners.ensemble import train_ensemble  # noqa: E402
+from gammadb.runners.train import train  # noqa: E402
 
 BASE = RunConfig(model="mlp", task="teacher", depth=3, batch_size=128, cadence="none", ntk=False, sharpness=False)
 GAMMAS = (0.5, 1.0, 2.0, 4.0)

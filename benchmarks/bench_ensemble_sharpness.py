@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from runners.config import RunConfig  # noqa: E402
-from runners.data import DataStream, make_task  # noqa: E402
-from runners.ensemble import _Ensemble  # noqa: E402
+from gammadb.runners.config import RunConfig  # noqa: E402
+from gammadb.runners.data import DataStream, make_task  # noqa: E402
+from gammadb.runners.ensemble import _Ensemble  # noqa: E402
 
 
 def per_member(model: _Ensemble, step: int) -> list[float]:

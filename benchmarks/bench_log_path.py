@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gammadb.metrics import FEATURE_ALIGNMENT, LOSS, WEIGHT_CHANGE, MetricKey  # noqa: E402
 from gammadb.records import RunSpec  # noqa: E402
 from gammadb.store import Store  # noqa: E402
-from runners.sweep import NullReporter, _StoreSink, _StoreSinks  # noqa: E402
+from gammadb.runners.sweep import NullReporter, _StoreSink, _StoreSinks  # noqa: E402
 
 KEYS = [MetricKey(LOSS)] + [MetricKey(WEIGHT_CHANGE, layer) for layer in (1, 2, 3)] + [MetricKey(FEATURE_ALIGNMENT)]
 

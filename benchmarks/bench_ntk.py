@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from gammadb.metrics import NTK_ALIGNMENT, NTK_DISTANCE
-from runners import measure
-from runners.config import RunConfig
-from runners.data import make_task
-from runners.models import build_model
-from runners.train import ListSink, train
+from gammadb.runners import measure
+from gammadb.runners.config import RunConfig
+from gammadb.runners.data import make_task
+from gammadb.runners.models import build_model
+from gammadb.runners.train import ListSink, train
 
 BASE = RunConfig(model="mlp", task="mnist5k", width=256, depth=3, batch_size=128, gamma=1.0, eta=0.05)
 TASKS = ("mnist5k", "teacher")

@@ -1,4 +1,4 @@
-"""Sharpness: Lanczos (what runners.measure.top_hessian_eigenvalue does) against the power iteration
+"""Sharpness: Lanczos (what gammadb.runners.measure.top_hessian_eigenvalue does) against the power iteration
 it replaced, at equal numbers of Hessian-vector products.
 
     python benchmarks/bench_sharpness.py [--products 5 10 20 40] [--steps 200] [--threads 1]
@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from runners.config import RunConfig  # noqa: E402
-from runners.data import DataStream, make_task  # noqa: E402
-from runners.measure import top_hessian_eigenvalue  # noqa: E402
-from runners.models import build_model, build_optimizer, make_loss  # noqa: E402
+from gammadb.runners.config import RunConfig  # noqa: E402
+from gammadb.runners.data import DataStream, make_task  # noqa: E402
+from gammadb.runners.measure import top_hessian_eigenvalue  # noqa: E402
+from gammadb.runners.models import build_model, build_optimizer, make_loss  # noqa: E402
 
 
 def power_iteration(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], *, iters: int,

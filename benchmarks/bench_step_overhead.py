@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from gammadb.metrics import MetricKey  # noqa: E402
-from runners.config import RunConfig  # noqa: E402
-from runners.data import DataStream, make_task  # noqa: E402
-from runners.models import build_model, build_optimizer, make_loss  # noqa: E402
-from runners.train import _Measurements, train  # noqa: E402
+from gammadb.runners.config import RunConfig  # noqa: E402
+from gammadb.runners.data import DataStream, make_task  # noqa: E402
+from gammadb.runners.models import build_model, build_optimizer, make_loss  # noqa: E402
+from gammadb.runners.train import _Measurements, train  # noqa: E402
 
 BASE = RunConfig(model="mlp", task="teacher", width=256, depth=3, batch_size=128, gamma=1.0, eta=0.05)
 

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from gammadb.store import Store
-from runners.config import RunConfig
-from runners.sweep import SweepPlan, prepare
+from gammadb.runners.config import RunConfig
+from gammadb.runners.sweep import SweepPlan, prepare
 
 ROOT = Path(__file__).parent.parent
 

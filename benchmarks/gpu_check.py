@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from gammadb.metrics import MetricKey  # noqa: E402
-from runners.config import RunConfig  # noqa: E402
-from runners.ensemble import train_ensemble  # noqa: E402
-from runners.train import train  # noqa: E402
+from gammadb.runners.config import RunConfig  # noqa: E402
+from gammadb.runners.ensemble import train_ensemble  # noqa: E402
+from gammadb.runners.train import train  # noqa: E402
 
 SUMMARY: list[str] = []
 
@@ -351,8 +351,8 @@ def part_e(device: str, smoke: bool) -> None:
     import statistics
 
     from benchmarks.bench_ensemble_sharpness import per_member
-    from runners.data import make_task
-    from runners.ensemble import _Ensemble
+    from gammadb.runners.data import make_task
+    from gammadb.runners.ensemble import _Ensemble
 
     say("== (e) ensemble sharpness: batched Lanczos vs member by member")
     dev = torch.device(device)

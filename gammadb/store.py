@@ -53,7 +53,7 @@ def worker_id() -> str:
 
 
 def migrations_dir() -> Path:
-    import migrations
+    import gammadb.migrations as migrations
 
     return Path(migrations.__file__).parent
 

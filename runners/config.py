@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args
 
 from gammadb.errors import InvalidSpecError
-from runners import datafiles  # torch-free
+from gammadb.runners import datafiles  # torch-free
 
 ModelName = Literal["mlp", "cnn", "resnet", "vit", "toy"]
 TaskName = Literal["teacher", "teacher_cls", "staircase", "gmm", "mnist5k", "mnist1m", "cifar5m", "toy"]
@@ -62,7 +62,7 @@ class RunConfig:
     """Everything that determines one training run (bit-for-bit on CPU).
 
     Units and conventions: ``gamma`` divides the centered output; the SGD learning rate is
-    ``width * eta`` (see ``runners.models.learning_rate``); ``steps`` counts SGD updates, each on a fresh
+    ``width * eta`` (see ``gammadb.runners.models.learning_rate``); ``steps`` counts SGD updates, each on a fresh
     batch of ``batch_size`` examples. ``seed`` sets the initial weights only; the data stream is set by
     ``data_seed`` alone, so runs that differ only in ``seed`` see the same batches.
 
@@ -139,7 +139,7 @@ class RunConfig:
         """Raise InvalidSpecError (one line, says what to do) for bad input; return self.
 
         With ``check_files`` the data a task reads must exist: a missing data directory or file raises
-        ``runners.datafiles.DataNotFoundError``, which is both a NotFoundError and an InvalidSpecError.
+        ``gammadb.runners.datafiles.DataNotFoundError``, which is both a NotFoundError and an InvalidSpecError.
         """
         _one_of("model", self.model, MODELS)
         _one_of("task", self.task, TASKS)
@@ -302,7 +302,7 @@ def cadence_steps(cadence: str | int, steps: int) -> Container[int]:
     raise InvalidSpecError(f"cadence must be 'log', 'every', 'none' or a number of steps, got {cadence!r}")
 
 
-# ----- field parsing helpers (shared with runners.spec) ----------------------------------------
+# ----- field parsing helpers (shared with gammadb.runners.spec) ----------------------------------------
 _TYPE_HINTS: dict[str, Any] | None = None
 
 

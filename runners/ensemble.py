@@ -3,16 +3,16 @@
 The members of an ensemble may differ in ``gamma``, ``eta`` and ``seed`` only (``ensemble_key``); they
 see the same batches (the stream depends on ``data_seed`` alone) and are trained as one model whose
 parameters carry a leading member axis: weights of shape (K, fan_in, fan_out) multiplied with
-``torch.baddbmm``. The parameterisation is ``runners.models``'s, read from there (layer multipliers,
+``torch.baddbmm``. The parameterisation is ``gammadb.runners.models``'s, read from there (layer multipliers,
 ``learning_rate``, ``mse_prefactor``); each member's initial weights are drawn by ``build_net`` from its
 own seed, exactly as a solo run draws them. The backward pass runs on the sum of the member losses,
 whose gradient with respect to one member's parameters is that member's own gradient, so a member
 follows the trajectory it would follow alone (to rounding: a test holds float64 runs to 1e-10).
 
-Every member's values reach its own sink exactly as ``runners.train.train`` would log them: LOSS,
+Every member's values reach its own sink exactly as ``gammadb.runners.train.train`` would log them: LOSS,
 WEIGHT_CHANGE per layer and FEATURE_ALIGNMENT per step; TEST_LOSS, TEST_ACCURACY and DATA_PASSES on the
 cadence, computed on the stacked model; SHARPNESS on the cadence, on CUDA by one batched Lanczos on the
-stacked model (``runners.measure.top_hessian_eigenvalues``: one Hessian-vector product serves all
+stacked model (``gammadb.runners.measure.top_hessian_eigenvalues``: one Hessian-vector product serves all
 members, each member's start vector drawn as its solo run draws it), on the CPU member by member;
 NTK_ALIGNMENT and NTK_DISTANCE member by member on a scratch solo model loaded with the member's
 weights (the same code as ``train``).
@@ -24,7 +24,7 @@ member: batched matmuls and per-member reductions). It is then dropped from the 
 more compute. ``should_stop`` ends every running member 'stopped'.
 
 Checkpoints: with a ``CheckpointPolicy`` per member, every running member is saved on the policy's
-schedule, on stop and at the end, each as its own file in the solo format (``runners.checkpoint``), so
+schedule, on stop and at the end, each as its own file in the solo format (``gammadb.runners.checkpoint``), so
 a member resumes alone with ``train`` or in any later ensemble. An ensemble resumes when all its
 members' latest checkpoints are at the same step (members stopped together are); otherwise it starts
 from step 1 (the store upserts the steps it rewrites).
@@ -60,7 +60,7 @@ from gammadb.metrics import (
     WEIGHT_CHANGE,
     MetricKey,
 )
-from runners.checkpoint import (
+from gammadb.runners.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointClock,
     CheckpointPolicy,
@@ -70,10 +70,10 @@ from runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from runners.config import RunConfig
-from runners.data import Batch, DataStream, Task, make_task, mix_seed
-from runners.measure import TargetKernel, empirical_ntk, top_hessian_eigenvalue, top_hessian_eigenvalues
-from runners.models import (
+from gammadb.runners.config import RunConfig
+from gammadb.runners.data import Batch, DataStream, Task, make_task, mix_seed
+from gammadb.runners.measure import TargetKernel, empirical_ntk, top_hessian_eigenvalue, top_hessian_eigenvalues
+from gammadb.runners.models import (
     MLP,
     Centered,
     ToyNet,
@@ -85,7 +85,7 @@ from runners.models import (
     mse_prefactor,
     torch_dtype,
 )
-from runners.train import RunOutcome, Sink, checkpoint_step, resolve_device
+from gammadb.runners.train import RunOutcome, Sink, checkpoint_step, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _check(configs: Sequence[RunConfig], sinks: Sequence[Sink]) -> None:
             diff = ", ".join(f"{k} ({first[k]!r} vs {other[k]!r})" for k in sorted(first) if first[k] != other[k])
             raise InvalidSpecError(
                 f"config {i} differs from config 0 in {diff}: members of an ensemble may differ only in "
-                f"{', '.join(MEMBER_FIELDS)}; group configs by runners.ensemble.ensemble_key"
+                f"{', '.join(MEMBER_FIELDS)}; group configs by gammadb.runners.ensemble.ensemble_key"
             )
 
 
@@ -249,7 +249,7 @@ def _names_of(net: nn.Module) -> dict[int, str]:
 
 
 class _BmmMLP(_Stack):
-    """The MLP of ``runners.models.MLP`` for K members: h = m * (b + h W) per layer with W (K, fan_in,
+    """The MLP of ``gammadb.runners.models.MLP`` for K members: h = m * (b + h W) per layer with W (K, fan_in,
     fan_out), b (K, 1, fan_out), one ``baddbmm`` each (the solo layer is one ``addmm``)."""
 
     def __init__(self, nets: Iterable[MLP], k: int, template: MLP, device: torch.device, dtype: torch.dtype):
@@ -286,7 +286,7 @@ class _BmmMLP(_Stack):
 
 
 class _Toy(_Stack):
-    """``runners.models.ToyNet`` for K members: f_NN = x w_1 ... w_L, each w of shape (K, 1, 1)."""
+    """``gammadb.runners.models.ToyNet`` for K members: f_NN = x w_1 ... w_L, each w of shape (K, 1, 1)."""
 
     def __init__(self, nets: Iterable[ToyNet], k: int, template: ToyNet, device: torch.device, dtype: torch.dtype):
         names = _names_of(template)
@@ -375,7 +375,7 @@ def _build_stack(configs: Sequence[RunConfig], device: torch.device, dtype: torc
 
 
 def _member_losses(config: RunConfig, out: Tensor, y: Tensor, labels: Tensor | None) -> Tensor:
-    """(K,) the loss of ``runners.models.make_loss`` for each member's output out[k] (B, C)."""
+    """(K,) the loss of ``gammadb.runners.models.make_loss`` for each member's output out[k] (B, C)."""
     if config.loss_fn == "xent":
         assert labels is not None, "validated: xent needs a classification task"
         k, b, c = out.shape
@@ -418,7 +418,7 @@ class _Ensemble:
         return self.scratch
 
     def member_state(self, j: int, step: int, stream: DataStream) -> dict:
-        """The member at stack position ``j`` as a solo checkpoint (``runners.checkpoint``'s format)."""
+        """The member at stack position ``j`` as a solo checkpoint (``gammadb.runners.checkpoint``'s format)."""
         config = self.configs[self.members[j]]
         solo = self._scratch()
         self.stack.load_member(j, solo.net, solo.init_net)
@@ -516,7 +516,7 @@ class _Ensemble:
 
     @torch.no_grad()
     def _evaluate(self, chunk: int = 1000) -> tuple[list[float], list[float] | None]:
-        """Per member, as ``runners.measure.evaluate``: (mean test loss, accuracy or None)."""
+        """Per member, as ``gammadb.runners.measure.evaluate``: (mean test loss, accuracy or None)."""
         x, y, labels = self.test
         n = x.shape[0]
         total = torch.zeros(len(self.members), dtype=torch.float64, device=x.device)

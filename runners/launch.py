@@ -19,11 +19,11 @@ from gammadb.records import RunRecord
 from gammadb.schema import RunStatus
 from gammadb.store import Store
 from gammadb.urls import resolve_url
-from runners.spec import SweepSpec
+from gammadb.runners.spec import SweepSpec
 
 if TYPE_CHECKING:
     import polars as pl
-from runners.sweep import (
+from gammadb.runners.sweep import (
     NullReporter,
     SweepPlan,
     SweepReport,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
-from runners.models import ScaledLinear
+from gammadb.runners.models import ScaledLinear
 
 # ----- centered kernel alignment ------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from runners.config import RunConfig
+from gammadb.runners.config import RunConfig
 
 # ===== Parameterisation: the only place scale factors are defined =================================
 
@@ -51,7 +51,7 @@ def mse_prefactor(config: RunConfig) -> float:
 
     1 for the networks (PyTorch's MSELoss, as the authors train). 1/2 for the toy model: with
     loss = (f - y)^2 / 2 the Hessian at its minimum has top eigenvalue exactly
-    ``runners.toy.lambda_star`` (PAPER.md) and gradient descent at rate eta is stable iff
+    ``gammadb.runners.toy.lambda_star`` (PAPER.md) and gradient descent at rate eta is stable iff
     eta < 2 / lambda_star, so the closed form and the trainer agree.
     """
     return 0.5 if config.model == "toy" else 1.0
@@ -340,7 +340,7 @@ def weight_layers(model: nn.Module) -> list[Tensor]:
     """
     inner = model.net if isinstance(model, Centered) else model
     if not isinstance(inner, Net):
-        raise TypeError(f"weight_layers needs a runners.models network, got {type(inner).__name__}")
+        raise TypeError(f"weight_layers needs a gammadb.runners.models network, got {type(inner).__name__}")
     return inner.weight_layers()
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import tomllib
 
 from gammadb.errors import InvalidSpecError, NotFoundError
-from runners.config import RunConfig, field_names, parse_field_value
+from gammadb.runners.config import RunConfig, field_names, parse_field_value
 
 SWEPT = ("gamma", "eta", "seed")
 _TOP_KEYS = {"name", "preset", "gamma", "eta", "seeds", "steps", "adaptive", "decades_below", "ensemble",

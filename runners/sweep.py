@@ -28,7 +28,7 @@ from gammadb.records import RunRecord, RunSpec
 from gammadb.schema import RunStatus
 from gammadb.store import Store, worker_id
 from gammadb.writer import MetricWriter
-from runners.config import RunConfig
+from gammadb.runners.config import RunConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +243,7 @@ def work(store: Store, sweep: str, options: WorkOptions = WorkOptions(),
 def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: Reporter) -> RunStatus:
     """Train one claimed run and record its end. Exceptions in training mark it failed (with the
     error text) and the sweep goes on; a store failure or an interrupt propagates."""
-    from runners.train import resolve_device, train
+    from gammadb.runners.train import resolve_device, train
 
     _stop_if_requested()
     config = RunConfig.from_dict(run.config)
@@ -262,7 +262,7 @@ def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: 
 
 
 def _record_end(store: Store, run: RunRecord, outcome: Any, sink: "_StoreSink", reporter: Reporter) -> RunStatus:
-    """Record how a trained run ended (a runners.train.RunOutcome); return its status."""
+    """Record how a trained run ended (a gammadb.runners.train.RunOutcome); return its status."""
     if outcome.status == "stopped":  # interrupted on request: resumable, not a result
         store.reset_runs([run.id])
         return RunStatus.PENDING
@@ -276,11 +276,11 @@ def _record_end(store: Store, run: RunRecord, outcome: Any, sink: "_StoreSink", 
 
 
 def _checkpoint_policy(options: WorkOptions, run: RunRecord) -> Any:
-    """The run's checkpoint policy (a runners.checkpoint.CheckpointPolicy; None without a checkpoint
+    """The run's checkpoint policy (a gammadb.runners.checkpoint.CheckpointPolicy; None without a checkpoint
     directory), its directory cleared of checkpoints newer than what the store holds."""
     if options.checkpoint_dir is None:
         return None
-    from runners.checkpoint import CheckpointPolicy
+    from gammadb.runners.checkpoint import CheckpointPolicy
 
     policy = CheckpointPolicy(
         directory=Path(options.checkpoint_dir) / _safe(run.sweep) / str(run.id),
@@ -294,7 +294,7 @@ def _drop_checkpoints_ahead_of_store(directory: Path, steps_committed: int) -> N
     """A checkpoint can be newer than the last committed batch (the process died between saving it
     and the writer's next commit). Resuming from it would leave a gap in the series, so only
     checkpoints at or before the committed step count are kept; with none left the run restarts."""
-    from runners.checkpoint import checkpoint_files
+    from gammadb.runners.checkpoint import checkpoint_files
 
     for path in checkpoint_files(directory):  # named step_{t:09d}.pt
         if int(path.stem.split("_")[1]) > steps_committed:
@@ -305,7 +305,7 @@ def _drain_ensembles(store: Store, sweep_id: int, pending: Sequence[RunRecord], 
                      reporter: Reporter, done: int, total: int) -> Iterator[tuple[RunRecord, RunStatus]]:
     """Claim and train compatible pending runs in stacks of up to ``options.ensemble``; runs that
     cannot be stacked are left pending for the one-at-a-time loop."""
-    from runners.ensemble import can_ensemble, ensemble_key
+    from gammadb.runners.ensemble import can_ensemble, ensemble_key
 
     groups: dict[tuple, list[int]] = {}
     for r in pending:
@@ -359,8 +359,8 @@ def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: Wor
                            reporter: Reporter) -> list[RunStatus]:
     """Train claimed runs as one stacked model; each member is recorded as its own run (and, with a
     checkpoint directory, checkpointed as its own run)."""
-    from runners.ensemble import train_ensemble
-    from runners.train import resolve_device
+    from gammadb.runners.ensemble import train_ensemble
+    from gammadb.runners.train import resolve_device
 
     _stop_if_requested()
     configs = [RunConfig.from_dict(r.config) for r in runs]
@@ -464,7 +464,7 @@ def advance_adaptive(store: Store, sweep: str) -> int:
     range; return how many runs were created. Any number of workers may call it at once: runs are
     keyed by their point, so a level is created once. A failed run ends its level as a non-diverged
     one (as in the one-process scan)."""
-    from runners.spec import spec_from_dict
+    from gammadb.runners.spec import spec_from_dict
 
     rec = store.get_sweep(sweep)
     spec = spec_from_dict(rec.spec)

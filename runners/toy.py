@@ -1,10 +1,10 @@
 """The deep linear scalar model of PAPER.md: closed forms, and a numeric check on the real trainer.
 
 Model: width 1, depth L, one example x = 1, y = 1, balanced init w_l = 1,
-f = (w_1 ... w_L - 1) / gamma (``runners.models.ToyNet`` inside ``Centered``), trained by gradient
+f = (w_1 ... w_L - 1) / gamma (``gammadb.runners.models.ToyNet`` inside ``Centered``), trained by gradient
 descent at rate eta (lr = width * eta with width 1).
 
-Loss convention: the toy's loss is (f - y)^2 / 2 (``runners.models.mse_prefactor``). Reason: at the
+Loss convention: the toy's loss is (f - y)^2 / 2 (``gammadb.runners.models.mse_prefactor``). Reason: at the
 balanced minimum (prod w = 1 + gamma, residual 0) the Hessian is the Gauss-Newton term
 c * 2 * grad f grad f^T for loss c (f - y)^2, with |grad f|^2 = L (1 + gamma)^(2(L-1)/L) / gamma^2. With
 c = 1/2 its top eigenvalue is exactly PAPER.md's lambda* and GD is stable iff eta < 2 / lambda*; with
@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from runners.config import RunConfig
+from gammadb.runners.config import RunConfig
 
 
 def lambda_star(gamma: ArrayLike, depth: ArrayLike) -> np.ndarray:
@@ -53,7 +53,7 @@ def toy_config(gamma: float, eta: float, depth: int, *, steps: int = 1000, **fie
 def converges(gamma: float, eta: float, depth: int, *, steps: int = 1000, rel_tol: float = 1e-8) -> bool:
     """Whether the trainer takes the toy from its initial loss (1/2) below ``rel_tol`` times that
     within ``steps`` steps, without diverging."""
-    from runners.train import ListSink, train
+    from gammadb.runners.train import ListSink, train
 
     sink = ListSink()
     outcome = train(toy_config(gamma, eta, depth, steps=steps, cadence="none", sharpness=False), sink, device="cpu")

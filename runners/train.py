@@ -40,7 +40,7 @@ from gammadb.metrics import (
     WEIGHT_CHANGE,
     MetricKey,
 )
-from runners.checkpoint import (
+from gammadb.runners.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointClock,
     CheckpointPolicy,
@@ -50,10 +50,10 @@ from runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from runners.config import RunConfig
-from runners.data import DataStream, Task, make_task, mix_seed
-from runners.measure import TargetKernel, empirical_ntk, evaluate, preserved_buffers, top_hessian_eigenvalue
-from runners.models import (
+from gammadb.runners.config import RunConfig
+from gammadb.runners.data import DataStream, Task, make_task, mix_seed
+from gammadb.runners.measure import TargetKernel, empirical_ntk, evaluate, preserved_buffers, top_hessian_eigenvalue
+from gammadb.runners.models import (
     Centered,
     LossFn,
     build_model,

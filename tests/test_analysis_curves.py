@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from analysis.collapse import (
+from gammadb.analysis.collapse import (
     CollapseOptions,
     Curve,
     analyze_collapse,
@@ -22,7 +22,7 @@ from analysis.collapse import (
     parse_metric,
     rms_distance,
 )
-from analysis.downsample import (
+from gammadb.analysis.downsample import (
     bucket_frame,
     bucketed_series,
     parse_where,
@@ -30,7 +30,7 @@ from analysis.downsample import (
     select_runs,
     where_sql,
 )
-from analysis.plateaus import (
+from gammadb.analysis.plateaus import (
     PlateauOptions,
     analyze_plateaus,
     eta_max_table,

@@ -1,4 +1,4 @@
-"""`analysis.optimal_lr`: eta*, eta_max, eta_stable, eta_min per gamma and their power laws in gamma.
+"""`gammadb.analysis.optimal_lr`: eta*, eta_max, eta_stable, eta_min per gamma and their power laws in gamma.
 
 Synthetic sweeps with a known eta*(gamma) law go through `gammadb import` into a real store (SQLite
 and, with GAMMADB_TEST_PG_URL, PostgreSQL) and the analysis must recover the law; small hand-made
@@ -16,8 +16,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from analysis import optimal_lr as olr
-from analysis._common import Criterion, RunTable, load_runs, tail_start, theory_exponent, toy_eta_max
+from gammadb.analysis import optimal_lr as olr
+from gammadb.analysis._common import Criterion, RunTable, load_runs, tail_start, theory_exponent, toy_eta_max
 from gammadb.errors import AnalysisError, InvalidSpecError, NotFoundError
 from gammadb.store import Store
 from gammadb.transfer import import_frame
@@ -506,7 +506,7 @@ def test_a_group_where_everything_diverged_is_reported_not_fatal() -> None:
     assert all(p["eta_star"] is None and p["eta_max"] is None and p["eta_stable"] is None for p in dead["points"])
     assert all(p["reason"].startswith("every eta diverged at this gamma") for p in dead["points"])
     assert all(f["exponent"] is None for f in dead["fits"])
-    from analysis.charts_lr import optimal_lr_chart
+    from gammadb.analysis.charts_lr import optimal_lr_chart
 
     spec = optimal_lr_chart(res).to_dict()  # the empty group still draws: all its cells dark
     assert len(spec["vconcat"]) == 2

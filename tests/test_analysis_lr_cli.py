@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from analysis import charts_lr
-from analysis import optimal_lr as olr
-from analysis import phase as ph
+from gammadb.analysis import charts_lr
+from gammadb.analysis import optimal_lr as olr
+from gammadb.analysis import phase as ph
 from gammadb.cli import app
 from gammadb.cli.analyze import app as analyze_app
 from gammadb.store import Store

@@ -1,4 +1,4 @@
-"""`analysis.fits`: power laws in log-log space, the offset law and the smoothly broken power law."""
+"""`gammadb.analysis.fits`: power laws in log-log space, the offset law and the smoothly broken power law."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from analysis.fits import broken_power_law, fit_columns, loglog_slopes, offset_law, power_law
+from gammadb.analysis.fits import broken_power_law, fit_columns, loglog_slopes, offset_law, power_law
 from gammadb.errors import AnalysisError, InvalidSpecError
 
 

@@ -1,4 +1,4 @@
-"""`analysis.phase`: diverged / trained / under-trained / catapult cells and the trainable band."""
+"""`gammadb.analysis.phase`: diverged / trained / under-trained / catapult cells and the trainable band."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from analysis import phase as ph
-from analysis.optimal_lr import index_groups
+from gammadb.analysis import phase as ph
+from gammadb.analysis.optimal_lr import index_groups
 from gammadb.errors import InvalidSpecError
 from gammadb.store import Store
 from gammadb.transfer import import_frame

@@ -17,18 +17,18 @@ from gammadb.metrics import (
     TEST_ACCURACY,
     TEST_LOSS,
 )
-from runners.checkpoint import CheckpointPolicy, checkpoint_files
-from runners.config import RunConfig
-from runners.data import make_task
-from runners.ensemble import (
+from gammadb.runners.checkpoint import CheckpointPolicy, checkpoint_files
+from gammadb.runners.config import RunConfig
+from gammadb.runners.data import make_task
+from gammadb.runners.ensemble import (
     _Ensemble,
     can_ensemble,
     ensemble_key,
     group_ensembles,
     train_ensemble,
 )
-from runners.toy import toy_config
-from runners.train import ListSink, RunOutcome, train
+from gammadb.runners.toy import toy_config
+from gammadb.runners.train import ListSink, RunOutcome, train
 
 TOL = 1e-10
 SMALL = RunConfig(

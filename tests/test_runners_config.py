@@ -8,8 +8,8 @@ import math
 import pytest
 
 from gammadb.errors import InvalidSpecError, NotFoundError
-from runners.config import RunConfig, cadence_steps
-from runners.datafiles import DataNotFoundError
+from gammadb.runners.config import RunConfig, cadence_steps
+from gammadb.runners.datafiles import DataNotFoundError
 
 
 def test_defaults_validate_and_config_is_frozen() -> None:

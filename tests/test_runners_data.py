@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gammadb.errors import NotFoundError
-from runners import datafiles
-from runners.config import RunConfig
-from runners.data import DataStream, make_task, normalise_cifar, normalise_mnist
+from gammadb.runners import datafiles
+from gammadb.runners.config import RunConfig
+from gammadb.runners.data import DataStream, make_task, normalise_cifar, normalise_mnist
 
 SYNTHETIC = {
     "teacher": RunConfig(task="teacher", batch_size=8),

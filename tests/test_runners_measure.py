@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from runners.config import RunConfig
-from runners.measure import _ntk_by_example_gradients, _ntk_by_layers, empirical_ntk
-from runners.models import MLP, ScaledLinear, build_model
+from gammadb.runners.config import RunConfig
+from gammadb.runners.measure import _ntk_by_example_gradients, _ntk_by_layers, empirical_ntk
+from gammadb.runners.models import MLP, ScaledLinear, build_model
 
 # (input shape, depth, out_dim); 4x4 images go through MLP.features' flatten.
 MLPS = {

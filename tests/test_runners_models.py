@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from runners.config import RunConfig
-from runners.measure import TargetKernel, center_kernel, centered_alignment, empirical_ntk, top_hessian_eigenvalue
-from runners.models import build_model, build_optimizer, learning_rate, make_loss, weight_layers
+from gammadb.runners.config import RunConfig
+from gammadb.runners.measure import TargetKernel, center_kernel, centered_alignment, empirical_ntk, top_hessian_eigenvalue
+from gammadb.runners.models import build_model, build_optimizer, learning_rate, make_loss, weight_layers
 
 MODELS = {
     "mlp": RunConfig(width=16),

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from gammadb.errors import InvalidSpecError, NotFoundError
-from runners.config import RunConfig
-from runners.datafiles import DataNotFoundError
-from runners.spec import (
+from gammadb.runners.config import RunConfig
+from gammadb.runners.datafiles import DataNotFoundError
+from gammadb.runners.spec import (
     SweepSpec,
     list_presets,
     load_spec,

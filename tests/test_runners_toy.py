@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runners.toy import converges, eta_max, lambda_star, numeric_eta_max, toy_config
+from gammadb.runners.toy import converges, eta_max, lambda_star, numeric_eta_max, toy_config
 
 
 def test_closed_forms_vectorise_and_have_the_papers_limits() -> None:

@@ -21,11 +21,11 @@ from gammadb.metrics import (
     WEIGHT_CHANGE,
     MetricKey,
 )
-from runners.checkpoint import CheckpointPolicy, checkpoint_files, load_checkpoint
-from runners.config import RunConfig
-from runners.data import make_task
-from runners.toy import lambda_star, toy_config
-from runners.train import ListSink, resolve_device, train
+from gammadb.runners.checkpoint import CheckpointPolicy, checkpoint_files, load_checkpoint
+from gammadb.runners.config import RunConfig
+from gammadb.runners.data import make_task
+from gammadb.runners.toy import lambda_star, toy_config
+from gammadb.runners.train import ListSink, resolve_device, train
 
 SMALL = RunConfig(width=32, batch_size=16, steps=30, cadence=10, probe_size=16, test_size=200, sharpness_size=64, sharpness_iters=5)
 
@@ -224,7 +224,7 @@ def test_device_auto() -> None:
 def test_a_run_diverging_at_a_cadence_step_records_its_metrics_and_ends_diverged() -> None:
     """Near divergence the Hessian overflows: sharpness is logged as a non-finite value (data), the
     run ends 'diverged', alone and as an ensemble member, and the other member is unaffected."""
-    from runners.ensemble import train_ensemble
+    from gammadb.runners.ensemble import train_ensemble
 
     config = RunConfig(model="mlp", task="teacher", depth=3, width=64, batch_size=32, gamma=1.0, eta=31.6227766017,
                        steps=40, probe_size=32, test_size=100, sharpness_size=64, sharpness_iters=10)

@@ -16,8 +16,8 @@ import pytest
 
 from gammadb.schema import RunStatus
 from gammadb.store import Store
-from runners.config import RunConfig
-from runners.sweep import SweepPlan, WorkOptions, run_sweep
+from gammadb.runners.config import RunConfig
+from gammadb.runners.sweep import SweepPlan, WorkOptions, run_sweep
 
 ROOT = Path(__file__).parent.parent
 
@@ -91,7 +91,7 @@ def test_adaptive_scan_with_ensembles_stacks_each_ladder_and_finds_the_same_rang
     """--ensemble with the adaptive scan: a gamma's eta ladder is trained as stacks, the largest
     convergent eta and every shared run equal the one-at-a-time scan's, and the extra levels a round
     may train lie below the scan's range."""
-    import runners.ensemble as ensemble_module
+    import gammadb.runners.ensemble as ensemble_module
 
     sizes: list[int] = []
     real = ensemble_module.train_ensemble
@@ -133,7 +133,7 @@ def test_adaptive_scan_with_ensembles_stacks_each_ladder_and_finds_the_same_rang
 SCRIPT = textwrap.dedent("""
     import sys
     from gammadb.store import Store
-    from runners.sweep import SweepPlan, WorkOptions, run_sweep
+    from gammadb.runners.sweep import SweepPlan, WorkOptions, run_sweep
     from tests.test_sweep import tiny
     store = Store.open(sys.argv[1])
     p = SweepPlan(name="crash", spec={}, configs=[tiny(gamma=1.0, eta=0.05, steps=int(sys.argv[2]),
@@ -214,7 +214,7 @@ def test_ensemble_sweep_records_each_member_as_its_own_run(sqlite_url: str) -> N
 
 
 def test_an_exception_in_training_marks_the_run_failed_and_the_sweep_goes_on(store: Store, monkeypatch) -> None:
-    import runners.train as train_module
+    import gammadb.runners.train as train_module
 
     real = train_module.train
 

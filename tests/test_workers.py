@@ -18,9 +18,9 @@ from gammadb.cli import app
 from gammadb.errors import StoreUnavailableError
 from gammadb.schema import RunStatus
 from gammadb.store import Store
-from runners.config import RunConfig
-from runners.sweep import SweepPlan, prepare
-from runners.train import ListSink, train
+from gammadb.runners.config import RunConfig
+from gammadb.runners.sweep import SweepPlan, prepare
+from gammadb.runners.train import ListSink, train
 
 ROOT = Path(__file__).parent.parent
 
@@ -226,7 +226,7 @@ def test_repeated_sigkills_at_random_points_lose_and_duplicate_nothing(sqlite_ur
 
 def test_a_worker_without_ensemble_takes_the_sweep_specs(sqlite_url: str, tmp_path: Path, monkeypatch) -> None:
     """`gammadb worker` with no --ensemble stacks as the stored sweep spec says."""
-    import runners.ensemble as ensemble_module
+    import gammadb.runners.ensemble as ensemble_module
 
     sizes: list[int] = []
     real = ensemble_module.train_ensemble
@@ -241,8 +241,8 @@ def test_a_worker_without_ensemble_takes_the_sweep_specs(sqlite_url: str, tmp_pa
                     '[base]\nmodel = "mlp"\ntask = "teacher"\ndepth = 2\nwidth = 8\nbatch_size = 4\n'
                     'cadence = "none"\n')
     with Store.open(sqlite_url) as store:
-        from runners.launch import plan_of
-        from runners.spec import load_spec
+        from gammadb.runners.launch import plan_of
+        from gammadb.runners.spec import load_spec
 
         prepare(store, plan_of(load_spec(spec)))
     r = CliRunner().invoke(app, ["worker", "--sweep", "wk", "--url", sqlite_url, "--quiet"])
@@ -314,7 +314,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_finishes(sqlite_url: str, tmp_path:
         stopped = [r for r in runs if r.status == RunStatus.PENDING and r.steps_done > 0]
         assert stopped, [(r.status, r.steps_done) for r in runs]
         if checkpoints:
-            from runners.checkpoint import latest_checkpoint
+            from gammadb.runners.checkpoint import latest_checkpoint
 
             for r in stopped:
                 path = latest_checkpoint(tmp_path / "ck" / "term" / str(r.id))
@@ -337,9 +337,9 @@ ADAPTIVE = ('name = "ad"\ngamma = [0.5, 2.0]\neta = [1e4, 1e3, 100.0, 10.0, 1.0,
 def test_advance_adaptive_creates_each_next_level_once_its_ladder_allows(sqlite_url: str, tmp_path: Path) -> None:
     """The store-driven scan, step by step, without training: one level per ladder at a time, the
     next once every run of the level ended, none below the range; failed ends a level as non-diverged."""
-    from runners.launch import plan_of
-    from runners.spec import spec_from_toml
-    from runners.sweep import advance_adaptive
+    from gammadb.runners.launch import plan_of
+    from gammadb.runners.spec import spec_from_toml
+    from gammadb.runners.sweep import advance_adaptive
 
     with Store.open(sqlite_url) as store:
         plan = plan_of(spec_from_toml(ADAPTIVE))

@@ -72,8 +72,8 @@ def optimal_lr(
 
     Example: gammadb analyze optimal-lr --sweep toy --budget 2000 --json --chart toy.html
     """
-    from analysis import optimal_lr as olr
-    from analysis._common import Criterion
+    from gammadb.analysis import optimal_lr as olr
+    from gammadb.analysis._common import Criterion
     from gammadb.store import Store
 
     try:
@@ -91,7 +91,7 @@ def optimal_lr(
     else:
         _print_tables(olr.report_tables(result))
     if chart is not None:
-        from analysis.charts_lr import optimal_lr_chart
+        from gammadb.analysis.charts_lr import optimal_lr_chart
 
         save_chart(optimal_lr_chart(result), chart)
 
@@ -116,7 +116,7 @@ def fit(
 
     Example: gammadb analyze fit --sql "SELECT gamma, MIN(final_loss) AS best FROM run_overview GROUP BY gamma" --x gamma --y best
     """
-    from analysis.fits import fit_columns
+    from gammadb.analysis.fits import fit_columns
     from gammadb.store import Store
 
     if (sql is None) == (sweep is None):
@@ -155,7 +155,7 @@ def phase(
 
     Example: gammadb analyze phase --sweep toy --budget 2000 --chart phases.png
     """
-    from analysis import phase as ph
+    from gammadb.analysis import phase as ph
     from gammadb.store import Store
 
     _check_chart(chart)
@@ -166,6 +166,6 @@ def phase(
     else:
         _print_tables(ph.report_tables(result))
     if chart is not None:
-        from analysis.charts_lr import phase_chart
+        from gammadb.analysis.charts_lr import phase_chart
 
         save_chart(phase_chart(result), chart)

@@ -62,7 +62,7 @@ def plateaus(
 
     Example: gammadb analyze plateaus --sweep toy-L3 --json
     """
-    from analysis.plateaus import PlateauOptions, analyze_plateaus
+    from gammadb.analysis.plateaus import PlateauOptions, analyze_plateaus
     from gammadb.store import Store
 
     opts = PlateauOptions(per_decade=per_decade, bandwidth=bandwidth, min_samples=min_samples,
@@ -135,7 +135,7 @@ def collapse(
 
     Example: gammadb analyze collapse --sweep toy-L3 --family fixed --eta 0.1 --json
     """
-    from analysis.collapse import CollapseOptions, analyze_collapse
+    from gammadb.analysis.collapse import CollapseOptions, analyze_collapse
     from gammadb.store import Store
 
     opts = CollapseOptions(per_decade=per_decade, levels=levels, transform=transform.value, tau_max=tau_max)

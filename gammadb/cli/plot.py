@@ -45,7 +45,7 @@ def curves(sweep: SweepOpt, out: OutOpt = Path("curves.html"), metric: MetricOpt
 
     Example: gammadb plot curves --sweep toy-L3 --where "gamma >= 10" --x tau --out curves.html
     """
-    from analysis.charts_curves import curves_figure, save_chart
+    from gammadb.analysis.charts_curves import curves_figure, save_chart
     from gammadb.store import Store
 
     with Store.open(url) as store:
@@ -68,8 +68,8 @@ def collapse(sweep: SweepOpt, out: OutOpt = Path("collapse.html"), metric: Metri
 
     Example: gammadb plot collapse --sweep toy-L3 --eta 0.1 --out collapse.png
     """
-    from analysis.charts_curves import collapse_figure, save_chart
-    from analysis.collapse import CollapseOptions, analyze_collapse
+    from gammadb.analysis.charts_curves import collapse_figure, save_chart
+    from gammadb.analysis.collapse import CollapseOptions, analyze_collapse
     from gammadb.store import Store
 
     with Store.open(url) as store:
@@ -93,7 +93,7 @@ def metric(sweep: SweepOpt, metric: MetricOpt, out: OutOpt = Path("metric.html")
 
     Example: gammadb plot metric --sweep mlp --metric weight_change --facet gamma --out wc.svg
     """
-    from analysis.charts_curves import metric_figure, save_chart
+    from gammadb.analysis.charts_curves import metric_figure, save_chart
     from gammadb.store import Store
 
     with Store.open(url) as store:

@@ -25,7 +25,7 @@ def report(
 
     Example: gammadb report --sweep toy-L3 --out report.html
     """
-    from analysis.report import write_report
+    from gammadb.analysis.report import write_report
     from gammadb.store import Store
 
     with Store.open(url) as store:

@@ -66,7 +66,7 @@ def run(
     Example: gammadb run --model mlp --depth 3 --width 256 --gamma 1e-2:1e2:9 --eta 1e-3:1e3:13 --seeds 3 --steps 2000 --task teacher
     """
     from gammadb.errors import InvalidSpecError
-    from runners import spec as specs
+    from gammadb.runners import spec as specs
 
     if list_presets:
         for p in specs.list_presets():
@@ -97,7 +97,7 @@ def run(
         raise InvalidSpecError("--workers must be >= 1")
     if ensemble is not None and ensemble < 1:
         raise InvalidSpecError("--ensemble must be >= 1")
-    from runners.launch import LaunchOptions, launch
+    from gammadb.runners.launch import LaunchOptions, launch
 
     report = launch(url, sweep_spec, LaunchOptions(
         device=device, workers=workers, launcher=launcher.value, partition=partition,
@@ -125,7 +125,7 @@ def worker(
 
     Example: gammadb worker --sweep mnist --url postgresql+psycopg://user@db-host/gammadb --device cuda
     """
-    from runners.launch import worker_main
+    from gammadb.runners.launch import worker_main
 
     echo(worker_main(url, sweep, device=device, max_runs=max_runs, grace=grace, checkpoint_dir=checkpoint_dir,
                      checkpoint_every=checkpoint_every, threads=threads, quiet=quiet, ensemble=ensemble))
