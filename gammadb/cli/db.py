@@ -13,7 +13,10 @@ app = new_app("Create, upgrade and inspect the store's schema.")
 
 @app.command("upgrade")
 def upgrade(url: UrlOpt = None,
-            revision: Annotated[str, typer.Option(help="Target revision.")] = "head") -> None:
+            revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+            force: Annotated[bool, typer.Option(
+                "--force", help="Add gammadb's tables to a database that holds another program's tables.")] = False,
+            ) -> None:
     """Create the store or upgrade its schema to the newest revision (under a lock).
 
     Example: gammadb db upgrade --url postgresql+psycopg://postgres@127.0.0.1/gammadb
@@ -21,7 +24,7 @@ def upgrade(url: UrlOpt = None,
     from gammadb.store import Store
 
     with Store.open(url, check=False) as store:
-        before, after = store.upgrade(revision)
+        before, after = store.upgrade(revision, force=force)
         echo(f"{store.display_url}: {before or 'empty'} -> {after}")
 
 
@@ -31,13 +34,10 @@ def current(url: UrlOpt = None) -> None:
 
     Example: gammadb db current
     """
-    from gammadb.store import Store, head_revision
+    from gammadb.store import Store
 
     with Store.open(url, check=False) as store:
-        rev = store.current_revision()
-        head = head_revision()
-        state = "up to date" if rev == head else "run `gammadb db upgrade`" if rev else "empty"
-        echo(f"{rev or 'none'} (head {head}: {state})")
+        echo(store.revision_status())
 
 
 @app.command("downgrade")
@@ -52,6 +52,26 @@ def downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g
     with Store.open(url, check=False) as store:
         store.downgrade(revision)
         echo(f"{store.display_url}: now at {store.current_revision() or 'base'}")
+
+
+@app.command("reader-role")
+def reader_role(name: Annotated[str, typer.Argument(help="Name of the LOGIN role to create or update.")],
+                url: UrlOpt = None,
+                password: Annotated[str | None, typer.Option(
+                    envvar="GAMMADB_READER_PASSWORD",
+                    help="Its password (or $GAMMADB_READER_PASSWORD, which keeps it out of `ps`).")] = None) -> None:
+    """PostgreSQL: create (idempotently) a role that can read every table and view and write none,
+    and print the URL a reader uses.
+
+    Example: GAMMADB_READER_PASSWORD=s3cret gammadb db reader-role analyst
+    """
+    from gammadb.roles import create_reader_role
+    from gammadb.store import Store
+    from gammadb.urls import mask
+
+    with Store.open(url) as store:
+        role = create_reader_role(store, name, password)
+    echo(f"{'created' if role.created else 'updated'} reader role {role.name}: {mask(role.url)}")
 
 
 @app.command("summarize")

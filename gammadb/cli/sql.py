@@ -12,7 +12,8 @@ from gammadb.cli.common import Format, FormatOpt, OutOpt, UrlOpt, emit
 def sql(query: Annotated[str, typer.Argument(help="One SQL statement.")],
         url: UrlOpt = None, fmt: FormatOpt = Format.table, out: OutOpt = None,
         write: Annotated[bool, typer.Option("--write", help="Allow statements that modify the store.")] = False) -> None:
-    """Run one SQL statement; the store is opened read-only unless --write is given.
+    """Run one SQL statement; the store is opened read-only unless --write is given. On PostgreSQL,
+    people who should only read get a role of their own: `gammadb db reader-role NAME`.
 
     Example: gammadb sql "SELECT gamma, eta, final_loss FROM run_overview WHERE sweep = 'quick'"
     """
