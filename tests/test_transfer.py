@@ -1,17 +1,27 @@
-"""`gammadb import` / `gammadb export`: idempotent import, exact round trip, clear errors."""
+"""`gammadb import` / `gammadb export`: all-or-nothing, validated import keyed by run identity; exact
+round trip; clear errors."""
 
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from typer.testing import CliRunner
 
+from gammadb.cli import app
 from gammadb.errors import InvalidSpecError, NotFoundError
 from gammadb.store import Store
 from gammadb.transfer import export_frame, import_file, import_frame
+from gammadb.urls import sqlite_path
+from tests.conftest import BACKENDS, _pg_database
 
 
 def synthetic(n_steps: int = 50) -> pl.DataFrame:
@@ -68,8 +78,8 @@ def test_csv_import_and_export(store: Store, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda df: df.drop("eta"), "missing: eta"),
-    (lambda df: df.with_columns(pl.lit(-1.0).alias("gamma")), "must be > 0"),
-    (lambda df: pl.concat([df, df.head(1)]), "repeat a"),
+    (lambda df: df.with_columns(pl.lit(-1.0).alias("gamma")), "row 1, column 'gamma': must be a finite number > 0"),
+    (lambda df: pl.concat([df, df.head(1)]), "rows 1 and 61 repeat step 1 of the run gamma=0.1, eta=0.01, seed=0"),
     (lambda df: df.head(0), "no rows"),
 ], ids=["missing-column", "negative-gamma", "duplicate-step", "empty"])
 def test_bad_files_are_refused_before_writing(store: Store, mutate, message: str) -> None:
@@ -81,3 +91,232 @@ def test_bad_files_are_refused_before_writing(store: Store, mutate, message: str
 def test_missing_file(store: Store, tmp_path: Path) -> None:
     with pytest.raises(NotFoundError):
         import_file(store, tmp_path / "nope.parquet", "x")
+
+
+# ---------------------------------------------------------------------- all or nothing, validated, keyed by run
+runner = CliRunner()
+ROOT = Path(__file__).parent.parent
+
+
+def snapshot(store: Store, values: bool = True) -> dict[str, list]:
+    """Everything an import writes (timestamps aside); ``values`` False: metric_values as sums only."""
+    queries = {
+        "sweeps": "SELECT id, name FROM sweeps ORDER BY id",
+        "runs": "SELECT id, sweep_id, point_key, status, steps_planned, steps_done, diverged_at FROM runs ORDER BY id",
+        "metrics": "SELECT id, name, layer FROM metrics ORDER BY id",
+        "run_summaries": "SELECT run_id, initial_loss, final_loss, final_step, min_loss, min_loss_step, "
+                         "tail_mean_loss, diverged, steps_logged FROM run_summaries ORDER BY run_id",
+        "metric_values": "SELECT COUNT(*) AS n, SUM(step) AS steps, SUM(run_id) AS runs FROM metric_values",
+    }
+    out = {k: [tuple(str(v) for v in row) for row in store.read(q).rows()] for k, q in queries.items()}
+    if values:  # str(): NaN equals NaN, and SQLite's NULL-for-NaN reads back the same way each time
+        q = "SELECT run_id, metric_id, step, value FROM metric_values ORDER BY run_id, metric_id, step"
+        out["values"] = [tuple(str(v) for v in row) for row in store.read(q).rows()]
+    return out
+
+
+def set_cell(df: pl.DataFrame, column: str, row: int, value: object) -> pl.DataFrame:
+    """``df`` with ``column`` at 1-based ``row`` set to ``value``."""
+    return df.with_columns(pl.when(pl.int_range(pl.len()) == row - 1).then(pl.lit(value))
+                           .otherwise(pl.col(column)).alias(column))
+
+
+BAD = [  # (id, how to spoil synthetic(5), the message after "bad.csv ")
+    ("gamma-nan", lambda df: set_cell(df, "gamma", 7, math.nan),
+     "row 7, column 'gamma': must be a finite number > 0, got nan"),
+    ("gamma-inf", lambda df: set_cell(df, "gamma", 7, math.inf),
+     "row 7, column 'gamma': must be a finite number > 0, got inf"),
+    ("gamma-zero", lambda df: set_cell(df, "gamma", 9, 0.0),
+     "row 9, column 'gamma': must be a finite number > 0, got 0.0"),
+    ("eta-negative", lambda df: set_cell(df, "eta", 3, -0.1),
+     "row 3, column 'eta': must be a finite number > 0, got -0.1"),
+    ("eta-empty", lambda df: set_cell(df, "eta", 4, None), "row 4, column 'eta': must not be empty"),
+    ("seed-fraction", lambda df: set_cell(df, "seed", 7, 0.5), "row 7, column 'seed': must be a whole number, got 0.5"),
+    ("seed-too-big", lambda df: set_cell(df, "seed", 7, 2**40),
+     "row 7, column 'seed': must be between -2147483648 and 2147483647, got 1099511627776"),
+    ("step-negative", lambda df: set_cell(df, "step", 2, -1),
+     "row 2, column 'step': must be between 0 and 2147483647, got -1"),
+    ("step-2^31", lambda df: set_cell(df, "step", 5, 2**31),
+     "row 5, column 'step': must be between 0 and 2147483647, got 2147483648"),
+    ("step-2^40", lambda df: set_cell(df, "step", 5, 2**40),
+     "row 5, column 'step': must be between 0 and 2147483647, got 1099511627776"),
+    ("step-fraction", lambda df: set_cell(df, "step", 5, 2.5), "row 5, column 'step': must be a whole number, got 2.5"),
+    ("depth-fraction", lambda df: set_cell(df, "depth", 8, 2.5),
+     "row 8, column 'depth': must be a whole number, got 2.5"),
+    ("model-too-long", lambda df: set_cell(df, "model", 6, "m" * 33),
+     f"row 6, column 'model': must have at most 32 characters, got '{'m' * 33}'"),
+    ("layer-40000", lambda df: df.rename({"weight_change.l1": "weight_change.l40000"}),
+     "column 'weight_change.l40000': layer 40000 is beyond 32767"),
+    ("same-metric-twice", lambda df: df.with_columns(pl.col("ntk_alignment").alias("ntk_alignment.l0")),
+     "columns 'ntk_alignment' and 'ntk_alignment.l0' are the same metric"),
+]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def good_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A store per backend holding sweep 'good', shared by the refusal tests (each leaves it as it was)."""
+    if request.param == "sqlite":
+        urls: Iterator[str] = iter([f"sqlite:///{tmp_path_factory.mktemp('good') / 'store.sqlite'}"])
+    else:
+        urls = _pg_database()
+    url = next(urls)
+    with Store.open(url) as store:
+        import_frame(store, synthetic(5), "good")
+    yield url
+    next(urls, None)  # drops the PostgreSQL database
+
+
+@pytest.mark.parametrize("spoil, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_each_bad_value_is_refused_with_its_column_and_row(good_url: str, tmp_path: Path, spoil, message: str) -> None:
+    with Store.open(good_url) as store:
+        before = snapshot(store)
+    assert len(before["runs"]) == 12
+    path = tmp_path / "bad.csv"
+    spoil(synthetic(5)).write_csv(path)
+    for sweep in ("bad", "good"):  # a new sweep is not left behind empty; an existing one is untouched
+        r = runner.invoke(app, ["import", str(path), "--sweep", sweep, "--url", good_url])
+        assert r.exit_code == 2, r.output
+        assert r.stderr == f"error: bad.csv {message}\n"
+    with Store.open(good_url) as store:
+        assert snapshot(store) == before
+
+
+def test_a_second_file_of_later_steps_extends_the_runs(store: Store, tmp_path: Path) -> None:
+    df = synthetic(50)
+    first, second = tmp_path / "steps_1_25.csv", tmp_path / "steps_26_50.parquet"
+    df.filter(pl.col("step") <= 25).write_csv(first)
+    df.filter(pl.col("step") > 25).write_parquet(second)
+    a = import_file(store, first, "ext")
+    assert (a.new_runs, a.diverged) == (12, 0)
+    assert set(store.runs_frame("ext")["steps_done"]) == {25}
+    b = import_file(store, second, "ext")
+    assert (b.runs, b.new_runs, b.diverged) == (12, 0, 2)
+    import_frame(store, df, "ref")  # the same steps in one file
+
+    cols = ["gamma", "eta", "seed", "status", "steps_planned", "steps_done", "diverged_at", "initial_loss",
+            "final_loss", "min_loss", "min_loss_step", "tail_mean_loss"]
+    got, want = (store.runs_frame(s).select(cols).sort("gamma", "eta", "seed") for s in ("ext", "ref"))
+    assert_frame_equal(got, want)
+    assert got["steps_done"].unique().to_list() == [50]
+    assert got.filter(pl.col("status") == "diverged")["diverged_at"].to_list() == [30, 30]
+    summaries = store.read("SELECT final_step, steps_logged FROM run_summaries")
+    assert summaries.unique().rows() == [(50, 50)] and summaries.height == 24
+    assert store.read("SELECT COUNT(*) AS n FROM metric_values")["n"][0] == 2 * 12 * 50 * 3
+
+
+def test_the_same_data_in_three_files_is_one_set_of_runs(store: Store, tmp_path: Path) -> None:
+    df = synthetic(50)  # NaN and inf losses included: they equal themselves
+    paths = [tmp_path / "good.csv", tmp_path / "good_copy.csv", tmp_path / "good.parquet"]
+    df.write_csv(paths[0])
+    df.write_csv(paths[1])
+    df.write_parquet(paths[2])
+    reports = [import_file(store, paths[0], "three")]
+    once = snapshot(store)
+    reports += [import_file(store, p, "three") for p in paths[1:]]
+    assert [(r.runs, r.new_runs) for r in reports] == [(12, 12), (12, 0), (12, 0)]
+    assert [r.replaced for r in reports] == [0, 0, 0]
+    assert snapshot(store) == once
+    assert store.read("SELECT COUNT(*) AS n FROM runs")["n"][0] == 12
+
+
+def test_a_conflicting_value_is_refused_unless_replace(store_url: str, tmp_path: Path) -> None:
+    good, changed = tmp_path / "good.csv", tmp_path / "changed.csv"
+    synthetic(50).write_csv(good)
+    longer = synthetic(60)  # steps 1-50 as in good.csv, then 10 more: new steps alone would be welcome
+    at = (pl.col("gamma") == 1.0) & (pl.col("eta") == 0.1) & (pl.col("seed") == 1) & (pl.col("step") == 50)
+    row = int(longer.with_row_index("i", 1).filter(at)["i"][0])
+    set_cell(longer, "loss", row, 0.125).write_csv(changed)
+    assert runner.invoke(app, ["import", str(good), "--sweep", "s", "--url", store_url]).exit_code == 0
+    with Store.open(store_url) as store:
+        before = snapshot(store)
+
+    r = runner.invoke(app, ["import", str(changed), "--sweep", "s", "--url", store_url])
+    assert r.exit_code == 2, r.output
+    assert r.stderr == (f"error: changed.csv row {row}, column 'loss': step 50 of this run is {1 / 6!r} in the "
+                        f"store and 0.125 here (1 of the file's values differs from the store); nothing was "
+                        f"imported: pass --replace to let the file win\n")
+    with Store.open(store_url) as store:
+        assert snapshot(store) == before
+
+    r = runner.invoke(app, ["import", str(changed), "--sweep", "s", "--url", store_url, "--replace"])
+    assert r.exit_code == 0, r.output
+    assert "12 runs (0 new, 2 diverged), 2160 values of loss, weight_change.l1, ntk_alignment, 1 replaced" in r.stdout
+    with Store.open(store_url) as store:
+        run = store.runs_frame("s").filter((pl.col("gamma") == 1.0) & (pl.col("eta") == 0.1) & (pl.col("seed") == 1))
+        assert run.select("steps_done", "min_loss", "min_loss_step", "final_loss").row(0) == (60, 0.125, 50, 1 / 7)
+        loss = store.series(run["run_id"].to_list()).filter(pl.col("step") == 50)["value"].to_list()
+        assert loss == [0.125]
+        assert set(store.runs_frame("s")["steps_done"]) == {60}
+
+
+KILL_AFTER_WRITING_S = 0.3
+
+
+def count(store: Store, table: str) -> int:
+    return int(store.read(f"SELECT COUNT(*) AS n FROM {table}")["n"][0])
+
+
+def _writing(store: Store, wal: Path, wal_before: int, probe: object) -> bool:
+    """Whether another process is writing values: on SQLite the WAL grew by a MiB (pages of a
+    transaction spill there long before it commits); on PostgreSQL a COPY or INSERT of values runs."""
+    if store.backend == "sqlite":
+        return wal.exists() and wal.stat().st_size > wal_before + 2**20
+    rows = probe.execute(  # type: ignore[attr-defined]
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND state = 'active' AND (query ILIKE 'COPY %' OR query ILIKE 'INSERT INTO metric_values%')").fetchone()
+    return rows[0] > 0
+
+
+def test_sigkill_mid_import_leaves_the_store_as_it_was(store_url: str, tmp_path: Path) -> None:
+    """A 1.2 M-value import killed while it writes: the store is exactly as before (or, had the kill
+    come after the commit, complete), never partial. 16 of its 40 runs existed (their first steps)."""
+    import numpy as np
+
+    n_runs, n_steps = 40, 10_000
+    run = np.repeat(np.arange(n_runs), n_steps)
+    step = np.tile(np.arange(1, n_steps + 1), n_runs)
+    big = pl.DataFrame({"gamma": 0.5 + run % 8, "eta": 0.01 * (1 + run // 8), "seed": 0, "step": step,
+                        "loss": 1 / (1 + 0.01 * step), "weight_change.l1": 1e-3 * step, "feature_alignment": 0.5})
+    path = tmp_path / "big.parquet"
+    big.write_parquet(path)
+    store = Store.open(store_url)
+    early = big.filter((pl.col("eta") < 0.03) & (pl.col("step") <= 10))
+    import_frame(store, early, "big")
+    import_frame(store, synthetic(5), "other")
+    before = snapshot(store, values=False)
+    values_before = count(store, "metric_values")
+    assert (values_before, count(store, "runs")) == (3 * (early.height + 12 * 5), 16 + 12)
+    wal = Path(str(sqlite_path(store.url)) + "-wal") if store.backend == "sqlite" else Path("/nonexistent")
+    wal_before = wal.stat().st_size if wal.exists() else 0
+    probe = None
+    if store.backend == "postgresql":
+        probe = store.raw_connection()
+        probe.autocommit = True
+
+    proc = subprocess.Popen([sys.executable, "-m", "gammadb", "import", str(path), "--sweep", "big", "--url",
+                             store_url], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not _writing(store, wal, wal_before, probe):
+            assert proc.poll() is None, f"the import ended before it wrote: {proc.stderr.read()!r}"
+            assert time.monotonic() < deadline, "the import never started writing"
+            time.sleep(0.01)
+        time.sleep(KILL_AFTER_WRITING_S)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        if probe is not None:
+            probe.close()
+    assert proc.returncode == -signal.SIGKILL, "the import ended before it was killed: make it bigger"
+
+    after = snapshot(store, values=False)
+    if after != before:  # only if the kill came after the commit: then all of it is there
+        assert count(store, "metric_values") == values_before + 3 * (big.height - early.height)
+        assert count(store, "runs") == count(store, "run_summaries") == 12 + n_runs
+    # The store takes the next import as usual.
+    assert import_frame(store, synthetic(5), "other").new_runs == 0
+    store.close()

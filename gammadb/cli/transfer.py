@@ -11,8 +11,15 @@ from gammadb.cli.common import SweepOpt, UrlOpt, echo
 
 
 def import_(file: Annotated[Path, typer.Argument(help="Parquet or CSV, one row per (run, step).")],
-            sweep: SweepOpt, url: UrlOpt = None) -> None:
+            sweep: SweepOpt, url: UrlOpt = None,
+            replace: Annotated[bool, typer.Option(
+                "--replace", help="Where the store holds another value at a run's step, the file wins.")] = False,
+            ) -> None:
     """Import runs from a Parquet/CSV file: columns gamma, eta, seed, step, loss (+ run columns, metrics).
+
+    All or nothing. A run is its hyper-parameters and seed: a file with later steps extends the runs,
+    the same rows again change nothing, and a different value at a stored step is refused unless
+    --replace.
 
     Example: gammadb import their_runs.parquet --sweep authors-mnist
     """
@@ -20,9 +27,10 @@ def import_(file: Annotated[Path, typer.Argument(help="Parquet or CSV, one row p
     from gammadb.transfer import import_file
 
     with Store.open(url) as store:
-        rep = import_file(store, file, sweep)
+        rep = import_file(store, file, sweep, replace=replace)
     echo(f"imported {rep.rows} rows into sweep {rep.sweep!r}: {rep.runs} runs ({rep.new_runs} new, "
-         f"{rep.diverged} diverged), {rep.values} values of {', '.join(rep.metrics)}")
+         f"{rep.diverged} diverged), {rep.values} values of {', '.join(rep.metrics)}"
+         + (f", {rep.replaced} replaced" if replace else ""))
 
 
 def export(sweep: SweepOpt,
