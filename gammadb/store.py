@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import polars as pl
 from sqlalchemy import create_engine, delete, event, select, text, update
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gammadb import __version__
@@ -37,6 +37,7 @@ from gammadb.schema import Metric, MetricValue, Run, RunStatus, RunSummary, Swee
 from gammadb.urls import libpq_uri, mask, parse_url, resolve_url, sqlite_path
 
 if TYPE_CHECKING:
+    from gammadb.store_import import ImportResult
     from gammadb.writer import MetricWriter
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -131,25 +132,57 @@ class Store:
         with self._connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
+    def revision_status(self) -> str:
+        """One line for ``gammadb db current``: the store's revision, the head, and what to do."""
+        current, head = self.current_revision(), head_revision()
+        if current == head:
+            state = "up to date"
+        elif current is None:
+            with self._connect() as conn:
+                foreign = _foreign_tables(conn)
+            state = f"not a gammadb store: it holds other tables ({_few(foreign)})" if foreign else "empty"
+        elif current not in _known_revisions():
+            state = f"newer than this gammadb {__version__} knows: upgrade gammadb (pip install -U gammadb)"
+        else:
+            state = "run `gammadb db upgrade`"
+        return f"{current or 'none'} (head {head}: {state})"
+
     def _check_schema(self, *, create: bool) -> None:
         current = self.current_revision()
         head = head_revision()
         if current == head:
             return
+        if current is None:
+            with self._connect() as conn:
+                self._refuse_foreign(conn)
         if current is None and create:
             # Decided again under the schema lock: another process may be creating it right now
             # (its tables can be visible before its revision is).
             self.upgrade(only_if_empty=True)
             return
         if current is not None and current not in _known_revisions():
-            raise SchemaTooNewError(
-                f"store {self.display_url} is at revision {current}, newer than this gammadb "
-                f"({__version__}, head {head}): upgrade gammadb (pip install -U gammadb)"
-            )
+            raise self._too_new(current)
         raise SchemaOutOfDateError(
             f"store {self.display_url} is at revision {current or 'none'}, gammadb needs {head}: "
             f"run `gammadb db upgrade --url {self.display_url}`"
         )
+
+    def _too_new(self, current: str) -> SchemaTooNewError:
+        return SchemaTooNewError(
+            f"store {self.display_url} is at revision {current}, newer than this gammadb {__version__} "
+            f"knows (its newest is {head_revision()}): upgrade gammadb (pip install -U gammadb)"
+        )
+
+    def _refuse_foreign(self, conn: Any) -> None:
+        """Refuse a database without a gammadb schema that holds another program's tables: gammadb
+        never adds its tables beside them unasked (``gammadb db upgrade --force`` does)."""
+        foreign = _foreign_tables(conn)
+        if foreign:
+            raise StoreUnavailableError(
+                f"store {self.display_url} holds tables that are not gammadb's ({_few(foreign)}) and no "
+                "gammadb schema: point --url at a gammadb store or a new file or database, or add "
+                f"gammadb's tables beside them with `gammadb db upgrade --force --url {self.display_url}`"
+            )
 
     @contextlib.contextmanager
     def _schema_lock(self) -> Iterator[Any]:
@@ -157,8 +190,15 @@ class Store:
         if self.backend == "sqlite":
             from filelock import FileLock
 
-            path = sqlite_path(self.url)
-            with FileLock(str(path) + ".lock", timeout=600):
+            lock = str(sqlite_path(self.url)) + ".lock"
+            try:  # an unwritable directory: FileLock would raise a PermissionError or retry for 600 s
+                os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o666))
+            except OSError as exc:
+                raise StoreUnavailableError(
+                    f"cannot create or change store {self.display_url}: cannot write its lock file {lock} "
+                    f"({exc.strerror}); the store's directory must be writable"
+                ) from None
+            with FileLock(lock, timeout=600):
                 with self._connect() as conn:
                     yield conn
         else:
@@ -172,39 +212,76 @@ class Store:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
                     conn.commit()
 
-    def upgrade(self, revision: str = "head", *, only_if_empty: bool = False) -> tuple[Optional[str], str]:
-        """Upgrade the schema to ``revision`` under the schema lock. Returns (before, after)."""
+    def upgrade(self, revision: str = "head", *, only_if_empty: bool = False,
+                force: bool = False) -> tuple[Optional[str], str]:
+        """Upgrade the schema to ``revision`` under the schema lock. Returns (before, after).
+
+        Refuses a store from a newer gammadb (SchemaTooNewError), an unknown revision
+        (InvalidSpecError) and, unless ``force``, a database that holds another program's tables and
+        no gammadb schema (StoreUnavailableError).
+        """
         from alembic import command
         from alembic.runtime.migration import MigrationContext
 
         with self._schema_lock() as conn:
             before = MigrationContext.configure(conn).get_current_revision()
+            if before is None and not force:
+                self._refuse_foreign(conn)
             if only_if_empty and (before is not None or _has_tables(conn)):
                 conn.rollback()  # another process created it meanwhile, or it is not empty
                 self._check_schema(create=False)
                 return before, before or "none"
+            if before is not None and before not in _known_revisions():
+                raise self._too_new(before)
             # The lock connection itself runs the migrations (on SQLite a second connection would
             # wait on the first). Its autobegun transaction is committed by alembic's context.
             cfg = _alembic_config(conn)
-            command.upgrade(cfg, revision)
+            with self._revision_errors("upgrade", revision):
+                command.upgrade(cfg, revision)
             conn.commit()
             after = MigrationContext.configure(conn).get_current_revision()
         return before, after or "base"
 
     def downgrade(self, revision: str) -> None:
+        """Downgrade the schema to ``revision`` under the schema lock; refuses a store from a newer
+        gammadb, an unknown revision and a database without a gammadb schema."""
         from alembic import command
+        from alembic.runtime.migration import MigrationContext
 
         with self._schema_lock() as conn:
-            command.downgrade(_alembic_config(conn), revision)
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is None:
+                self._refuse_foreign(conn)
+            elif current not in _known_revisions():
+                raise self._too_new(current)
+            with self._revision_errors("downgrade", revision):
+                command.downgrade(_alembic_config(conn), revision)
             conn.commit()
+
+    @contextlib.contextmanager
+    def _revision_errors(self, verb: str, revision: str) -> Iterator[None]:
+        """Alembic's CommandError (an unknown or unreachable revision) as one InvalidSpecError line."""
+        from alembic.util import CommandError
+
+        try:
+            yield
+        except CommandError as exc:
+            known = ", ".join(["base", *sorted(_known_revisions()), "head"])
+            raise InvalidSpecError(
+                f"cannot {verb} {self.display_url} to {revision!r}: {_one_line(exc)} (revisions: {known})"
+            ) from None
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Any]:
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except OperationalError as exc:
-            raise _unavailable(self, exc) from None
+        except DBAPIError as exc:
+            # OperationalError (cannot open, locked, read-only) or the bare DatabaseError SQLite
+            # raises for a file that is not a database or is damaged
+            if isinstance(exc, OperationalError) or type(exc) is DatabaseError:
+                raise _unavailable(self, exc) from None
+            raise
 
     # ------------------------------------------------------------------ transactions
     @contextlib.contextmanager
@@ -503,6 +580,14 @@ class Store:
 
         return MetricWriter(self, **kwargs)
 
+    def import_runs(self, sweep: str, sweep_spec: Mapping[str, Any], specs: Sequence[RunSpec],
+                    keys: Sequence[MetricKey], values: pl.DataFrame, *, replace: bool = False) -> "ImportResult":
+        """One import (sweep, runs by point key, values, statuses, summaries) in one transaction; see
+        :func:`gammadb.store_import.import_runs`."""
+        from gammadb.store_import import import_runs
+
+        return import_runs(self, sweep, sweep_spec, specs, keys, values, replace=replace)
+
     def series(self, run_ids: Sequence[int] | None = None, *, sweep: str | None = None,
                metrics: Sequence[str] = (LOSS,), max_step: int | None = None) -> pl.DataFrame:
         """Per-step values, long format: run_id, metric, layer, step, value (NaN decoded)."""
@@ -667,6 +752,18 @@ def _has_tables(conn: Any) -> bool:
     return bool(inspect(conn).get_table_names())
 
 
+def _foreign_tables(conn: Any) -> list[str]:
+    """The tables in the database that are neither gammadb's nor alembic's, sorted."""
+    from sqlalchemy import inspect
+
+    ours = set(Run.metadata.tables) | {"alembic_version"}
+    return sorted(set(inspect(conn).get_table_names()) - ours)
+
+
+def _few(names: Sequence[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def _replace_summaries(session: Session, rows: list[dict[str, Any]], now: dt.datetime) -> None:
     """Inside the caller's transaction: the summaries of ``rows``' runs become ``rows``."""
     if not rows:
@@ -683,8 +780,7 @@ def _finite_or_none(v: float) -> Optional[float]:
 def _make_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         path = sqlite_path(url)
-        if path.parent and not path.parent.exists():
-            raise StoreUnavailableError(f"directory {path.parent} does not exist (store {url})")
+        _check_sqlite_file(path, url)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
@@ -693,9 +789,13 @@ def _make_engine(url: URL) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             try:
-                cur.execute("PRAGMA journal_mode = WAL")
+                # WAL persists in the file: set it on gammadb's stores (and new ones) only, never
+                # on another program's database, which gammadb refuses and must leave as it was
+                tables = {r[0] for r in cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not tables or "alembic_version" in tables:
+                    cur.execute("PRAGMA journal_mode = WAL")
             except Exception:
-                pass  # a read-only file: reads still work, writes fail with a clear error
+                pass  # a read-only or damaged file: the first query fails with a clear error
             cur.execute("PRAGMA synchronous = NORMAL")
             cur.execute("PRAGMA foreign_keys = ON")
             cur.close()
@@ -712,6 +812,32 @@ def _make_engine(url: URL) -> Engine:
     except ImportError:
         raise StoreUnavailableError("PostgreSQL needs psycopg: pip install 'gammadb[postgres]'") from None
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: Path, url: URL) -> None:
+    """Refuse, before SQLite sees it, a store path whose directory is missing or is a file, a path
+    that is a directory, and a file that is not an SQLite database (SQLite's own errors for these
+    surface later, as tracebacks, or not at all)."""
+    parent = path.parent
+    if not parent.is_dir():
+        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        what = f"cannot be created: {blocker} is a file" if blocker and not blocker.is_dir() else "does not exist"
+        raise StoreUnavailableError(f"cannot open store {url}: directory {parent} {what}")
+    if path.is_dir():
+        raise StoreUnavailableError(f"cannot open store {url}: {path} is a directory, not a database file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError:
+        return  # missing (a new store) or unreadable: SQLite says which, as StoreUnavailableError
+    if head and head != _SQLITE_MAGIC:
+        raise StoreUnavailableError(
+            f"cannot open store {url}: {path} is not an SQLite database (point --url at a gammadb "
+            "store or a new file)"
+        )
 
 
 def _raw_connection(url: URL, *, read_only: bool = False) -> Any:
@@ -733,8 +859,13 @@ def _raw_connection(url: URL, *, read_only: bool = False) -> Any:
             return conn
         import psycopg
 
+        # Read-only twice over: the session's default (so a COMMIT inside a statement only starts
+        # another read-only transaction) and psycopg's own BEGIN, which says READ ONLY. The keyword
+        # argument overrides any options= in the URL.
         options = "-c default_transaction_read_only=on" if read_only else None
-        return psycopg.connect(libpq_uri(url), connect_timeout=10, options=options)
+        conn = psycopg.connect(libpq_uri(url), connect_timeout=10, options=options)
+        conn.read_only = read_only or None
+        return conn
     except GammadbError:
         raise
     except Exception as exc:
@@ -743,8 +874,15 @@ def _raw_connection(url: URL, *, read_only: bool = False) -> Any:
 
 def _unavailable(store: Store, exc: Exception) -> GammadbError:
     msg = _one_line(exc)
+    if store.backend == "sqlite" and ("not a database" in msg or "malformed" in msg):
+        return StoreUnavailableError(f"store {store.display_url} is not a readable SQLite database: {msg}")
     if "readonly" in msg or "read-only" in msg:
         return StoreUnavailableError(f"store {store.display_url} is read-only: {msg}")
+    if "unable to open database file" in msg:
+        return StoreUnavailableError(
+            f"cannot open store {store.display_url}: {msg} (can this user read and write the file and "
+            "its directory?)"
+        )
     if "disk" in msg and "full" in msg:
         return StoreUnavailableError(f"disk full writing {store.display_url}: free space and rerun")
     return StoreUnavailableError(f"cannot use store {store.display_url}: {msg}")

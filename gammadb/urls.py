@@ -20,19 +20,32 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get(ENV_VAR) or DEFAULT_URL
 
 
+_EXAMPLES = "expected e.g. sqlite:///path.sqlite or postgresql+psycopg://user@host/db"
+_DRIVERS = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",)}  # the drivers gammadb's code speaks
+
+
 def parse_url(url: str) -> URL:
+    """A parsed, validated store URL; InvalidSpecError (password masked) for anything else."""
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise InvalidSpecError(
-            f"not a database URL: {mask(url)!r} (expected e.g. sqlite:///path.sqlite or "
-            "postgresql+psycopg://user@host/db)"
-        ) from None
-    backend = parsed.get_backend_name()
-    if backend == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
+        raise InvalidSpecError(f"not a database URL: {mask(url)!r} ({_EXAMPLES})") from None
+    except ValueError:  # SQLAlchemy's int() of the port is the only ValueError it raises
+        raise InvalidSpecError(f"bad port in database URL {mask(url)!r}: the port must be a number, "
+                               "e.g. postgresql+psycopg://user@host:5432/db") from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise InvalidSpecError(f"bad port in database URL {mask(url)!r}: {parsed.port} is not 1 to 65535")
+    if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if backend not in ("sqlite", "postgresql"):
+    backend = parsed.get_backend_name()
+    if backend not in _DRIVERS:
         raise InvalidSpecError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
+    driver = parsed.get_driver_name()
+    if "+" in parsed.drivername and driver not in _DRIVERS[backend]:
+        raise InvalidSpecError(
+            f"unsupported driver {driver!r} in {mask(url)!r}: use "
+            f"{'sqlite:///' if backend == 'sqlite' else 'postgresql+psycopg://'}"
+        )
     return parsed
 
 
