@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -91,7 +95,10 @@ def launch(url: Optional[str], spec: SweepSpec, opts: LaunchOptions) -> str:
             advance_adaptive(store, plan.name)
             runs = plan_runs()
         if opts.launcher == "none":
-            _local_workers(url, plan.name, opts)
+            try:
+                _local_workers(url, plan.name, opts)
+            finally:  # a worker killed outright (OOM, SIGKILL) leaves no run 'running' behind it
+                store.requeue(plan.name)
         else:
             done = _submitit(url, plan.name, opts)
             if not done:
@@ -115,6 +122,7 @@ def worker_main(url: Optional[str], sweep: str, *, device: str = "auto", max_run
                 grace: float = 300.0, checkpoint_dir: Optional[Path] = None, checkpoint_every: float = 300.0,
                 threads: Optional[int] = None, quiet: bool = False, ensemble: Optional[int] = None) -> str:
     """`gammadb worker`: drain a sweep's pending runs (``ensemble`` None: the sweep spec's)."""
+    _stop_with_parent()
     set_threads(threads)
     with Store.open(url) as store:
         if ensemble is None:
@@ -133,16 +141,81 @@ def _worker_env(url: Optional[str]) -> dict[str, str]:
     return {**os.environ, "GAMMADB_URL": resolve_url(url)}
 
 
+PARENT_PID_ENV = "GAMMADB_PARENT_PID"  # set for the workers of `gammadb run --workers N`: the launcher's pid
+
+
+def _stop_with_parent() -> None:
+    """A local worker stops when the `gammadb run` that launched it dies, even by SIGKILL: it gets
+    SIGTERM and stops as on `kill` (its runs go back to pending). Linux sends the signal itself (the
+    parent-death signal); elsewhere a thread checks the parent pid every second."""
+    parent = os.environ.pop(PARENT_PID_ENV, "")  # not inherited by anything this worker starts
+    if not parent.isdigit():
+        return
+    if not _parent_death_signal(signal.SIGTERM):
+        _poll_parent(int(parent))
+    if os.getppid() != int(parent):  # the launcher died before the signal was armed
+        raise KeyboardInterrupt("the launching process is gone")
+
+
+def _parent_death_signal(signum: int) -> bool:
+    """Ask Linux to send ``signum`` to this process when its parent dies; False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        return libc.prctl(ctypes.c_int(pr_set_pdeathsig), ctypes.c_ulong(signum), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _poll_parent(parent_pid: int, every_seconds: float = 1.0) -> threading.Thread:
+    """Send this process SIGTERM once its parent is no longer ``parent_pid`` (an orphan is adopted)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="gammadb-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+@contextmanager
+def _terminate_raises_interrupt() -> Iterator[None]:
+    """SIGTERM to the launcher stops it as Ctrl-C does: it stops its workers and waits for them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _local_workers(url: Optional[str], sweep: str, opts: LaunchOptions) -> None:
     threads = opts.threads or 1
     cmd = [sys.executable, "-m", "gammadb", "worker", "--sweep", sweep, "--device", opts.device,
            "--threads", str(threads), "--ensemble", str(opts.ensemble), "--quiet"]
     if opts.checkpoint_dir is not None:
         cmd += ["--checkpoint-dir", str(opts.checkpoint_dir), "--checkpoint-every", str(opts.checkpoint_every)]
-    procs = [subprocess.Popen(cmd, env=_worker_env(url)) for _ in range(opts.workers)]
+    env = {**_worker_env(url), PARENT_PID_ENV: str(os.getpid())}
+    procs: list[subprocess.Popen] = []
     try:
-        for p in procs:
-            p.wait()
+        with _terminate_raises_interrupt():
+            for _ in range(opts.workers):
+                procs.append(subprocess.Popen(cmd, env=env))
+            for p in procs:
+                p.wait()
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()  # each worker commits its batch and puts its run back to pending

@@ -398,3 +398,117 @@ def test_workers_run_the_adaptive_scan_as_one_process_does(sqlite_url: str, tmp_
     else:  # stacked float32 rounds differently: the same scan range, statuses where runs are shared
         assert set(want) <= set(got)
         assert {k: v[0] for k, v in got.items() if k in want} == {k: v[0] for k, v in want.items()}
+
+
+ORPHANS = ('name = "orph"\ngamma = [0.5, 2.0]\neta = [0.01, 0.02, 0.03, 0.04]\nseeds = 2\nsteps = 200\n'
+           '[base]\nmodel = "mlp"\ntask = "teacher"\ndepth = 2\nwidth = 8\nbatch_size = 4\ncadence = "none"\n'
+           'ntk = false\nsharpness = false\nfeature_alignment = false\n')  # 16 runs: a few seconds of work
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, start time) of process ``pid`` from /proc; None when there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _children(ppid: int) -> dict[int, int]:
+    """The live child processes of ``ppid``: pid -> start time (which tells a reused pid apart)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        stat = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is not None and stat[1] == ppid and stat[0] not in "ZX":
+            out[int(entry.name)] = stat[2]
+    return out
+
+
+def _alive(pids: dict[int, int]) -> list[int]:
+    """Which of ``pids`` still run (a zombie nobody reaped has stopped)."""
+    return [pid for pid, start in pids.items()
+            if (stat := _stat(pid)) is not None and stat[2] == start and stat[0] not in "ZX"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@pytest.mark.parametrize("kill", ["parent-sigkill", "parent-sigterm", "workers-sigkill"])
+def test_killing_run_workers_stops_them_and_leaves_no_run_running(sqlite_url: str, tmp_path: Path,
+                                                                   kill: str) -> None:
+    """`gammadb run --workers 2`: when the parent dies, even by SIGKILL, its workers stop within
+    seconds (the parent-death signal) and put their runs back to pending; SIGTERM to the parent stops
+    it and them as Ctrl-C does; workers killed outright leave no run 'running' once the parent ends.
+    A rerun finishes the sweep."""
+    import signal
+
+    spec = tmp_path / "orph.toml"
+    spec.write_text(ORPHANS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "gammadb", "run", str(spec), "--url", sqlite_url, "--quiet"]
+    log = (tmp_path / "run.log").open("w+")
+    with Store.open(sqlite_url) as store:  # the schema exists before anyone polls it
+        proc = subprocess.Popen([*cmd, "--workers", "2"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        workers: dict[int, int] = {}
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:
+                workers = _children(proc.pid)
+                if len(workers) == 2 and store.read(
+                        "SELECT COUNT(*) AS n FROM runs WHERE status = 'running'")["n"][0] == 2:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail(f"the two workers never both trained: {log.seek(0) or log.read()[-2000:]}")
+            if kill == "workers-sigkill":
+                for pid in workers:
+                    os.kill(pid, signal.SIGKILL)
+            else:
+                proc.send_signal(signal.SIGKILL if kill == "parent-sigkill" else signal.SIGTERM)
+            assert proc.wait(timeout=60) == {"parent-sigkill": -9, "parent-sigterm": 130, "workers-sigkill": 0}[kill]
+            deadline = time.time() + 30
+            while _alive(workers) and time.time() < deadline:
+                time.sleep(0.1)
+            assert _alive(workers) == [], "the workers outlived their parent"
+            statuses = Counter(store.runs_frame("orph")["status"].to_list())
+            assert "running" not in statuses, statuses
+            assert statuses["pending"] >= 2, statuses  # the workers stopped instead of draining the sweep
+        finally:
+            for pid in _alive(workers):  # never leave an orphan training on a shared machine
+                os.kill(pid, signal.SIGKILL)
+        log.seek(0)
+        text = log.read()
+        assert "Traceback" not in text, text[-2000:]
+        if kill == "parent-sigterm":
+            assert "interrupted: everything logged so far is committed" in text
+        if kill == "parent-sigkill":
+            rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+            assert rerun.returncode == 0, rerun.stderr[-2000:]
+            assert store.runs_frame("orph")["status"].to_list() == ["completed"] * 16
+
+
+def test_the_parent_watch_thread_signals_an_orphan(monkeypatch) -> None:
+    """Where Linux's parent-death signal is missing, a thread polls the parent pid and, once the
+    worker is orphaned (adopted by another process), sends it SIGTERM (handled here)."""
+    import signal
+
+    from gammadb.runners.launch import _poll_parent
+
+    calls: list[int] = []
+
+    def getppid() -> int:  # the parent lives for five checks, then the worker is adopted by pid 1
+        calls.append(1)
+        return 4242 if len(calls) <= 5 else 1
+
+    signalled_at: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signalled_at.append(len(calls)))
+    try:
+        monkeypatch.setattr(os, "getppid", getppid)
+        thread = _poll_parent(4242, every_seconds=0.01)
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        deadline = time.time() + 5
+        while not signalled_at and time.time() < deadline:
+            time.sleep(0.01)  # the handler runs in the main thread, between bytecodes
+        assert signalled_at == [6]  # once, and only after the parent changed
+    finally:
+        signal.signal(signal.SIGTERM, previous)
