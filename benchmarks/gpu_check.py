@@ -300,7 +300,7 @@ class _BareSqliteStore:
 
 
 def part_c(device: str, smoke: bool, deadline: Deadline, rates: dict[tuple[int, int, str], float]) -> None:
-    from gammadb.writer import MetricWriter
+    from gammadb.store.writer import MetricWriter
 
     say("== (c) writer backlog at the largest K")
     k, width, steps = (4, 16, 20) if smoke else (256, 256, 300)

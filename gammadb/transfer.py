@@ -22,7 +22,7 @@ from gammadb.metrics import LOSS, MetricKey
 from gammadb.records import POINT_COLUMNS, RUN_COLUMNS, RunSpec
 from gammadb.schema import Metric, Run
 from gammadb.store import Store
-from gammadb.store_import import ValueConflictError
+from gammadb.store.imports import ValueConflictError
 
 REQUIRED = ("gamma", "eta", "seed", "step", "loss")
 IGNORED = ("run_id", "sweep", "status", "point_key")

@@ -27,7 +27,7 @@ from gammadb.metrics import MetricKey
 from gammadb.records import RunRecord, RunSpec
 from gammadb.schema import RunStatus
 from gammadb.store import Store, worker_id
-from gammadb.writer import MetricWriter
+from gammadb.store.writer import MetricWriter
 from gammadb.runners.config import RunConfig
 
 

@@ -17,7 +17,7 @@ from gammadb.roles import create_reader_role
 from gammadb.sqlexec import first_keyword, run_sql
 from gammadb.store import Store
 from gammadb.urls import libpq_uri
-from tests.test_store import spec
+from tests.store.test_store import spec
 
 runner = CliRunner()
 

@@ -25,6 +25,8 @@ from gammadb.errors import GammadbError, InvalidSpecError
 from gammadb.metrics import LOSS, MetricKey, kind_of
 from gammadb.records import RunSpec
 from gammadb.schema import Metric, MetricValue, Run, RunStatus, Sweep
+from gammadb.store.engine import _chunks, _one_line, _unavailable, utcnow
+from gammadb.store.summaries import _replace_summaries, summarize_losses
 
 # Stage columns: the file's row (for messages), then the metric_values key and value. Fixed SQL
 # text, no user input: every value is a bound parameter or goes through COPY.
@@ -100,8 +102,6 @@ def import_runs(store: Any, sweep: str, sweep_spec: Mapping[str, Any], specs: Se
         except GammadbError:
             raise
         except Exception as exc:  # driver errors of either backend, raised by the raw cursor
-            from gammadb.store import _one_line, _unavailable
-
             if "operational" in type(exc).__name__.lower():
                 raise _unavailable(store, exc) from None
             raise GammadbError(f"import failed: {_one_line(exc)}") from None
@@ -123,8 +123,6 @@ def _sweep_id(s: Session, name: str, spec: Mapping[str, Any]) -> int:
 
 def _run_ids(s: Session, sweep_id: int, specs: Sequence[RunSpec]) -> tuple[list[int], list[int]]:
     """The ids of the runs of ``specs`` (by point key), and of those among them created now (pending)."""
-    from gammadb.store import _chunks
-
     keys = [spec.point_key() for spec in specs]
     found = _ids_by_key(s, sweep_id, keys)
     missing = {k: spec for k, spec in zip(keys, specs) if k not in found}
@@ -142,8 +140,6 @@ def _run_ids(s: Session, sweep_id: int, specs: Sequence[RunSpec]) -> tuple[list[
 
 
 def _ids_by_key(s: Session, sweep_id: int, keys: Sequence[str]) -> dict[str, int]:
-    from gammadb.store import _chunks
-
     out: dict[str, int] = {}
     for chunk in _chunks(list(keys), 500):
         q = select(Run.point_key, Run.id).where(Run.sweep_id == sweep_id, Run.point_key.in_(chunk))
@@ -209,8 +205,6 @@ def _bulk(backend: str, raw: Any, target: str, rows: pl.DataFrame) -> None:
 
 def _finish(s: Session, backend: str, raw: Any, run_ids: Sequence[int]) -> int:
     """Status, steps and summary of each run over all its stored steps. Returns how many diverged."""
-    from gammadb.store import _chunks, _replace_summaries, summarize_losses, utcnow
-
     loss_id = s.scalar(select(Metric.id).where(Metric.name == LOSS, Metric.layer == 0))
     now = utcnow()
     diverged = 0

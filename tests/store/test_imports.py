@@ -95,7 +95,7 @@ def test_missing_file(store: Store, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------- all or nothing, validated, keyed by run
 runner = CliRunner()
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def snapshot(store: Store, values: bool = True) -> dict[str, list]:

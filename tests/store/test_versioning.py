@@ -12,7 +12,7 @@ from gammadb.errors import SchemaOutOfDateError, SchemaTooNewError
 from gammadb.schema import Base
 from gammadb.store import Store, head_revision
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def _diff(store: Store) -> list:

@@ -1,0 +1,152 @@
+"""The store: the only package that opens a Session or a database connection; :class:`Store` is its facade.
+
+Every public method is one transaction (``session_scope``); driver errors become gammadb errors. Bulk
+per-step writes go through :mod:`gammadb.store.writer` (driver executemany / COPY); bulk reads go
+through ADBC straight into polars. The ORM handles the small tables. Rooms:
+
+- ``engine``: URL -> engine, the drivers' own connections, SQLite file checks, error translation.
+- ``versioning``: Alembic revisions, the schema check on open, the schema lock, upgrade / downgrade.
+- ``sweeps``: sweeps and runs as records (create, look up, delete).
+- ``queue``: the run queue (claims, heartbeats, run ends, requeue).
+- ``reads``: named reads as polars frames, summaries lookup, metric series ids.
+- ``summaries``: summary maths and rebuilds.
+- ``writer``: the batched background writer of per-step values.
+- ``imports``: the all-or-nothing import of runs and values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gammadb.errors import GammadbError
+from gammadb.metrics import MetricKey
+from gammadb.records import RunSpec
+from gammadb.store.engine import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    _make_engine,
+    _one_line,
+    _raw_connection,
+    _unavailable,
+    utcnow,
+    worker_id,
+)
+from gammadb.store.queue import QueueMixin
+from gammadb.store.reads import ReadsMixin
+from gammadb.store.summaries import TAIL_FRACTION, SummariesMixin, summarize_losses
+from gammadb.store.sweeps import SweepsMixin
+from gammadb.store.versioning import VersioningMixin, head_revision, migrations_dir
+from gammadb.urls import parse_url, resolve_url
+
+if TYPE_CHECKING:
+    from gammadb.store.imports import ImportResult
+    from gammadb.store.writer import MetricWriter
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS", "TAIL_FRACTION", "Store", "head_revision", "migrations_dir",
+    "summarize_losses", "utcnow", "worker_id",
+]
+
+
+class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, SummariesMixin):
+    """An open experiment store. ``Store.open(url)`` checks (or creates) the schema."""
+
+    def __init__(self, url: URL, engine: Engine) -> None:
+        self.url = url
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._metric_ids: dict[MetricKey, int] = {}
+
+    @classmethod
+    def open(cls, url: str | None = None, *, create: bool = True, check: bool = True) -> "Store":
+        """Open the store at ``url`` (see :func:`gammadb.urls.resolve_url`).
+
+        A store that does not exist yet is created at the newest revision (under a lock, so parallel
+        workers never race); an existing store at an older revision is refused with the command that
+        upgrades it, and so is one from a newer gammadb.
+        """
+        parsed = parse_url(resolve_url(url))
+        store = cls(parsed, _make_engine(parsed))
+        if check:
+            store._check_schema(create=create)
+        return store
+
+    @property
+    def backend(self) -> str:
+        return self.url.get_backend_name()
+
+    @property
+    def display_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ connections and transactions
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Any]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except DBAPIError as exc:
+            # OperationalError (cannot open, locked, read-only) or the bare DatabaseError SQLite
+            # raises for a file that is not a database or is damaged
+            if isinstance(exc, OperationalError) or type(exc) is DatabaseError:
+                raise _unavailable(self, exc) from None
+            raise
+
+    @contextlib.contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on error, driver errors -> GammadbError."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except GammadbError:
+            session.rollback()
+            raise
+        except IntegrityError as exc:
+            session.rollback()
+            raise GammadbError(f"store constraint violated: {_one_line(exc)}") from None
+        except OperationalError as exc:
+            session.rollback()
+            raise _unavailable(self, exc) from None
+        except SQLAlchemyError as exc:
+            session.rollback()
+            raise GammadbError(f"store error: {_one_line(exc)}") from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def raw_connection(self, *, read_only: bool = False) -> Any:
+        """A DB-API connection of the driver itself (sqlite3 / psycopg), for bulk paths."""
+        return _raw_connection(self.url, read_only=read_only)
+
+    # ------------------------------------------------------------------ bulk writes
+    def writer(self, **kwargs: Any) -> "MetricWriter":
+        """A batched background writer of per-step values (see :class:`gammadb.store.writer.MetricWriter`)."""
+        from gammadb.store.writer import MetricWriter
+
+        return MetricWriter(self, **kwargs)
+
+    def import_runs(self, sweep: str, sweep_spec: Mapping[str, Any], specs: Sequence[RunSpec],
+                    keys: Sequence[MetricKey], values: pl.DataFrame, *, replace: bool = False) -> "ImportResult":
+        """One import (sweep, runs by point key, values, statuses, summaries) in one transaction; see
+        :func:`gammadb.store.imports.import_runs`."""
+        from gammadb.store.imports import import_runs
+
+        return import_runs(self, sweep, sweep_spec, specs, keys, values, replace=replace)

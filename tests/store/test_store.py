@@ -1,0 +1,82 @@
+"""The store facade on both backends: runs by point key, summaries, claims, requeue, errors
+(the writer's tests are in test_writer.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gammadb.errors import InvalidSpecError, NotFoundError
+from gammadb.metrics import LOSS, MetricKey
+from gammadb.records import RunSpec
+from gammadb.schema import RunStatus
+from gammadb.store import Store
+
+
+def spec(gamma: float = 1.0, eta: float = 0.1, seed: int = 0, steps: int = 10) -> RunSpec:
+    return RunSpec(model="mlp", dataset="teacher", loss_fn="mse", optimizer="sgd", depth=3, width=64,
+                   batch_size=32, gamma=gamma, eta=eta, seed=seed, dtype="float32", steps_planned=steps,
+                   config={"model": "mlp", "gamma": gamma, "eta": eta, "seed": seed})
+
+
+def test_resubmitting_a_point_finds_the_existing_run(store: Store) -> None:
+    sweep = store.ensure_sweep("s", {"x": 1})
+    first = store.ensure_runs(sweep.id, [spec(0.1), spec(1.0), spec(1.0, seed=1)])
+    again = store.ensure_runs(sweep.id, [spec(1.0), spec(0.1)])
+    assert [r.id for r in again] == [first[1].id, first[0].id]
+    assert len(store.runs(sweep="s")) == 3
+    assert store.ensure_sweep("s", {"other": 2}).id == sweep.id
+
+
+def test_summary_of_a_diverged_run(store: Store) -> None:
+    sweep = store.ensure_sweep("s", {})
+    (run,) = store.ensure_runs(sweep.id, [spec()])
+    losses = [4.0, 3.0, 1.0, 2.0, math.inf]
+    with store.writer() as w:
+        for step, v in enumerate(losses, start=1):
+            w.log(run.id, step, {MetricKey(LOSS): v})
+    store.finish_run(run.id, RunStatus.DIVERGED, steps_done=5, diverged_at=5)
+    s = store.summaries([run.id])[run.id]
+    assert (s.initial_loss, s.final_loss, s.min_loss, s.min_loss_step) == (4.0, None, 1.0, 3)
+    assert s.diverged and s.steps_logged == 5 and s.tail_mean_loss is None
+    row = store.runs_frame("s").row(0, named=True)
+    assert row["status"] == "diverged" and row["diverged_at"] == 5
+
+
+def test_claims_never_hand_out_a_run_twice(store: Store) -> None:
+    sweep = store.ensure_sweep("s", {})
+    store.ensure_runs(sweep.id, [spec(eta=e) for e in (0.1, 0.2, 0.3)])
+    claimed = [store.claim_next(sweep.id, worker=f"w{i}") for i in range(4)]
+    ids = [c.id for c in claimed if c is not None]
+    assert len(ids) == 3 == len(set(ids)) and claimed[3] is None
+    assert {r.status for r in store.runs(sweep="s")} == {RunStatus.RUNNING}
+
+
+def test_requeue_failed_and_stale_but_never_diverged(store: Store) -> None:
+    sweep = store.ensure_sweep("s", {})
+    a, b, c = store.ensure_runs(sweep.id, [spec(eta=e) for e in (0.1, 0.2, 0.3)])
+    store.finish_run(a.id, RunStatus.FAILED, steps_done=0, error="boom")
+    store.finish_run(b.id, RunStatus.DIVERGED, steps_done=3, diverged_at=3)
+    store.mark_running(c.id, worker="elsewhere:1")
+    assert store.requeue("s") == []
+    assert store.requeue("s", failed=True) == [a.id]
+    assert store.requeue("s", stale_after_s=-1) == [c.id]
+    assert store.get_run(b.id).status == RunStatus.DIVERGED
+
+
+def test_unknown_names_raise_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError, match="no sweep named 'nope'"):
+        store.get_sweep("nope")
+    with pytest.raises(NotFoundError):
+        store.get_run(999)
+    with pytest.raises(InvalidSpecError):
+        store.ensure_sweep("", {})
+
+
+def test_credentials_never_appear_in_messages() -> None:
+    from gammadb.errors import GammadbError
+
+    with pytest.raises(GammadbError) as info:
+        Store.open("postgresql+psycopg://alice:s3cret@127.0.0.1:1/db")
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
