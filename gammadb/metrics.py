@@ -1,7 +1,7 @@
 """Metric names shared by runners (which write them) and analysis (which reads them).
 
 A metric series is keyed by (name, layer): layer 0 means "the whole model"; per-layer metrics use
-layers 1..L, matching W_1..W_L in PAPER.md.
+layers 1..L, matching W_1..W_L in docs/theory.md.
 """
 
 from __future__ import annotations

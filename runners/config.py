@@ -23,16 +23,20 @@ TaskName = Literal["teacher", "teacher_cls", "staircase", "gmm", "mnist5k", "mni
 LossName = Literal["mse", "xent"]
 OptimizerName = Literal["sgd", "signsgd", "adam"]
 DtypeName = Literal["auto", "float32", "float64"]
+ConvScale = Literal["channels", "fan_in"]
+TestReduction = Literal["sum", "mean"]
 
 MODELS: tuple[str, ...] = get_args(ModelName)
 TASKS: tuple[str, ...] = get_args(TaskName)
 LOSSES: tuple[str, ...] = get_args(LossName)
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 DTYPES: tuple[str, ...] = get_args(DtypeName)
+CONV_SCALES: tuple[str, ...] = get_args(ConvScale)
+TEST_REDUCTIONS: tuple[str, ...] = get_args(TestReduction)
 CADENCES: tuple[str, ...] = ("log", "every", "none")
 
 #: Below this gamma the centered output (an O(gamma) difference of O(1) numbers) cancels badly in
-#: float32, so dtype='auto' trains in float64 (PAPER.md; the authors' threshold).
+#: float32, so dtype='auto' trains in float64 (docs/theory.md; the authors' threshold).
 FLOAT64_BELOW_GAMMA = 1e-2
 
 #: Per task: (default input dim, default outputs, classification?). Image tasks fix input_dim.
@@ -54,7 +58,16 @@ IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
 }
 #: The CNN of the paper has two conv blocks, one dense layer and the readout: it counts as L = 4.
 CNN_DEPTH = 4
+#: model 'resnet', depth 18 or 34: the authors' ResNet-18 / ResNet-34 (their models.py), basic blocks
+#: per stage. Depth 1..MAX_RESNET_STAGES: gammadb's compact variant, one basic block per stage.
+RESNET_BLOCKS: dict[int, tuple[int, int, int, int]] = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 MAX_RESNET_STAGES = 4
+#: The authors' test set: the first 5,000 images of the real test set (P_test in vision_tasks.py).
+TEST_SIZE = 5000
+#: Fields added after runs were first stored. ``to_dict`` leaves one out while it holds its default, so
+#: the stored config (and the point key, a digest of it) of a run made before the field existed is
+#: unchanged; ``from_dict`` fills it back in.
+OMITTED_AT_DEFAULT: tuple[str, ...] = ("conv_scale", "test_reduction")
 
 
 @dataclass(frozen=True)
@@ -67,9 +80,17 @@ class RunConfig:
     ``data_seed`` alone, so runs that differ only in ``seed`` see the same batches.
 
     ``cadence`` says when the cadence metrics (test loss/accuracy, NTK, sharpness, data passes) are
-    measured: 'log' = steps 1, 2, 5, 10, 20, 50, ... plus the last step; 'every'; 'none'; or an int N =
-    every N steps plus the last. ``depth`` is the number of weight layers L for mlp/toy, fixed at 4 for
-    cnn, the number of residual stages (1..4) for resnet, the number of transformer blocks for vit.
+    measured (``cadence_steps``): 'log' = the authors' times, theta_t for t = 0, 1, 2, 5, 10, 20, 50, ...
+    and after the last update; 'every'; 'none'; or an int N = every N steps plus the last. ``depth``
+    is the number of weight layers L for mlp/toy, fixed at 4 for cnn, 18 or 34 for the authors'
+    ResNet-18 / ResNet-34 (or 1..4: gammadb's compact one-block-per-stage resnet), the number of
+    transformer blocks for vit.
+
+    ``conv_scale`` (cnn, resnet): each convolution's output is divided by sqrt(C_in) ('channels', the
+    authors' StdConv2d) or by sqrt(C_in k^2) ('fan_in': O(1) activations for any kernel size k).
+    ``test_reduction``: the test loss sums the criterion over the outputs ('sum', the authors'
+    test_model) or averages it ('mean': the training loss's normalisation); both average over the
+    ``test_size`` test points. docs/fidelity.md lists every choice against the authors' code.
     """
 
     model: ModelName = "mlp"
@@ -90,12 +111,14 @@ class RunConfig:
     data_seed: int = 0
     cadence: str | int = "log"
     probe_size: int = 64  # fixed probe batch for the feature kernel and the NTK
-    test_size: int = 1000  # fixed held-out test set (capped by what a finite task has)
+    test_size: int = TEST_SIZE  # fixed held-out test set (capped by what a finite task has)
     sharpness_size: int = 256  # fixed batch (the head of the test set) for the Hessian
     feature_alignment: bool = True  # per-step feature-kernel alignment on the probe batch
     ntk: bool = True  # NTK alignment and distance on the cadence
     sharpness: bool = True  # top Hessian eigenvalue on the cadence
     sharpness_iters: int = 20  # at most this many Hessian-vector products (Lanczos steps) per sharpness measurement
+    conv_scale: ConvScale = "channels"  # cnn/resnet conv output / sqrt(C_in) (authors') or / sqrt(C_in k^2)
+    test_reduction: TestReduction = "sum"  # test loss over the outputs: summed (authors') or averaged
 
     def __post_init__(self) -> None:
         # Accept the CLI's string forms; keep the frozen value canonical (N as int, names lower-case).
@@ -122,6 +145,19 @@ class RunConfig:
         return self.out_dim if self.out_dim is not None else TASK_SHAPES[self.task][1]
 
     @property
+    def test_loss_scale(self) -> float:
+        """TEST_LOSS / (the training criterion on the same points).
+
+        MSE with ``test_reduction='sum'``: the number of outputs, so the test loss is the criterion summed
+        over the outputs and averaged over test points (the authors' ``test_model``: ``MSELoss(reduction=
+        'sum')`` / number of test points). 1 for 'mean' and for cross-entropy (one value per example).
+        Divide a test loss by it to put it on the training loss's scale.
+        """
+        if self.loss_fn == "mse" and self.test_reduction == "sum":
+            return float(self.resolved_out_dim)
+        return 1.0
+
+    @property
     def is_classification(self) -> bool:
         return TASK_SHAPES[self.task][2]
 
@@ -146,6 +182,8 @@ class RunConfig:
         _one_of("loss_fn", self.loss_fn, LOSSES)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("dtype", self.dtype, DTYPES)
+        _one_of("conv_scale", self.conv_scale, CONV_SCALES)
+        _one_of("test_reduction", self.test_reduction, TEST_REDUCTIONS)
         for name in ("gamma", "eta"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -208,8 +246,11 @@ class RunConfig:
             raise InvalidSpecError("model 'mlp' needs depth >= 2 (a hidden layer and the readout)")
         if self.model == "cnn" and self.depth != CNN_DEPTH:
             raise InvalidSpecError(f"model 'cnn' has a fixed depth of {CNN_DEPTH} (2 conv, dense, readout): set depth={CNN_DEPTH}")
-        if self.model == "resnet" and self.depth > MAX_RESNET_STAGES:
-            raise InvalidSpecError(f"model 'resnet' depth counts residual stages: use 1..{MAX_RESNET_STAGES}")
+        if self.model == "resnet" and self.depth > MAX_RESNET_STAGES and self.depth not in RESNET_BLOCKS:
+            raise InvalidSpecError(
+                "model 'resnet' takes depth 18 or 34 (the authors' ResNet-18 / ResNet-34) or "
+                f"1..{MAX_RESNET_STAGES} (gammadb's compact resnet, one block per stage), got {self.depth}"
+            )
         if self.model == "vit" and image is not None and (image[1] % 4 or image[2] % 4):
             raise InvalidSpecError("model 'vit' uses 4x4 patches: the image side must be a multiple of 4")
         if self.data_dir is not None and self.task not in ("mnist1m", "cifar5m"):
@@ -223,7 +264,12 @@ class RunConfig:
 
     # ----- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, except those of ``OMITTED_AT_DEFAULT`` that hold their default."""
+        data = dataclasses.asdict(self)
+        for name in OMITTED_AT_DEFAULT:
+            if data[name] == _DEFAULTS[name]:
+                del data[name]
+        return data
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys): stored verbatim with the run and in each checkpoint."""
@@ -283,20 +329,33 @@ class RunConfig:
         }
 
 
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+
+def log_times(below: int) -> list[int]:
+    """The authors' evaluation times 0, 1, 2, 5, 10, 20, 50, ... (utils.generate_logspace) below ``below``."""
+    times = [0]
+    scale = 1
+    while scale < below:
+        times.extend(m * scale for m in (1, 2, 5) if m * scale < below)
+        scale *= 10
+    return times
+
+
 def cadence_steps(cadence: str | int, steps: int) -> Container[int]:
-    """Steps in 1..steps for a cadence: 'log' = 1, 2, 5, 10, 20, 50, ... plus ``steps``; 'every';
-    'none'; int N = N, 2N, ... plus ``steps``."""
+    """The steps (1..steps) whose records carry the cadence metrics.
+
+    At a step t < ``steps`` they describe theta_{t-1}, measured before the t-th update (like the step's
+    loss); at the last step they describe theta_T, measured after the last update (the authors'
+    evaluation after training). 'log': theta_t for t in ``log_times(steps)``, i.e. steps t + 1, plus
+    the last step; 'every'; 'none'; int N: steps N, 2N, ... plus the last step.
+    """
     if cadence == "every":
         return range(1, steps + 1)
     if cadence == "none":
         return frozenset()
     if cadence == "log":
-        chosen = {steps}
-        scale = 1
-        while scale <= steps:
-            chosen.update(m * scale for m in (1, 2, 5) if m * scale <= steps)
-            scale *= 10
-        return frozenset(chosen)
+        return frozenset(t + 1 for t in log_times(steps)) | {steps}
     if isinstance(cadence, int) and cadence >= 1:
         return frozenset(range(cadence, steps + 1, cadence)) | {steps}
     raise InvalidSpecError(f"cadence must be 'log', 'every', 'none' or a number of steps, got {cadence!r}")

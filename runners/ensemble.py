@@ -516,8 +516,10 @@ class _Ensemble:
 
     @torch.no_grad()
     def _evaluate(self, chunk: int = 1000) -> tuple[list[float], list[float] | None]:
-        """Per member, as ``gammadb.runners.measure.evaluate``: (mean test loss, accuracy or None)."""
+        """Per member, as ``gammadb.runners.measure.evaluate`` with the test criterion of
+        ``gammadb.runners.models.make_test_loss``: (mean test loss, accuracy or None)."""
         x, y, labels = self.test
+        scale = self.config.test_loss_scale
         n = x.shape[0]
         total = torch.zeros(len(self.members), dtype=torch.float64, device=x.device)
         hits = torch.zeros(len(self.members), dtype=torch.int64, device=x.device)
@@ -525,7 +527,10 @@ class _Ensemble:
             stop = min(start + chunk, n)
             out = self.output(x[start:stop])
             part = None if labels is None else labels[start:stop]
-            total += _member_losses(self.config, out, y[start:stop], part).to(torch.float64) * (stop - start)
+            losses = _member_losses(self.config, out, y[start:stop], part)
+            if scale != 1.0:
+                losses = losses * scale
+            total += losses.to(torch.float64) * (stop - start)
             if part is not None:
                 hits += (out.argmax(dim=2) == part).sum(dim=1)
         accuracy = None if labels is None else [h / n for h in hits.tolist()]
@@ -648,7 +653,8 @@ def train_ensemble(
             for i in model.members:
                 outcomes[i] = RunOutcome("stopped", step - 1)
             break
-        extra = model.cadence(step, stream) if step in cadence else None
+        final = step == config.steps and step in cadence  # measured after the last update (as ``train``)
+        extra = model.cadence(step, stream) if step in cadence and not final else None
         with torch.no_grad():
             parts = [model.weight_change()]
             if alignment:
@@ -662,6 +668,8 @@ def train_ensemble(
         model.sgd_step(finite)
         parts.insert(0, detached.unsqueeze(1))
         rows = torch.cat(parts, dim=1).tolist()  # the one device -> host transfer of the step
+        if final:  # theta_T of the members whose last loss was finite (a diverged one logs none)
+            extra = [e if math.isfinite(row[0]) else {} for e, row in zip(model.cadence(step, stream), rows)]
         if block is not None and not extra:
             block(step, model.members, keys, rows)
         else:

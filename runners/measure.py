@@ -373,8 +373,9 @@ def evaluate(
 ) -> tuple[float, float | None]:
     """(mean loss, accuracy or None) of ``model`` on a fixed set, in eval mode, in chunks.
 
-    The loss is the training loss averaged over examples (chunks weighted by size); accuracy is the
-    fraction of argmax predictions equal to ``labels`` (classification only).
+    The loss is ``loss_fn`` averaged over examples (chunks weighted by size; the trainer passes
+    ``gammadb.runners.models.make_test_loss``); accuracy is the fraction of argmax predictions equal
+    to ``labels`` (classification only).
     """
     was_training = model.training
     model.eval()

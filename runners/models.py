@@ -1,9 +1,12 @@
-"""Networks in the centered, gamma-divided muP / mean-field parameterisation of PAPER.md.
+"""Networks in the centered, gamma-divided muP / mean-field parameterisation of docs/theory.md.
 
 Every scale factor of the parameterisation lives in the "Parameterisation" section below and nowhere
-else: the forward multiplier of a weight layer (1/sqrt(fan_in) hidden, 1/fan_in readout), the output
-divisor gamma (in ``Centered``), the learning rate (``learning_rate``) and the MSE prefactor
-(``mse_prefactor``). Init, forward and optimiser read them from here.
+else: the forward multiplier of a weight layer (1/sqrt(fan_in) hidden, 1/fan_in readout), what a
+convolution counts as its fan-in (``conv_fan_in``), the output divisor gamma (in ``Centered``), the
+learning rate (``learning_rate``) and the MSE prefactor (``mse_prefactor``); the test loss's sum over
+outputs is ``RunConfig.test_loss_scale`` (torch-free, so analysis can read it too). Init, forward,
+optimiser and evaluation read them from here.
+docs/fidelity.md compares every choice with the authors' code (Pehlevan-Group/Richness_Sweep).
 
 All weights start N(0, 1) and biases 0; init draws from a local generator seeded by the run's seed,
 in float32 on the CPU (then cast/moved), so a seed gives the same weights on every device and dtype.
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gammadb.runners.config import RunConfig
+from gammadb.runners.config import RESNET_BLOCKS, RunConfig
 
 # ===== Parameterisation: the only place scale factors are defined =================================
 
@@ -31,6 +34,16 @@ def layer_multiplier(fan_in: int, *, readout: bool) -> float:
     1/fan_in, the muP / mean-field readout that makes feature learning width-independent.
     """
     return 1.0 / fan_in if readout else 1.0 / math.sqrt(fan_in)
+
+
+def conv_fan_in(c_in: int, kernel: int, conv_scale: str) -> int:
+    """The fan-in whose 1/sqrt a convolution's output is multiplied by.
+
+    'channels': C_in, as the authors' ``StdConv2d`` (``conv(x) / sqrt(x.shape[-3])``); 'fan_in':
+    C_in * k * k, the full fan-in, which keeps activations O(1) for any kernel size k. They differ by
+    the constant k per k x k conv layer, which moves no scaling exponent.
+    """
+    return c_in if conv_scale == "channels" else c_in * kernel * kernel
 
 
 def learning_rate(config: RunConfig) -> float:
@@ -51,7 +64,7 @@ def mse_prefactor(config: RunConfig) -> float:
 
     1 for the networks (PyTorch's MSELoss, as the authors train). 1/2 for the toy model: with
     loss = (f - y)^2 / 2 the Hessian at its minimum has top eigenvalue exactly
-    ``gammadb.runners.toy.lambda_star`` (PAPER.md) and gradient descent at rate eta is stable iff
+    ``gammadb.runners.toy.lambda_star`` (docs/theory.md) and gradient descent at rate eta is stable iff
     eta < 2 / lambda_star, so the closed form and the trainer agree.
     """
     return 0.5 if config.model == "toy" else 1.0
@@ -88,18 +101,16 @@ class ScaledLinear(nn.Module):
 
 
 class ScaledConv2d(nn.Module):
-    """Conv2d with N(0, 1) weights, zero bias, output times 1/sqrt(C_in * k * k).
+    """Conv2d with N(0, 1) weights, zero bias, output (bias included) times 1/sqrt(``conv_fan_in``):
+    1/sqrt(C_in) with conv_scale 'channels' (the authors'), 1/sqrt(C_in k^2) with 'fan_in'."""
 
-    (The authors divide by sqrt(C_in) only; the full fan-in keeps activations O(1) for any kernel size.
-    The two differ by the constant k per conv layer, which moves no scaling exponent.)
-    """
-
-    def __init__(self, c_in: int, c_out: int, kernel: int, generator: torch.Generator, *, stride: int = 1, padding: int = 0, bias: bool = True):
+    def __init__(self, c_in: int, c_out: int, kernel: int, generator: torch.Generator, *, stride: int = 1,
+                 padding: int = 0, bias: bool = True, conv_scale: str = "channels"):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel))
         self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
         self.stride, self.padding = stride, padding
-        self.multiplier = layer_multiplier(c_in * kernel * kernel, readout=False)
+        self.multiplier = layer_multiplier(conv_fan_in(c_in, kernel, conv_scale), readout=False)
         _normal_(self.weight, generator)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -149,13 +160,14 @@ class MLP(Net):
 
 class CNN(Net):
     """The paper's CNN (L = 4): conv3x3(C->N), ReLU, avgpool2, conv3x3(N->2N), ReLU, avgpool2,
-    dense(-> 8N), ReLU, readout(8N -> out) with the 1/fan_in multiplier."""
+    dense(-> 8N), ReLU, readout(8N -> out) with the 1/fan_in multiplier (the authors' ``CNN``)."""
 
-    def __init__(self, image: tuple[int, int, int], width: int, out_dim: int, generator: torch.Generator):
+    def __init__(self, image: tuple[int, int, int], width: int, out_dim: int, generator: torch.Generator,
+                 conv_scale: str = "channels"):
         super().__init__()
         c, h, w = image
-        self.conv1 = ScaledConv2d(c, width, 3, generator)
-        self.conv2 = ScaledConv2d(width, 2 * width, 3, generator)
+        self.conv1 = ScaledConv2d(c, width, 3, generator, conv_scale=conv_scale)
+        self.conv2 = ScaledConv2d(width, 2 * width, 3, generator, conv_scale=conv_scale)
         side_h, side_w = ((h - 2) // 2 - 2) // 2, ((w - 2) // 2 - 2) // 2
         self.dense = ScaledLinear(2 * width * side_h * side_w, 8 * width, generator)
         self.readout = ScaledLinear(8 * width, out_dim, generator, readout=True)
@@ -171,16 +183,20 @@ class CNN(Net):
 
 
 class _BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, generator: torch.Generator):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); the shortcut is a strided 1x1 conv + BN
+    where the shape changes, else the identity (the authors' ``BasicBlock``)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, generator: torch.Generator, conv_scale: str):
         super().__init__()
-        self.conv1 = ScaledConv2d(c_in, c_out, 3, generator, stride=stride, padding=1, bias=False)
+        self.conv1 = ScaledConv2d(c_in, c_out, 3, generator, stride=stride, padding=1, bias=False, conv_scale=conv_scale)
         self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = ScaledConv2d(c_out, c_out, 3, generator, padding=1, bias=False)
+        self.conv2 = ScaledConv2d(c_out, c_out, 3, generator, padding=1, bias=False, conv_scale=conv_scale)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                ScaledConv2d(c_in, c_out, 1, generator, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+                ScaledConv2d(c_in, c_out, 1, generator, stride=stride, bias=False, conv_scale=conv_scale),
+                nn.BatchNorm2d(c_out),
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -190,24 +206,38 @@ class _BasicBlock(nn.Module):
 
 
 class ResNet(Net):
-    """A small muP ResNet: stem conv + BN, ``stages`` basic blocks with widths N * (1, 2, 4, 8)
-    (the ResNet-18 widths 64..512 scaled by N/64), stride 2 from the second stage, global average
-    pool, 1/fan_in readout."""
+    """A muP ResNet: stem conv3x3 + BN + ReLU, stages of basic blocks with widths N * (1, 2, 4, 8) (the
+    ResNet-18 widths 64..512 scaled by N/64), stride 2 at the first block of every stage after the
+    first, then a pool and the 1/fan_in readout.
 
-    def __init__(self, image: tuple[int, int, int], width: int, stages: int, out_dim: int, generator: torch.Generator):
+    ``blocks`` per stage: (2, 2, 2, 2) is the authors' ResNet-18, (3, 4, 6, 3) their ResNet-34; both
+    pool with the authors' 4x4 average pool (``pool4``: ``avg_pool2d(x, 4)``, flattened), which on the
+    32x32 and 28x28 task images leaves 1x1. gammadb's compact variant (1..4 stages of one block each)
+    pools globally (the mean over positions; ``pool4=False``).
+    """
+
+    def __init__(self, image: tuple[int, int, int], width: int, blocks: tuple[int, ...], out_dim: int,
+                 generator: torch.Generator, conv_scale: str = "channels", *, pool4: bool = True):
         super().__init__()
-        widths = [width * m for m in (1, 2, 4, 8)][:stages]
-        self.stem = ScaledConv2d(image[0], widths[0], 3, generator, padding=1, bias=False)
+        widths = [width * m for m in (1, 2, 4, 8)][: len(blocks)]
+        self.pool4 = pool4
+        self.stem = ScaledConv2d(image[0], widths[0], 3, generator, padding=1, bias=False, conv_scale=conv_scale)
         self.bn = nn.BatchNorm2d(widths[0])
-        blocks, c_in = [], widths[0]
-        for i, c_out in enumerate(widths):
-            blocks.append(_BasicBlock(c_in, c_out, 1 if i == 0 else 2, generator))
-            c_in = c_out
-        self.blocks = nn.Sequential(*blocks)
-        self.readout = ScaledLinear(c_in, out_dim, generator, readout=True)
+        layers, c_in, side = [], widths[0], image[1]
+        for i, (c_out, count) in enumerate(zip(widths, blocks)):
+            for j in range(count):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(_BasicBlock(c_in, c_out, stride, generator, conv_scale))
+                side = (side - 1) // stride + 1  # 3x3 conv, padding 1
+                c_in = c_out
+        self.blocks = nn.Sequential(*layers)
+        features = c_in * (side // 4) ** 2 if self.pool4 else c_in
+        self.readout = ScaledLinear(features, out_dim, generator, readout=True)
 
     def features(self, x: Tensor) -> Tensor:
         x = self.blocks(torch.relu(self.bn(self.stem(x))))
+        if self.pool4:
+            return F.avg_pool2d(x, 4).flatten(1)
         return x.mean(dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -275,7 +305,7 @@ class ViT(Net):
 
 
 class ToyNet(Net):
-    """The deep linear scalar model of PAPER.md: f_NN(x) = x * w_1 * ... * w_L, balanced init w_l = 1.
+    """The deep linear scalar model of docs/theory.md: f_NN(x) = x * w_1 * ... * w_L, balanced init w_l = 1.
 
     Width 1, one input and output; its weights are (1, 1) matrices so that per-layer metrics treat
     it like any other network.
@@ -359,9 +389,11 @@ def build_net(config: RunConfig) -> Net:
         return ToyNet(config.depth)
     assert image is not None, "validated: image models need image tasks"
     if config.model == "cnn":
-        return CNN(image, config.width, out, generator)
+        return CNN(image, config.width, out, generator, config.conv_scale)
     if config.model == "resnet":
-        return ResNet(image, config.width, config.depth, out, generator)
+        authors = config.depth in RESNET_BLOCKS
+        blocks = RESNET_BLOCKS[config.depth] if authors else (1,) * config.depth
+        return ResNet(image, config.width, blocks, out, generator, config.conv_scale, pool4=authors)
     if config.model == "vit":
         return ViT(image, config.width, config.depth, out, generator)
     raise AssertionError(config.model)  # validate() rejects unknown models
@@ -406,6 +438,19 @@ def build_optimizer(config: RunConfig, model: Centered) -> torch.optim.Optimizer
 
 
 LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+def make_test_loss(config: RunConfig) -> LossFn:
+    """The test criterion: ``make_loss(config)`` times ``config.test_loss_scale`` (for MSE with
+    test_reduction 'sum': summed over the outputs, averaged over the batch)."""
+    loss_fn, scale = make_loss(config), config.test_loss_scale
+    if scale == 1.0:
+        return loss_fn
+
+    def summed(output: Tensor, target: Tensor, labels: Tensor | None) -> Tensor:
+        return loss_fn(output, target, labels) * scale
+
+    return summed
 
 
 def make_loss(config: RunConfig) -> LossFn:

@@ -385,7 +385,7 @@ def _quick() -> SweepSpec:
 def _toy() -> SweepSpec:
     return SweepSpec(
         name="toy",
-        description="PAPER.md's scalar deep linear model, L=2,3,4, gamma 1e-3..1e3, 4 eta per decade; checks exact theory",
+        description="the toy model of docs/theory.md, L=2,3,4, gamma 1e-3..1e3, 4 eta per decade; checks exact theory",
         base=RunConfig(
             model="toy", task="toy", width=1, batch_size=1, depth=2, steps=500,
             feature_alignment=False, ntk=False, sharpness_iters=5,

@@ -1,4 +1,4 @@
-"""The deep linear scalar model of PAPER.md: closed forms, and a numeric check on the real trainer.
+"""The deep linear scalar model of docs/theory.md: closed forms, and a numeric check on the real trainer.
 
 Model: width 1, depth L, one example x = 1, y = 1, balanced init w_l = 1,
 f = (w_1 ... w_L - 1) / gamma (``gammadb.runners.models.ToyNet`` inside ``Centered``), trained by gradient
@@ -7,7 +7,7 @@ descent at rate eta (lr = width * eta with width 1).
 Loss convention: the toy's loss is (f - y)^2 / 2 (``gammadb.runners.models.mse_prefactor``). Reason: at the
 balanced minimum (prod w = 1 + gamma, residual 0) the Hessian is the Gauss-Newton term
 c * 2 * grad f grad f^T for loss c (f - y)^2, with |grad f|^2 = L (1 + gamma)^(2(L-1)/L) / gamma^2. With
-c = 1/2 its top eigenvalue is exactly PAPER.md's lambda* and GD is stable iff eta < 2 / lambda*; with
+c = 1/2 its top eigenvalue is exactly docs/theory.md's lambda* and GD is stable iff eta < 2 / lambda*; with
 c = 1 (MSELoss, as the networks use) both would be off by a factor 2. The balanced minimum is also
 the flattest point of the solution set, so no catapult can settle anywhere flatter: beyond
 2 / lambda* the run cannot converge. ``numeric_eta_max`` measures the edge on the trainer and the

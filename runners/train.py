@@ -2,15 +2,21 @@
 
 Step numbering: steps are 1..T. Everything logged at step t describes the parameters theta_{t-1},
 i.e. before the t-th update: LOSS is the loss on the t-th fresh batch (the one the t-th update then
-uses), WEIGHT_CHANGE is 0 at step 1, and cadence metrics at step t are measured on theta_{t-1} too.
+uses), WEIGHT_CHANGE is 0 at step 1, and cadence metrics at step t are measured on theta_{t-1} too;
+except at the last step T, whose cadence metrics describe theta_T, measured after the last update (the
+authors' evaluation after training). With cadence 'log' the cadence metrics are the authors' times:
+theta_t for t = 0, 1, 2, 5, 10, 20, 50, ... (at steps t + 1) and theta_T (at step T); when T - 1 is one
+of those times, step T carries theta_T only. A run extended past its old last step (``steps`` raised)
+keeps that step's theta_T values.
 
 Per step (one host transfer of the stacked values per step, no other device sync):
   LOSS; WEIGHT_CHANGE layers 1..L (||W_l - W_l(0)||_F / ||W_l(0)||_F); FEATURE_ALIGNMENT (centered
   alignment of the last-hidden-layer feature kernel with Y = y y^T on the fixed probe batch; optional).
 On the cadence (``RunConfig.cadence_steps``):
-  TEST_LOSS; TEST_ACCURACY (classification); NTK_ALIGNMENT and NTK_DISTANCE (||K - K(0)||_F / ||K(0)||_F)
+  TEST_LOSS (``make_test_loss``: by default summed over the outputs, averaged over the test set);
+  TEST_ACCURACY (classification); NTK_ALIGNMENT and NTK_DISTANCE (||K - K(0)||_F / ||K(0)||_F)
   of the empirical NTK on the probe batch; SHARPNESS (top Hessian eigenvalue of the training loss on
-  a fixed batch); DATA_PASSES (finite tasks: passes completed by theta_{t-1}).
+  a fixed batch); DATA_PASSES (finite tasks: passes completed by the parameters measured).
 Kernel metrics need a probe of at least 2 examples (the toy task has one) and are skipped otherwise.
 
 A non-finite loss is logged, the run stops and the outcome is 'diverged' at that step.
@@ -60,6 +66,7 @@ from gammadb.runners.models import (
     build_optimizer,
     has_batchnorm,
     make_loss,
+    make_test_loss,
     torch_dtype,
     weight_layers,
 )
@@ -116,6 +123,7 @@ class _Measurements:
 
     def __init__(self, config: RunConfig, task: Task, model: Centered, loss_fn: LossFn, device: torch.device, dtype: torch.dtype):
         self.config, self.model, self.loss_fn = config, model, loss_fn
+        self.test_loss_fn = make_test_loss(config)
         self.bn = has_batchnorm(model)
         self.probe = task.probe().to(device, dtype)
         self.kernels = len(self.probe) >= 2  # a centered kernel of one example is zero
@@ -142,9 +150,9 @@ class _Measurements:
             return self.target.alignment_of_features(self.model.features(self.probe.x))
 
     def cadence(self, step: int, stream: DataStream) -> dict[MetricKey, float]:
-        """Cadence metrics of theta_{step-1} (host floats; this is where syncs are allowed)."""
+        """Cadence metrics of the current parameters (host floats; this is where syncs are allowed)."""
         c, values = self.config, {}
-        test_loss, accuracy = evaluate(self.model, self.test.x, self.test.y, self.test.labels, self.loss_fn)
+        test_loss, accuracy = evaluate(self.model, self.test.x, self.test.y, self.test.labels, self.test_loss_fn)
         values[MetricKey(TEST_LOSS)] = test_loss
         if accuracy is not None:
             values[MetricKey(TEST_ACCURACY)] = accuracy
@@ -267,7 +275,8 @@ def train(
         if should_stop is not None and should_stop():
             save(step - 1)
             return RunOutcome("stopped", step - 1)
-        extra = measure.cadence(step, stream) if step in cadence else None
+        final = step == config.steps and step in cadence  # measured after the last update instead
+        extra = measure.cadence(step, stream) if step in cadence and not final else None
         # Per-step metrics first: the probe forward restores BatchNorm buffers in place, which must
         # not happen while the training graph holds them.
         with torch.no_grad():
@@ -282,6 +291,8 @@ def train(
         optimizer.step()
         values = torch.cat(parts).tolist()  # the one device -> host transfer of the step
         record = dict(zip(keys, values))
+        if final and math.isfinite(values[0]):
+            extra = measure.cadence(step, stream)  # theta_T
         if extra:
             record.update(extra)
         sink.log(step, record)

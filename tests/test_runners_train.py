@@ -66,15 +66,17 @@ def test_cadence_metrics_land_on_cadence_steps() -> None:
     sink1 = ListSink()
     train(SMALL.replace(cadence="log", steps=5), sink1, device="cpu")
     assert sink1.series(NTK_DISTANCE)[0] == (1, 0.0)  # K(theta_0) vs K(0)
-    assert [s for s, _ in sink1.series(TEST_LOSS)] == [1, 2, 5]
+    assert [s for s, _ in sink1.series(TEST_LOSS)] == [1, 2, 3, 5]  # theta_0, theta_1, theta_2; theta_5 at the end
 
 
+@pytest.mark.mnist5k
 def test_classification_and_finite_data_metrics() -> None:
     config = RunConfig(task="mnist5k", width=16, batch_size=500, steps=10, cadence=4, eta=0.5, probe_size=8, test_size=100, sharpness_size=16, sharpness_iters=3, ntk=False)
     sink = ListSink()
     train(config, sink, device="cpu")
     assert [s for s, _ in sink.series(TEST_ACCURACY)] == [4, 8, 10]
-    assert sink.series(DATA_PASSES) == [(4, 3 * 500 / 4000), (8, 7 * 500 / 4000), (10, 9 * 500 / 4000)]
+    # The last step measures theta_T, after the last update (10 batches drawn).
+    assert sink.series(DATA_PASSES) == [(4, 3 * 500 / 4000), (8, 7 * 500 / 4000), (10, 10 * 500 / 4000)]
     assert all(0 <= a <= 1 for a in sink.values(TEST_ACCURACY))
 
 
@@ -141,7 +143,7 @@ def test_float64_at_tiny_gamma_tracks_the_lazy_limit_where_float32_cancels() -> 
 
 
 def test_toy_sharpness_matches_the_exact_hessian() -> None:
-    """At the balanced minimum the top eigenvalue is lambda* (PAPER.md, with loss (f - y)^2 / 2). At
+    """At the balanced minimum the top eigenvalue is lambda* (docs/theory.md, with loss (f - y)^2 / 2). At
     init (f = 0, residual -1) the Hessian is 11^T / gamma^2 - (11^T - I) / gamma: along the balanced
     direction L / gamma^2 - (L - 1) / gamma."""
     gamma, depth = 0.5, 3
@@ -227,7 +229,7 @@ def test_a_run_diverging_at_a_cadence_step_records_its_metrics_and_ends_diverged
     from gammadb.runners.ensemble import train_ensemble
 
     config = RunConfig(model="mlp", task="teacher", depth=3, width=64, batch_size=32, gamma=1.0, eta=31.6227766017,
-                       steps=40, probe_size=32, test_size=100, sharpness_size=64, sharpness_iters=10)
+                       steps=40, probe_size=32, test_size=100, sharpness_size=64, sharpness_iters=10, cadence="every")
     alone = ListSink()
     outcome = train(config, alone, device="cpu")
     assert outcome.status == "diverged"
