@@ -6,9 +6,9 @@ Model: the stacked MLP (depth 3, teacher task, batch 128, the default 256-exampl
 20 Hessian-vector products), members a (gamma, eta, seed) grid, trained 50 steps first. Variants,
 interleaved round by round:
 
-  per-member   ``_Ensemble._sharpness_of`` for each member (the CPU default): load it into a solo
+  per-member   ``EnsembleModel._sharpness_of`` for each member (the CPU default): load it into a solo
                model and run ``top_hessian_eigenvalue`` on it (K separate Lanczos runs)
-  batched      ``_Ensemble._sharpness``: ``top_hessian_eigenvalues`` on the stack (one Hessian-vector
+  batched      ``EnsembleModel._sharpness``: ``top_hessian_eigenvalues`` on the stack (one Hessian-vector
                product of the stacked model per Lanczos step serves every member)
 
 Prints ms per evaluation of all K members (median over rounds), the ratio per-member / batched and
@@ -29,10 +29,10 @@ import torch  # noqa: E402
 
 from gammadb.runners.config import RunConfig  # noqa: E402
 from gammadb.runners.data import DataStream, make_task  # noqa: E402
-from gammadb.runners.ensemble import _Ensemble  # noqa: E402
+from gammadb.runners.ensemble_model import EnsembleModel  # noqa: E402
 
 
-def per_member(model: _Ensemble, step: int) -> list[float]:
+def per_member(model: EnsembleModel, step: int) -> list[float]:
     return [model._sharpness_of(j, step) for j in range(len(model.members))]
 
 
@@ -51,7 +51,7 @@ def main() -> None:
             grid = [(g, e, s) for s in range(4) for g in (0.5, 1.0, 2.0, 4.0) for e in (0.02, 0.05)][:k]
             configs = [base.replace(gamma=g, eta=e, seed=s) for g, e, s in grid]
             task = make_task(base)
-            model = _Ensemble(configs, task, torch.device("cpu"), torch.float32, "bmm")
+            model = EnsembleModel(configs, task, torch.device("cpu"), torch.float32, "bmm")
             stream = DataStream(task, torch.device("cpu"), torch.float32)
             for _ in range(50):
                 losses = model.losses(next(stream))

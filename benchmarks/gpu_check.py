@@ -352,14 +352,14 @@ def part_e(device: str, smoke: bool) -> None:
 
     from benchmarks.bench_ensemble_sharpness import per_member
     from gammadb.runners.data import make_task
-    from gammadb.runners.ensemble import _Ensemble
+    from gammadb.runners.ensemble_model import EnsembleModel
 
     say("== (e) ensemble sharpness: batched Lanczos vs member by member")
     dev = torch.device(device)
     for width, k in ((16, 2),) if smoke else ((256, 8), (256, 64)):
         base = RunConfig(model="mlp", task="teacher", width=width, depth=3, batch_size=128, steps=10)
         configs = [base.replace(gamma=0.5 * (1 + m % 8), eta=0.05, seed=m // 8) for m in range(k)]
-        model = _Ensemble(configs, make_task(base), dev, torch.float32, "bmm")
+        model = EnsembleModel(configs, make_task(base), dev, torch.float32, "bmm")
         model._sharpness(1)
         times = []
         for _ in range(3):

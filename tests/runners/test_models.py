@@ -9,7 +9,15 @@ import torch
 
 from gammadb.runners.config import RunConfig
 from gammadb.runners.measure import TargetKernel, center_kernel, centered_alignment, empirical_ntk, top_hessian_eigenvalue
-from gammadb.runners.models import build_model, build_optimizer, learning_rate, make_loss, weight_layers
+from gammadb.runners.models import (
+    build_model,
+    build_optimizer,
+    centered_output,
+    learning_rate,
+    make_loss,
+    make_test_loss,
+    weight_layers,
+)
 
 MODELS = {
     "mlp": RunConfig(width=16),
@@ -82,6 +90,48 @@ def test_learning_rate_scales_with_width_not_gamma() -> None:
     assert learning_rate(RunConfig(width=256, eta=0.01, gamma=1e3)) == pytest.approx(2.56)
     assert learning_rate(MODELS["toy"].replace(eta=0.3)) == pytest.approx(0.3)
     assert learning_rate(RunConfig(width=256, eta=0.01, optimizer="adam")) == pytest.approx(0.01)
+
+
+def test_centered_output_divides_by_gamma_a_scalar_or_one_per_member() -> None:
+    """One definition serves the solo model (a float gamma) and the stacked ensemble ((K, 1, 1) gammas)."""
+    assert centered_output(torch.tensor(3.0), torch.tensor(1.0), 0.5).item() == 4.0
+    g = torch.Generator().manual_seed(0)
+    out, out0 = (torch.randn(3, 5, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    gammas = (1e-3, 0.5, 40.0)
+    stacked = centered_output(out, out0, torch.tensor(gammas, dtype=torch.float64).view(-1, 1, 1))
+    for k, gamma in enumerate(gammas):
+        assert torch.equal(stacked[k], centered_output(out[k], out0[k], gamma))
+    model = build_model(RunConfig(width=16, gamma=2.0))
+    x = _inputs(RunConfig(width=16))
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(0.1)
+        assert torch.equal(model(x), centered_output(model.net(x), model.init_net(x), 2.0))
+
+
+LOSSES = {
+    "mse": RunConfig(),
+    "mse-toy-halved": MODELS["toy"],
+    "mse-summed-test-loss": RunConfig(task="teacher_cls"),
+    "xent": RunConfig(task="teacher_cls", loss_fn="xent"),
+}
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_stacked_loss_is_each_members_own_loss(name: str) -> None:
+    """make_loss / make_test_loss with stacked=True: (K,) losses of (K, B, C) outputs, member k's equal
+    to the solo loss of output[k] (the ensemble's training and test criteria)."""
+    config = LOSSES[name]
+    g = torch.Generator().manual_seed(0)
+    c = config.resolved_out_dim
+    out = torch.randn(3, 8, c, generator=g, dtype=torch.float64)
+    y = torch.randn(8, c, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, c, (8,), generator=g) if config.loss_fn == "xent" else None
+    for make in (make_loss, make_test_loss):
+        stacked = make(config, stacked=True)(out, y, labels)
+        assert stacked.shape == (3,)
+        solo = [make(config)(out[k], y, labels).item() for k in range(3)]
+        assert stacked.tolist() == pytest.approx(solo, rel=1e-13)
 
 
 def test_coordinate_check_activations_and_one_step_update_are_width_independent() -> None:
