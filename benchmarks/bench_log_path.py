@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gammadb.metrics import FEATURE_ALIGNMENT, LOSS, WEIGHT_CHANGE, MetricKey  # noqa: E402
 from gammadb.records import RunSpec  # noqa: E402
 from gammadb.store import Store  # noqa: E402
-from gammadb.runners.sweep import NullReporter, _StoreSink, _StoreSinks  # noqa: E402
+from gammadb.runners.reporters import NullReporter  # noqa: E402
+from gammadb.runners.sinks import StoreSink, StoreSinks  # noqa: E402
 
 KEYS = [MetricKey(LOSS)] + [MetricKey(WEIGHT_CHANGE, layer) for layer in (1, 2, 3)] + [MetricKey(FEATURE_ALIGNMENT)]
 
@@ -48,7 +49,7 @@ def one(store: Store, name: str, k: int, steps: int, block: bool) -> tuple[float
     """(producer seconds, seconds in the database, rows) for one path."""
     ids = _runs(store, name, k, steps)
     writer = store.writer(max_backlog_rows=10**12)  # unbounded here: time the producer alone
-    sinks = _StoreSinks(_StoreSink(writer, run_id, steps, NullReporter()) for run_id in ids)
+    sinks = StoreSinks(StoreSink(writer, run_id, steps, NullReporter()) for run_id in ids)
     members = list(range(k))
     rows = [[0.5 + j / k, 0.1, 0.2, 0.3, 0.9] for j in range(k)]
     t0 = time.perf_counter()

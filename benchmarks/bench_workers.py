@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gammadb.store import Store
 from gammadb.runners.config import RunConfig
-from gammadb.runners.sweep import SweepPlan, prepare
+from gammadb.runners.plan import SweepPlan, prepare
 
 ROOT = Path(__file__).parent.parent
 

@@ -13,33 +13,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from gammadb.errors import InvalidSpecError
 from gammadb.records import RunRecord
-from gammadb.schema import RunStatus
 from gammadb.store import Store
 from gammadb.urls import resolve_url
+from gammadb.runners.adaptive import advance_adaptive
+from gammadb.runners.plan import SweepReport, WorkOptions, plan_of, point_key, prepare, run_spec, tally
+from gammadb.runners.reporters import LineReporter, NullReporter, RichReporter
+from gammadb.runners.signals import terminate_raises_interrupt
 from gammadb.runners.spec import SweepSpec
+from gammadb.runners.sweep import run_sweep, work
 
 if TYPE_CHECKING:
     import polars as pl
-from gammadb.runners.sweep import (
-    NullReporter,
-    SweepPlan,
-    SweepReport,
-    WorkOptions,
-    advance_adaptive,
-    point_key,
-    prepare,
-    run_sweep,
-    run_spec,
-    tally,
-    work,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +46,6 @@ class LaunchOptions:
     ensemble: int = 1
     progress: bool = True
     quiet: bool = False
-
-
-def plan_of(spec: SweepSpec) -> SweepPlan:
-    return SweepPlan(name=spec.name, spec=spec.to_dict(), configs=spec.expand(),
-                     adaptive=spec.adaptive, decades_below=spec.decades_below)
 
 
 def set_threads(threads: Optional[int], workers: int = 1) -> None:
@@ -185,23 +169,6 @@ def _poll_parent(parent_pid: int, every_seconds: float = 1.0) -> threading.Threa
     return thread
 
 
-@contextmanager
-def _terminate_raises_interrupt() -> Iterator[None]:
-    """SIGTERM to the launcher stops it as Ctrl-C does: it stops its workers and waits for them."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, _handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _local_workers(url: Optional[str], sweep: str, opts: LaunchOptions) -> None:
     threads = opts.threads or 1
     cmd = [sys.executable, "-m", "gammadb", "worker", "--sweep", sweep, "--device", opts.device,
@@ -211,7 +178,7 @@ def _local_workers(url: Optional[str], sweep: str, opts: LaunchOptions) -> None:
     env = {**_worker_env(url), PARENT_PID_ENV: str(os.getpid())}
     procs: list[subprocess.Popen] = []
     try:
-        with _terminate_raises_interrupt():
+        with terminate_raises_interrupt():
             for _ in range(opts.workers):
                 procs.append(subprocess.Popen(cmd, env=env))
             for p in procs:
@@ -305,57 +272,3 @@ def _per_gamma_table(runs: "pl.DataFrame") -> list[str]:
         out.append(f"{r['gamma']:10.3g} {r['runs']:5d} {r['completed']:5d} {r['diverged']:8d} {eta} {loss}")
     return out
 
-
-class LineReporter:
-    """One line per finished run on stderr (no terminal needed)."""
-
-    def __enter__(self) -> "LineReporter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def run_started(self, run: RunRecord, index: int, total: int) -> None:
-        self._index, self._total = index, total
-
-    def step(self, run_id: int, step: int, total: int) -> None:
-        pass
-
-    def run_finished(self, run: RunRecord, status: RunStatus, steps: int, final_loss: Optional[float]) -> None:
-        where = f"[{self._index}/{self._total}] " if getattr(self, "_total", 0) else ""
-        loss = f"{final_loss:.4g}" if final_loss is not None else "-"
-        print(f"{where}run {run.id} gamma={run.gamma:g} eta={run.eta:g} seed={run.seed}: {status.value} "
-              f"after {steps} steps, loss {loss}", file=sys.stderr, flush=True)
-
-
-class RichReporter(LineReporter):
-    """A progress bar (runs done / total with ETA; the current run's steps) and a line per run."""
-
-    def __enter__(self) -> "RichReporter":
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-        self._progress.__enter__()
-        self._runs = self._progress.add_task("runs", total=None)
-        self._steps = self._progress.add_task("steps", total=None)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(None, None, None)
-
-    def run_started(self, run: RunRecord, index: int, total: int) -> None:
-        super().run_started(run, index, total)
-        self._progress.update(self._runs, total=total, completed=index - 1)
-        self._progress.update(self._steps, total=run.steps_planned, completed=0,
-                              description=f"run {run.id} gamma={run.gamma:g} eta={run.eta:g}")
-
-    def step(self, run_id: int, step: int, total: int) -> None:
-        self._progress.update(self._steps, completed=step)
-
-    def run_finished(self, run: RunRecord, status: RunStatus, steps: int, final_loss: Optional[float]) -> None:
-        self._progress.update(self._runs, advance=1)
-        loss = f"{final_loss:.4g}" if final_loss is not None else "-"
-        self._progress.console.print(f"run {run.id} gamma={run.gamma:g} eta={run.eta:g} seed={run.seed}: "
-                                     f"{status.value} after {steps} steps, loss {loss}")

@@ -19,10 +19,10 @@ from gammadb.errors import StoreUnavailableError
 from gammadb.schema import RunStatus
 from gammadb.store import Store
 from gammadb.runners.config import RunConfig
-from gammadb.runners.sweep import SweepPlan, prepare
+from gammadb.runners.plan import SweepPlan, prepare
 from gammadb.runners.train import ListSink, train
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def short(**kw) -> RunConfig:
@@ -241,7 +241,7 @@ def test_a_worker_without_ensemble_takes_the_sweep_specs(sqlite_url: str, tmp_pa
                     '[base]\nmodel = "mlp"\ntask = "teacher"\ndepth = 2\nwidth = 8\nbatch_size = 4\n'
                     'cadence = "none"\n')
     with Store.open(sqlite_url) as store:
-        from gammadb.runners.launch import plan_of
+        from gammadb.runners.plan import plan_of
         from gammadb.runners.spec import load_spec
 
         prepare(store, plan_of(load_spec(spec)))
@@ -337,9 +337,9 @@ ADAPTIVE = ('name = "ad"\ngamma = [0.5, 2.0]\neta = [1e4, 1e3, 100.0, 10.0, 1.0,
 def test_advance_adaptive_creates_each_next_level_once_its_ladder_allows(sqlite_url: str, tmp_path: Path) -> None:
     """The store-driven scan, step by step, without training: one level per ladder at a time, the
     next once every run of the level ended, none below the range; failed ends a level as non-diverged."""
-    from gammadb.runners.launch import plan_of
+    from gammadb.runners.plan import plan_of
     from gammadb.runners.spec import spec_from_toml
-    from gammadb.runners.sweep import advance_adaptive
+    from gammadb.runners.adaptive import advance_adaptive
 
     with Store.open(sqlite_url) as store:
         plan = plan_of(spec_from_toml(ADAPTIVE))

@@ -112,8 +112,9 @@ def test_missing_data_dir_is_both_not_found_and_invalid_spec(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("cadence", "steps", "expected"),
     [
-        ("log", 1000, {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000}),
-        ("log", 30, {1, 2, 5, 10, 20, 30}),
+        # theta_t for t = 0, 1, 2, 5, 10, ... at step t + 1, and theta_T at the last step
+        ("log", 1000, {1, 2, 3, 6, 11, 21, 51, 101, 201, 501, 1000}),
+        ("log", 30, {1, 2, 3, 6, 11, 21, 30}),
         ("every", 4, {1, 2, 3, 4}),
         (10, 35, {10, 20, 30, 35}),
         ("none", 10, set()),
