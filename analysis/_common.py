@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -20,6 +21,7 @@ import polars as pl
 from gammadb.errors import AnalysisError, InvalidSpecError
 from gammadb.metrics import LOSS, TEST_LOSS
 from gammadb.records import RUN_COLUMNS
+from gammadb.runners.config import RunConfig
 from gammadb.schema import RunStatus
 
 #: Columns that define a group: runs sharing all of them differ only in (gamma, eta, seed).
@@ -45,7 +47,8 @@ class RunTable:
     Columns: run_id, the group columns, gamma, eta, seed, diverged (NaN/inf at any step: such a run
     counts as infinitely bad), first_step, last_step (the last logged step <= budget), initial_loss,
     final_loss, tail_mean_loss, and where asked min_loss, max_loss (finite steps <= budget),
-    test_loss. Aggregates are null for diverged runs.
+    test_loss. Aggregates are null for diverged runs. initial_loss and test_loss are on the training
+    loss's scale: a logged test loss is divided by its run's ``stored_test_loss_scale``.
     """
 
     frame: pl.DataFrame
@@ -71,18 +74,19 @@ def load_runs(store: Any, sweep: str, *, budget: Optional[int] = None, want_min:
         "(SELECT MAX(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS max_step, "
         # The initial loss is the reference for "trained" and "left the plateau". One minibatch's loss
         # is a noisy estimate of it (seen: 0.62 against a plateau at 0.99 with B = 32), so where the
-        # held-out test loss was measured at the first step (f = 0 there, for every run) it is used.
-        "COALESCE((SELECT t.value FROM metric_values t WHERE t.run_id = r.id AND t.metric_id = ? AND t.step = "
-        "  (SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?)), "
-        " (SELECT v.value FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ? "
-        "  ORDER BY v.step LIMIT 1)) AS initial_loss "
+        # held-out test loss was measured at the first step (f = 0 there, for every run) it is used,
+        # divided by the run's test_loss_scale (``_with_initial_loss``).
+        "(SELECT t.value FROM metric_values t WHERE t.run_id = r.id AND t.metric_id = ? AND t.step = "
+        "  (SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?)) AS initial_test, "
+        "(SELECT v.value FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ? "
+        "  ORDER BY v.step LIMIT 1) AS initial_train, CAST(r.config AS TEXT) AS config "
         "FROM runs r JOIN sweeps s ON s.id = r.sweep_id LEFT JOIN run_summaries u ON u.run_id = r.id "
         "WHERE s.name = ? AND r.status IN (?, ?) ORDER BY r.id",
         [loss_id, loss_id, _metric_id(store, TEST_LOSS) or -1, loss_id, loss_id, sweep, *finished],
     )
     if runs.is_empty():
         raise AnalysisError(f"sweep {sweep!r} has no finished (completed or diverged) runs yet")
-    runs = _cast_runs(runs)
+    runs = _cast_runs(_with_initial_loss(runs))
     runs = runs.with_columns(
         (pl.col("status").eq(RunStatus.DIVERGED.value) | pl.col("diverged_at").is_not_null()
          | pl.col("max_step").is_null() | ~_finite("initial_loss")).alias("diverged"),
@@ -117,8 +121,10 @@ def load_runs(store: Any, sweep: str, *, budget: Optional[int] = None, want_min:
                        & pl.col("s_final").is_not_null() & dense.fill_null(False)).all()).item()
     )
     if use_summaries:
+        # A summary's tail mean is null only when a NaN/inf is stored in its tail window (these runs
+        # have logged steps): a divergence, as the SQL path's tail mean says, so it reads as NaN.
         agg = ok.select("run_id", pl.col("s_final_step").alias("last_step"), pl.col("s_final").alias("final_loss"),
-                        pl.col("s_tail").alias("tail_mean_loss"), pl.col("s_min").alias("min_loss"))
+                        pl.col("s_tail").fill_null(math.nan).alias("tail_mean_loss"), pl.col("s_min").alias("min_loss"))
         source = "summaries"
     else:
         agg = _sql_aggregates(store, loss_id, ok, budget, want_min=want_min, want_max=want_max)
@@ -129,6 +135,9 @@ def load_runs(store: Any, sweep: str, *, budget: Optional[int] = None, want_min:
         runs.drop("s_final_step", "s_steps", "s_final", "s_min", "s_tail", "max_step", "status", "diverged_at")
         .join(agg, on="run_id", how="left")
     )
+    if want_test:  # on the training loss's scale, so runs with different test reductions compare
+        frame = frame.with_columns(pl.col("test_loss") / pl.col("test_loss_scale"))
+    frame = frame.drop("test_loss_scale")
     # A non-finite aggregate of a run the runs table calls healthy (a NaN stored in place) is a
     # divergence all the same.
     checks = [c for c in ("final_loss", "tail_mean_loss", "min_loss", "max_loss") if c in frame.columns]
@@ -139,6 +148,49 @@ def load_runs(store: Any, sweep: str, *, budget: Optional[int] = None, want_min:
           for c in (*checks, "last_step", *(["test_loss"] if want_test else []))),
     )
     return RunTable(frame.sort("run_id"), int(budget), source)
+
+
+def stored_test_loss_scale(config: Any) -> float:
+    """TEST_LOSS / the training loss on the same points, for a run with this stored config (a dict or
+    its JSON text): ``RunConfig.test_loss_scale`` (the number of outputs for MSE with the authors'
+    summed test loss, else 1). A config that is not a RunConfig's (an imported run's: the file's
+    columns, no 'task') gives 1: its test loss is taken as the file gave it.
+
+    Only the fields the scale depends on are read (loss_fn, task, out_dim, test_reduction), so
+    configs from newer gammadb versions with more fields still load. InvalidSpecError (ValueError for
+    text that is not JSON) when they cannot be read.
+    """
+    if isinstance(config, str):
+        config = json.loads(config)
+    if not isinstance(config, dict) or "task" not in config:
+        return 1.0
+    key = tuple(config.get(k) for k in _SCALE_FIELDS)
+    if key not in _SCALES:
+        try:
+            cfg = RunConfig.from_dict({k: config[k] for k in _SCALE_FIELDS if k in config})
+            _SCALES[key] = cfg.test_loss_scale
+        except KeyError:  # a task this gammadb does not know
+            raise InvalidSpecError(f"unknown task {config['task']!r} in a stored run config: "
+                                   "is the store from a newer gammadb?") from None
+    return _SCALES[key]
+
+
+_SCALE_FIELDS = ("loss_fn", "task", "out_dim", "test_reduction")
+_SCALES: dict[tuple, float] = {}
+
+
+def _with_initial_loss(runs: pl.DataFrame) -> pl.DataFrame:
+    """Columns initial_test (the test loss at the first step), initial_train (the first training
+    loss) and config in; initial_loss and test_loss_scale out. The initial loss is the test loss on
+    the training loss's scale where measured, else the first training loss."""
+    try:
+        scales = [stored_test_loss_scale(c) for c in runs["config"].to_list()]
+    except (InvalidSpecError, ValueError, TypeError) as exc:  # TypeError: a list where a value belongs
+        raise AnalysisError(f"a run of this sweep has a stored config that cannot be read: {exc}") from None
+    return runs.with_columns(pl.Series("test_loss_scale", scales, dtype=pl.Float64)).with_columns(
+        pl.coalesce(pl.col("initial_test").cast(pl.Float64) / pl.col("test_loss_scale"),
+                    pl.col("initial_train").cast(pl.Float64)).alias("initial_loss"),
+    ).drop("initial_test", "initial_train", "config")
 
 
 def _cast_runs(runs: pl.DataFrame) -> pl.DataFrame:
@@ -264,7 +316,7 @@ _DEPTH_IS_L = {"mlp", "toy", "cnn", "unknown"}
 
 
 def theory_exponent(target: str, regime: str, group: dict[str, Any]) -> Optional[float]:
-    """The exponent PAPER.md states for ``target`` (eta_star / eta_max) in ``regime``, or None.
+    """The exponent docs/theory.md states for ``target`` (eta_star / eta_max) in ``regime``, or None.
 
     MSE: 2 at small gamma, 2/L at large gamma (L = depth). Cross-entropy: the divergence boundary
     (eta_max) goes as gamma^1 at small gamma; nothing is stated for its eta* or its large side.
@@ -286,7 +338,7 @@ def theory_exponent(target: str, regime: str, group: dict[str, Any]) -> Optional
 
 
 def toy_eta_max(gamma: np.ndarray | float, depth: int) -> np.ndarray:
-    """2 / lambda* of the width-1 deep linear toy model (PAPER.md):
+    """2 / lambda* of the width-1 deep linear toy model (docs/theory.md):
     lambda* = L (1 + gamma)^(2(L-1)/L) / gamma^2."""
     g = np.asarray(gamma, dtype=float)
     lam = depth * (1.0 + g) ** (2.0 * (depth - 1) / depth) / g**2

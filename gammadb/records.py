@@ -80,6 +80,9 @@ class RunRecord:
     created_at: dt.datetime
     started_at: Optional[dt.datetime]
     finished_at: Optional[dt.datetime]
+    #: The grid point's key as stored: the run's identity, fixed when it was created (a migration
+    #: may add fields to ``config`` that a recomputed key would then include).
+    point_key: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,8 +90,10 @@ def run_spec(config: RunConfig) -> RunSpec:
 
 
 def point_key(run: RunRecord) -> str:
-    """The key of a stored run's grid point (equal to ``run_spec(config).point_key()`` of its config)."""
-    return run_spec(RunConfig.from_dict(run.config)).point_key()
+    """The key of a stored run's grid point: the one stored when it was created (equal to
+    ``run_spec(config).point_key()`` of the config it was created with; a migration that records a
+    default in ``config``, such as 0003's ``test_reduction``, leaves the identity alone)."""
+    return run.point_key or run_spec(RunConfig.from_dict(run.config)).point_key()
 
 
 def prepare(store: Store, plan: SweepPlan) -> tuple[int, list[RunRecord]]:

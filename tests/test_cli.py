@@ -53,7 +53,7 @@ def test_db_lifecycle_and_listing(sqlite_url: str) -> None:
     r = runner.invoke(app, ["db", "current", "--url", sqlite_url])
     assert r.exit_code == 0 and r.output.startswith("none")
     r = runner.invoke(app, ["db", "upgrade", "--url", sqlite_url])
-    assert r.exit_code == 0 and "-> 0002" in r.output
+    assert r.exit_code == 0 and "-> 0003" in r.output
     r = runner.invoke(app, ["sweeps", "ls", "--url", sqlite_url, "--format", "json"])
     assert r.exit_code == 0 and json.loads(r.output) == []
 

@@ -110,5 +110,5 @@ def _run_record(row: Run, sweep_name: str) -> RunRecord:
         device=row.device, config=dict(row.config), status=RunStatus(row.status),
         steps_planned=row.steps_planned, steps_done=row.steps_done, diverged_at=row.diverged_at,
         error=row.error, worker=row.worker, heartbeat_at=row.heartbeat_at, created_at=row.created_at,
-        started_at=row.started_at, finished_at=row.finished_at,
+        started_at=row.started_at, finished_at=row.finished_at, point_key=row.point_key,
     )

@@ -24,7 +24,7 @@ def _diff(store: Store) -> list:
 
 
 def test_one_head() -> None:
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
 
 
 def test_empty_to_head_matches_orm(store: Store) -> None:
@@ -71,6 +71,7 @@ def test_old_fixture_database_upgrades_and_works(tmp_path: Path) -> None:
         assert s.rebuild_summaries(sweep="old") == 2
         runs = s.runs_frame("old")
         assert runs["final_loss"].to_list() == [pytest.approx(1 / 20)] * 2
+        assert [r.config for r in s.runs("old")] == [{"test_reduction": "mean"}] * 2  # 0003
         assert _diff(s) == []
 
 
@@ -88,3 +89,65 @@ def test_parallel_first_opens_create_the_schema_once(tmp_path: Path) -> None:
 def _open_and_report(url: str) -> str:
     with Store.open(url) as s:
         return s.current_revision() or ""
+
+
+def test_0003_marks_runs_stored_before_test_reduction_as_mean(store_url: str) -> None:
+    """Runs stored before RunConfig.test_reduction logged the test loss averaged over the outputs:
+    0003 says so in their config (in batches of 1,000: 1,002 runs cross a boundary), leaves a
+    config that already holds the key and every point_key alone; downgrading keeps the marks."""
+    from gammadb.records import RunSpec
+
+    def spec(i: int, config: dict) -> RunSpec:
+        return RunSpec(model="mlp", dataset="teacher", loss_fn="mse", optimizer="sgd", depth=3, width=8,
+                       batch_size=4, gamma=1.0, eta=0.1 + i, seed=0, dtype="float32", steps_planned=10,
+                       config=config)
+
+    s = Store.open(store_url, check=False)
+    try:
+        s.upgrade("0002")
+        sweep = s.ensure_sweep("legacy", {})
+        legacy = [spec(i, {"task": "teacher", "out_dim": 10, "eta": 0.1 + i}) for i in range(1001)]
+        marked = spec(9999, {"task": "teacher", "out_dim": 10, "test_reduction": "sum"})
+        s.ensure_runs(sweep.id, [*legacy, marked])
+        before = {r.id: r.config for r in s.runs("legacy")}
+        keys = _point_keys(s)
+        s.upgrade()
+        assert s.current_revision() == "0003"
+        after = {r.id: r.config for r in s.runs("legacy")}
+        assert len(after) == 1002
+        for run_id, config in before.items():
+            assert after[run_id] == (config if "test_reduction" in config else {**config, "test_reduction": "mean"})
+        assert _point_keys(s) == keys
+        assert sorted(c["test_reduction"] for c in after.values()).count("mean") == 1001
+        s.downgrade("0002")
+        assert {r.id: r.config for r in s.runs("legacy")} == after
+        s.upgrade()
+        assert {r.id: r.config for r in s.runs("legacy")} == after
+    finally:
+        s.close()
+
+
+def _point_keys(store: Store) -> dict[int, str]:
+    return dict(store.read("SELECT id, point_key FROM runs").iter_rows())
+
+
+def test_a_run_migrated_by_0003_keeps_its_identity_for_the_runners(sqlite_url: str) -> None:
+    """The runners match stored runs to grid points by point_key: a run whose config 0003 extended
+    must still be the same grid point (else a rerun or the adaptive scan would not find it)."""
+    from gammadb.runners.config import RunConfig
+    from gammadb.runners.plan import point_key, run_spec
+
+    config = RunConfig(model="mlp", task="teacher", depth=2, width=8, batch_size=4, gamma=1.0, eta=0.1, steps=5)
+    s = Store.open(sqlite_url, check=False)
+    try:
+        s.upgrade("0002")
+        sweep = s.ensure_sweep("legacy", {})
+        (run,) = s.ensure_runs(sweep.id, [run_spec(config)])
+        s.upgrade()
+        (migrated,) = s.runs("legacy")
+        assert migrated.config["test_reduction"] == "mean"
+        assert point_key(migrated) == run_spec(config).point_key() == migrated.point_key
+        # ensure_runs of the same grid point finds it instead of creating another run
+        assert [r.id for r in s.ensure_runs(sweep.id, [run_spec(config)])] == [run.id]
+    finally:
+        s.close()
