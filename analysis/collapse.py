@@ -1,6 +1,6 @@
 """Trajectory collapse across gamma: do runs follow one curve once time is reparameterised?
 
-Theory (PAPER.md): at large gamma a run's trajectory depends on time only through
+Theory (docs/theory.md): at large gamma a run's trajectory depends on time only through
 tau = eta t / gamma. For runs ``r`` and a reference ``ref`` that means L_r(t) = L_ref(s t) with
 s = (eta_r / gamma_r) / (eta_ref / gamma_ref), i.e. s ~ gamma^-1 eta^+1.
 

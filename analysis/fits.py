@@ -61,7 +61,7 @@ class BrokenPowerLaw:
     """y = A (x/x_b)^s1 (1 + x/x_b)^(s2 - s1): slope s1 well below the knee x_b, s2 well above.
 
     The smoothness is fixed at one decade-wide bend: the form that 2/lambda* of the deep linear toy
-    model takes exactly (PAPER.md), and one parameter fewer to pin down from a sparse gamma grid.
+    model takes exactly (docs/theory.md), and one parameter fewer to pin down from a sparse gamma grid.
     """
 
     slope_small: Optional[float]

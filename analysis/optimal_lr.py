@@ -1,5 +1,5 @@
 """Where SGD trains best and where it stops training, per gamma: eta*, eta_max, eta_stable, eta_min,
-and power laws of eta* and eta_max against gamma (PAPER.md claim 1: eta* ~ gamma^2 for gamma << 1,
+and power laws of eta* and eta_max against gamma (docs/theory.md claim 1: eta* ~ gamma^2 for gamma << 1,
 ~ gamma^(2/L) for gamma >> 1).
 
 Definitions (per group of runs sharing everything but gamma, eta and seed; per gamma; seeds

@@ -1,10 +1,10 @@
-"""The (gamma, eta) phase portrait (PAPER.md claim 2): every cell is diverged, trained, under-trained
+"""The (gamma, eta) phase portrait (docs/theory.md claim 2): every cell is diverged, trained, under-trained
 or catapult, with the trainable band's edges per gamma.
 
 Per run (loss at the budget = tail-mean training loss up to the budget, initial = first logged loss):
 - diverged: a NaN/inf at any step;
 - catapult: the loss rose above ``spike`` x its initial value before the budget and the loss at the
-  budget is below the initial value (PAPER.md claim 6: an early spike, then descent);
+  budget is below the initial value (docs/theory.md claim 6: an early spike, then descent);
 - trained: loss at the budget < ``threshold`` x initial (it left the initial plateau);
 - under-trained: otherwise (still on the plateau at the budget).
 A cell (gamma, eta, seeds pooled) is diverged if any seed diverged, catapult if at least half of its
