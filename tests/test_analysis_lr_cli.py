@@ -22,8 +22,18 @@ from tests.conftest import BACKENDS, _pg_database
 from tests.test_analysis_lr import GAMMAS, reference_table, synth
 
 runner = CliRunner()
+def known_law(offset: float) -> pl.DataFrame:
+    """Nine runs, etas 0.1 to 100.5, whose loss falls from 10 at step 0 to 3 eta^-0.5 + offset."""
+    etas = [10 ** (k / 2) for k in range(-2, 5)] + [10 ** (k / 2) + 0.5 for k in (2, 4)]
+    return pl.DataFrame([{"gamma": 1.0, "eta": eta, "seed": 0, "step": step,
+                          "loss": 10.0 if step == 0 else 3 * eta**-0.5 + offset}
+                         for eta in etas for step in range(3)])
+
+
 CLI_SWEEPS = {
     "law": lambda: synth(gammas=GAMMAS[:4] + GAMMAS[7:], seeds=(0, 1)),
+    "power": lambda: known_law(0.0),
+    "offset": lambda: known_law(0.2),
     "one-gamma": lambda: synth(gammas=[1.0], seeds=(0,)),
     "boom": lambda: synth(gammas=[1.0, 10.0], seeds=(0,), span=(2.0, 3.0)),
 }
@@ -75,14 +85,37 @@ def test_optimal_lr_json(cli_store: Store) -> None:
     assert large["gamma_range"][0] > 20
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every row of the rich tables in ``text`` (a wrapped cell's continuation lines skipped)."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+            if cells[0]:
+                rows.append(cells)
+    return rows
+
+
 def test_optimal_lr_table_and_converged_threshold(cli_store: Store) -> None:
     res = invoke("optimal-lr", "--url", url_of(cli_store), "--sweep", "law", "--n-boot", "20",
-                 "--converged", "0.02", "--threshold", "0.5")
+                 "--converged", "0.02", "--threshold", "0.05")
     assert res.exit_code == 0, res.output
     assert "per gamma, budget step 30, criterion tail-mean" in res.stdout
     assert "power laws of eta* and eta_max vs gamma" in res.stdout
     assert "smoothly broken power law of eta*" in res.stdout
-    assert "eta_stable" in res.stdout
+    strict = olr.analyze(cli_store, "law", settings=olr.Settings(converged=0.02, threshold=0.05, n_boot=20)).points
+    loose = olr.analyze(cli_store, "law", settings=olr.Settings(n_boot=20)).points
+    # The options move the edges: "trained" needs loss <= 2% of the initial loss (eta_max drops a grid
+    # step at most gammas), "off the plateau" loss < 5% of it (eta_min rises off the grid's bottom).
+    assert (strict["eta_max"] <= loose["eta_max"]).all() and (strict["eta_max"] < loose["eta_max"]).sum() >= 4
+    assert (strict["eta_min"] > loose["eta_min"]).all()
+    assert strict["eta_stable"].to_list() == loose["eta_stable"].to_list()
+    per_gamma = {float(r[0]): r for r in table_rows(res.stdout) if len(r) == 10}
+    assert sorted(per_gamma) == pytest.approx(strict["gamma"].to_list())
+    for p in strict.iter_rows(named=True):
+        row = per_gamma[min(per_gamma, key=lambda g: abs(g - p["gamma"]))]
+        shown = dict(zip(("eta_star", "eta_max", "eta_stable", "eta_min"), map(float, (row[1], *row[4:7]))))
+        assert shown == pytest.approx({k: p[k] for k in shown}, rel=1e-5), p["gamma"]
 
 
 @pytest.mark.parametrize("suffix", ["html", "json", "svg"])
@@ -150,10 +183,24 @@ def test_fit_sql_json(cli_store: Store) -> None:
 
 
 def test_fit_sweep_table(cli_store: Store) -> None:
-    res = invoke("fit", "--url", url_of(cli_store), "--sweep", "law", "--x", "eta", "--y", "min_loss",
+    """The sweep 'power' ends every run at loss 3 eta^-0.5 (+ 0.2 in 'offset'): the fitted laws are known."""
+    res = invoke("fit", "--url", url_of(cli_store), "--sweep", "power", "--x", "eta", "--y", "min_loss",
                  "--n-boot", "20", "--xmin", "1")
     assert res.exit_code == 0, res.output
-    assert "min_loss against eta" in res.stdout and "y = a x^-alpha + c" in res.stdout
+    assert "min_loss against eta: 7 rows, 0 dropped" in res.stdout  # the etas 0.1 and 0.3 are below --xmin
+    rows = {r[0]: r for r in table_rows(res.stdout)}
+    law, offset = rows["y = A x^k"], rows["y = a x^-alpha + c"]
+    # exponent, ci_lo, ci_hi, prefactor, offset, r2, n_points: an exact power law is fitted exactly
+    assert [float(v) for v in law[1:5]] == pytest.approx([-0.5, -0.5, -0.5, 3.0], rel=1e-5)
+    assert (float(law[6]), law[7]) == (pytest.approx(1.0), "7")
+    assert [float(v) for v in (offset[1], offset[4])] == pytest.approx([-0.5, 3.0], rel=1e-3)
+    assert abs(float(offset[5])) < 1e-3 and offset[7] == "7"
+    res = invoke("fit", "--url", url_of(cli_store), "--sweep", "offset", "--x", "eta", "--y", "final_loss",
+                 "--n-boot", "20")
+    assert res.exit_code == 0, res.output
+    offset = {r[0]: r for r in table_rows(res.stdout)}["y = a x^-alpha + c"]
+    assert [float(v) for v in (offset[1], offset[4], offset[5])] == pytest.approx([-0.5, 3.0, 0.2], rel=1e-3)
+    assert offset[7] == "9"
 
 
 @pytest.mark.parametrize(("args", "code", "text"), [
