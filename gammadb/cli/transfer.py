@@ -26,8 +26,14 @@ def import_(file: Annotated[Path, typer.Argument(help="Parquet or CSV, one row p
     from gammadb.store import Store
     from gammadb.transfer import import_file
 
-    with Store.open(url) as store:
-        rep = import_file(store, file, sweep, replace=replace)
+    try:
+        with Store.open(url) as store:
+            rep = import_file(store, file, sweep, replace=replace)
+    except KeyboardInterrupt:
+        # The import is one transaction: an interrupt rolls all of it back (the generic message says
+        # that what was logged is committed, which is true of training, not of an import).
+        typer.echo("interrupted: the import was rolled back; the store is as it was", err=True)
+        raise typer.Exit(130) from None
     echo(f"imported {rep.rows} rows into sweep {rep.sweep!r}: {rep.runs} runs ({rep.new_runs} new, "
          f"{rep.diverged} diverged), {rep.values} values of {', '.join(rep.metrics)}"
          + (f", {rep.replaced} replaced" if replace else ""))
