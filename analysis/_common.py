@@ -1,9 +1,11 @@
 """Shared pieces of the learning-rate analyses: the per-run table read from the store, grouping,
 the theory exponents, and small numeric helpers.
 
-The per-run table is the only place these analyses touch the store. It pushes every per-step
-aggregation into SQL (``GROUP BY run_id`` over the rows up to the budget, or the stored run summaries
-when the budget is each run's last step), so a sweep of millions of steps arrives as one row per run.
+The per-run table is the only place these analyses touch the store. Its reads
+(:meth:`gammadb.store.Store.finished_runs_with_loss_ends`, :meth:`~gammadb.store.Store.loss_aggregates`)
+aggregate every per-step series in the database (over the rows up to the budget, or the stored run
+summaries when the budget is each run's last step), so a sweep of millions of steps arrives as one
+row per run.
 """
 
 from __future__ import annotations
@@ -13,22 +15,21 @@ import enum
 import json
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import polars as pl
 
 from gammadb.errors import AnalysisError, InvalidSpecError
 from gammadb.metrics import LOSS, TEST_LOSS
-from gammadb.records import RUN_COLUMNS
+from gammadb.records import RunStatus
 from gammadb.runners.config import RunConfig
-from gammadb.schema import RunStatus
 
-#: Columns that define a group: runs sharing all of them differ only in (gamma, eta, seed).
-GROUP_COLUMNS: tuple[str, ...] = RUN_COLUMNS
+if TYPE_CHECKING:
+    from gammadb.store import Store
+
 #: The fraction of the steps up to the budget that the tail mean averages (as the run summaries do).
 TAIL_FRACTION = 0.1
-_IN_CHUNK = 900  # bound parameters per IN (...) list: under SQLite's and PostgreSQL's limits
 
 
 class Criterion(str, enum.Enum):
@@ -56,34 +57,18 @@ class RunTable:
     source: str  # "summaries" (stored run summaries) or "sql" (GROUP BY over the steps)
 
 
-def load_runs(store: Any, sweep: str, *, budget: Optional[int] = None, want_min: bool = False,
+def load_runs(store: "Store", sweep: str, *, budget: Optional[int] = None, want_min: bool = False,
               want_max: bool = False, want_test: bool = False, force_sql: bool = False) -> RunTable:
     """Read the per-run table of ``sweep`` at ``budget`` (default: the last step that every
     non-diverged run reached). Raises AnalysisError when the data cannot support it."""
     store.get_sweep(sweep)  # NotFoundError with the known sweeps
-    loss_id = _metric_id(store, LOSS)
-    if loss_id is None:
+    if store.metric_id(LOSS) is None:
         raise AnalysisError("the store has no training-loss series (metric 'loss'): nothing to analyse")
-    finished = (RunStatus.COMPLETED.value, RunStatus.DIVERGED.value)
-    cols = ", ".join(f"r.{c}" for c in GROUP_COLUMNS)
-    runs = store.read(
-        f"SELECT r.id AS run_id, {cols}, r.gamma, r.eta, r.seed, r.status, r.diverged_at, "
-        "u.final_step AS s_final_step, u.steps_logged AS s_steps, u.final_loss AS s_final, "
-        "u.min_loss AS s_min, u.tail_mean_loss AS s_tail, "
-        "(SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS first_step, "
-        "(SELECT MAX(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS max_step, "
-        # The initial loss is the reference for "trained" and "left the plateau". One minibatch's loss
-        # is a noisy estimate of it (seen: 0.62 against a plateau at 0.99 with B = 32), so where the
-        # held-out test loss was measured at the first step (f = 0 there, for every run) it is used,
-        # divided by the run's test_loss_scale (``_with_initial_loss``).
-        "(SELECT t.value FROM metric_values t WHERE t.run_id = r.id AND t.metric_id = ? AND t.step = "
-        "  (SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?)) AS initial_test, "
-        "(SELECT v.value FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ? "
-        "  ORDER BY v.step LIMIT 1) AS initial_train, CAST(r.config AS TEXT) AS config "
-        "FROM runs r JOIN sweeps s ON s.id = r.sweep_id LEFT JOIN run_summaries u ON u.run_id = r.id "
-        "WHERE s.name = ? AND r.status IN (?, ?) ORDER BY r.id",
-        [loss_id, loss_id, _metric_id(store, TEST_LOSS) or -1, loss_id, loss_id, sweep, *finished],
-    )
+    # The initial loss is the reference for "trained" and "left the plateau". One minibatch's loss is
+    # a noisy estimate of it (seen: 0.62 against a plateau at 0.99 with B = 32), so where the held-out
+    # test loss was measured at the first step (f = 0 there, for every run) it is used, divided by the
+    # run's test_loss_scale (``_with_initial_loss``).
+    runs = store.finished_runs_with_loss_ends(sweep)
     if runs.is_empty():
         raise AnalysisError(f"sweep {sweep!r} has no finished (completed or diverged) runs yet")
     runs = _cast_runs(_with_initial_loss(runs))
@@ -127,7 +112,7 @@ def load_runs(store: Any, sweep: str, *, budget: Optional[int] = None, want_min:
                         pl.col("s_tail").fill_null(math.nan).alias("tail_mean_loss"), pl.col("s_min").alias("min_loss"))
         source = "summaries"
     else:
-        agg = _sql_aggregates(store, loss_id, ok, budget, want_min=want_min, want_max=want_max)
+        agg = _sql_aggregates(store, ok, budget, want_min=want_min, want_max=want_max)
         source = "sql"
     if want_test:
         agg = agg.join(_test_values(store, ok_ids, budget), on="run_id", how="left")
@@ -214,11 +199,6 @@ def _nonfinite(col: str) -> pl.Expr:
     return (pl.col(col).is_not_null() & ~pl.col(col).is_finite()).fill_null(False)
 
 
-def _metric_id(store: Any, name: str) -> Optional[int]:
-    df = store.read("SELECT id FROM metrics WHERE name = ? AND layer = 0", [name])
-    return None if df.is_empty() else int(df["id"][0])
-
-
 def tail_start(budget: int, first_step: int) -> int:
     """The tail window is the steps ``> tail_start`` and ``<= budget``: the last ceil(10%) of the
     steps from ``first_step`` to ``budget``, the same window the run summaries average when every
@@ -227,46 +207,15 @@ def tail_start(budget: int, first_step: int) -> int:
     return budget - math.ceil(TAIL_FRACTION * n)
 
 
-def _sql_aggregates(store: Any, loss_id: int, ok: pl.DataFrame, budget: int, *, want_min: bool,
+def _sql_aggregates(store: "Store", ok: pl.DataFrame, budget: int, *, want_min: bool,
                     want_max: bool) -> pl.DataFrame:
-    """Per-run aggregates computed in the database: the value at the last step <= budget by a key
-    lookup, the tail mean by GROUP BY over the tail window only (a range of the (run_id, metric_id,
-    step) key), and, when asked, the extremes by one GROUP BY pass over the steps <= budget."""
+    """Per-run aggregates computed in the database (:meth:`gammadb.store.Store.loss_aggregates`),
+    each run's tail window starting ``tail_start`` after its own first step; the tail mean and the
+    NaN rules here."""
     parts = []
     for (first,), sub in ok.group_by(["first_step"]):
-        t0 = tail_start(budget, int(first))
-        for chunk in _chunks(sub["run_id"].to_list(), _IN_CHUNK):
-            marks = ", ".join("?" * len(chunk))
-            last = store.read(
-                "SELECT r.id AS run_id, "
-                "(SELECT f.step FROM metric_values f WHERE f.run_id = r.id AND f.metric_id = ? AND f.step <= ? "
-                " ORDER BY f.step DESC LIMIT 1) AS last_step, "
-                "(SELECT f.value FROM metric_values f WHERE f.run_id = r.id AND f.metric_id = ? AND f.step <= ? "
-                " ORDER BY f.step DESC LIMIT 1) AS final_loss "
-                f"FROM runs r WHERE r.id IN ({marks})",
-                [loss_id, budget, loss_id, budget, *chunk],
-            )
-            tail = store.read(
-                "SELECT v.run_id, SUM(v.value) AS tail_sum, COUNT(v.value) AS tail_n, COUNT(*) AS tail_rows "
-                f"FROM metric_values v WHERE v.metric_id = ? AND v.step > ? AND v.step <= ? AND v.run_id IN ({marks}) "
-                "GROUP BY v.run_id",
-                [loss_id, t0, budget, *chunk],
-            )
-            part = _cast_ints(last, "run_id", "last_step").join(
-                _cast_ints(tail, "run_id", "tail_n", "tail_rows"), on="run_id", how="left")
-            if want_min or want_max:
-                # Only the aggregates asked for: this pass reads every step up to the budget. No NaN
-                # check here: a run's values are finite before its diverged_at, which the importer and
-                # the runners record (and the tail window above re-checks).
-                wanted = [f"{f}(v.value) AS {f.lower()}_loss" for f, w in (("MIN", want_min), ("MAX", want_max)) if w]
-                ext = store.read(
-                    f"SELECT v.run_id, {', '.join(wanted)} "
-                    f"FROM metric_values v WHERE v.metric_id = ? AND v.step <= ? AND v.run_id IN ({marks}) "
-                    "GROUP BY v.run_id",
-                    [loss_id, budget, *chunk],
-                )
-                part = part.join(_cast_ints(ext, "run_id"), on="run_id", how="left")
-            parts.append(part)
+        parts.append(store.loss_aggregates(sub["run_id"].to_list(), budget, tail_after=tail_start(budget, int(first)),
+                                           want_min=want_min, want_max=want_max))
     agg = pl.concat(parts, how="diagonal_relaxed")
     # SQLite stores NaN as NULL, so a NULL where a row exists is a logged NaN: keep it a NaN.
     out = agg.with_columns(
@@ -282,32 +231,14 @@ def _sql_aggregates(store: Any, loss_id: int, ok: pl.DataFrame, budget: int, *, 
     return out.select(keep)
 
 
-def _test_values(store: Any, run_ids: Sequence[int], budget: int) -> pl.DataFrame:
-    test_id = _metric_id(store, TEST_LOSS)
-    if test_id is None:
+def _test_values(store: "Store", run_ids: Sequence[int], budget: int) -> pl.DataFrame:
+    if store.metric_id(TEST_LOSS) is None:
         raise AnalysisError("this store has no test-loss series: use --criterion final, tail-mean or min")
-    parts = []
-    for chunk in _chunks(list(run_ids), _IN_CHUNK):
-        parts.append(store.read(
-            "SELECT r.id AS run_id, (SELECT v.value FROM metric_values v WHERE v.run_id = r.id "
-            " AND v.metric_id = ? AND v.step <= ? ORDER BY v.step DESC LIMIT 1) AS test_loss "
-            f"FROM runs r WHERE r.id IN ({', '.join('?' * len(chunk))})",
-            [test_id, budget, *chunk],
-        ))
-    out = pl.concat(parts).with_columns(pl.col("run_id").cast(pl.Int64), pl.col("test_loss").cast(pl.Float64))
+    out = store.test_loss_at(run_ids, budget)
     if out["test_loss"].is_null().all():
         raise AnalysisError(f"no run of this sweep logged test_loss at or before step {budget}: "
                             "use --criterion final, tail-mean or min")
     return out
-
-
-def _cast_ints(df: pl.DataFrame, *cols: str) -> pl.DataFrame:
-    return df.with_columns(*(pl.col(c).cast(pl.Int64) for c in cols if c in df.columns))
-
-
-def _chunks(items: Sequence[Any], size: int):
-    for i in range(0, len(items), size):
-        yield items[i: i + size]
 
 
 # ---------------------------------------------------------------------- theory

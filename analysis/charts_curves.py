@@ -1,21 +1,19 @@
 """Altair charts of loss curves, trajectory collapse and per-step metrics.
 
 Builders take already-reduced polars frames (see :mod:`gammadb.analysis.downsample`: a few thousand rows),
-return an ``alt.Chart`` (or a compound chart) and never save; :func:`save_chart` does that.
+return an ``alt.Chart`` (or a compound chart) and never save; :func:`gammadb.analysis.charts_export.save_chart`
+does that.
 Encodings carry explicit types and log scales are explicit.
 """
 
 from __future__ import annotations
 
-import functools
-import html
-import json
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import polars as pl
 
+from gammadb.analysis.clock import tau_expr
 from gammadb.analysis.downsample import (
     DEFAULT_PER_DECADE,
     bucketed_series,
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
 
 WIDTH, HEIGHT = 460, 300
 GAMMA_SCHEME = "viridis"
-EXPORT_SUFFIXES = (".html", ".json", ".svg", ".png", ".pdf")
 X_CHOICES = ("step", "tau")
 SIG_FIGS = 6  # chart data: enough for any axis, a third of the bytes of repr(float)
 BAND_COLUMNS = ("series", "gamma", "eta", "step", "tau", "mean", "lo", "hi", "n_runs")
@@ -46,20 +43,12 @@ def _data(df: pl.DataFrame) -> pl.DataFrame:
 
     Frames go to Altair as frames, not as ``alt.Data(values=...)``: Altair validates inline values
     row by row (seconds for 10^4 rows), frames it converts once. Its 5,000-row guard is lifted only
-    where a spec is produced (:func:`chart_spec`, :func:`save_chart`); the builders keep their own
+    where a spec is produced (:mod:`gammadb.analysis.charts_export`); the builders keep their own
     row budget.
     """
     floats = [c for c, t in df.schema.items() if t.is_float()]
     return df.with_columns(pl.when(pl.col(c).is_finite()).then(pl.col(c).round_sig_figs(SIG_FIGS)).otherwise(None)
                            .alias(c) for c in floats)
-
-
-def chart_spec(chart: Any) -> dict[str, Any]:
-    """The chart's Vega-Lite spec (a dict), data inlined."""
-    import altair as alt
-
-    with alt.data_transformers.disable_max_rows():
-        return chart.to_dict()
 
 
 def use_log_y(df: pl.DataFrame, col: str = "mean", *, min_ratio: float = 20.0) -> bool:
@@ -160,8 +149,7 @@ def plateau_marks(table: pl.DataFrame, drops: pl.DataFrame) -> pl.DataFrame:
                          value=math.sqrt(d["loss_before"] * d["loss_after"]),
                          label=f"drop {d['drop']} at step {d['step']}: {d['loss_before']:.3g} -> {d['loss_after']:.3g}"))
     df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
-    ratio = pl.col("eta") / pl.col("gamma")
-    return df.with_columns((pl.col("step") * ratio).alias("tau"), (pl.col("step_end") * ratio).alias("tau_end"))
+    return df.with_columns(tau_expr("step"), tau_expr("step_end").alias("tau_end"))
 
 
 def collapse_chart(curves: pl.DataFrame, *, metric: str = "loss", log_y: bool = True,
@@ -282,56 +270,6 @@ def scaling_chart(scaling: dict[str, Any], *, measure: str = "plateau length (st
     return alt.layer(*layers).properties(width=360, height=260)
 
 
-@functools.lru_cache(maxsize=1)
-def vega_bundle() -> str:
-    """Vega, Vega-Lite and vega-embed as one script, from vl-convert (no network; ~4 s, so cached)."""
-    import vl_convert as vlc
-    from altair.utils._importers import vl_version_for_vl_convert
-
-    return vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
-
-
-def script_json(obj: Any) -> str:
-    """JSON that is safe inside a <script> element."""
-    return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
-
-
-def chart_html(chart: Any, title: str = "gammadb chart") -> str:
-    """A self-contained page for one chart: the Vega bundle inlined, so it opens offline."""
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><script type='text/javascript'>{vega_bundle()}</script></head>"
-        "<body><div id='vis'></div><script type='text/javascript'>"
-        f"vegaEmbed('#vis', {script_json(chart_spec(chart))}, {{renderer: 'svg'}})"
-        ".catch(err => { document.getElementById('vis').textContent = 'chart failed to render: ' + err; });"
-        "</script></body></html>\n"
-    )
-
-
-def save_chart(chart: Any, path: Path) -> Path:
-    """Export by suffix: .html (self-contained: the Vega bundle inlined, works offline), .json (the
-    Vega-Lite spec), .svg / .png / .pdf (rendered by vl-convert)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in EXPORT_SUFFIXES:
-        raise InvalidSpecError(f"{path}: charts export as {', '.join(EXPORT_SUFFIXES)}")
-    if path.parent and not path.parent.exists():
-        raise InvalidSpecError(f"directory {path.parent} does not exist")
-    import altair as alt
-
-    if suffix == ".html":
-        path.write_text(chart_html(chart), encoding="utf-8")
-        return path
-    with alt.data_transformers.disable_max_rows():
-        if suffix == ".json":
-            chart.save(str(path), format="json")
-        elif suffix == ".png":
-            chart.save(str(path), format="png", scale_factor=2)
-        else:
-            chart.save(str(path), format=suffix[1:])
-    return path
-
-
 # ---------------------------------------------------------------------------------------- figures
 def curves_figure(store: "Store", sweep: str, *, metric: str = "loss", where: Sequence[str] = (),
                   run_ids: Optional[Sequence[int]] = None, x: str = "step", marks: bool = True,
@@ -361,8 +299,7 @@ def curves_figure(store: "Store", sweep: str, *, metric: str = "loss", where: Se
 
 def metric_layers(store: "Store", name: str) -> list[int]:
     """The layers stored for metric ``name`` (0 = the whole model)."""
-    df = store.read("SELECT layer FROM metrics WHERE name = ? ORDER BY layer", [name])
-    return [int(v) for v in df["layer"].to_list()] if not df.is_empty() else []
+    return store.metric_layers(name)
 
 
 def metric_figure(store: "Store", sweep: str, *, metric: str, facet: str = "gamma", x: str = "step",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import polars as pl
 
-from gammadb.analysis._common import GROUP_COLUMNS
+from gammadb.records import RUN_COLUMNS
 
 if TYPE_CHECKING:
     import altair as alt
@@ -62,7 +62,7 @@ def cell_rects(cells: pl.DataFrame) -> pl.DataFrame:
 
 
 def _group_title(group: dict[str, Any]) -> str:
-    parts = [f"{c}={group[c]}" for c in GROUP_COLUMNS if group.get(c) not in (None, "unknown")]
+    parts = [f"{c}={group[c]}" for c in RUN_COLUMNS if group.get(c) not in (None, "unknown")]
     return ", ".join(parts) or "all runs"
 
 

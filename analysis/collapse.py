@@ -24,8 +24,9 @@ every window and the matched range of values end there: the claim is about early
 late-time convergence (e.g. the toy model's exponential approach to 0, whose rate is not a function
 of tau) would otherwise dominate an RMS in log loss.
 
-Curves are reduced and smoothed as in :mod:`gammadb.analysis.plateaus` (Gaussian in log10 step, 0.05
-decades; per-step metrics widen it to hold 16 logged steps, cadence metrics are only interpolated).
+Curves are reduced and smoothed as in :mod:`gammadb.analysis.plateaus` (with
+:mod:`gammadb.analysis.smoothing`: Gaussian in log10 step, 0.05 decades; per-step metrics widen it
+to hold 16 logged steps, cadence metrics are only interpolated).
 """
 
 from __future__ import annotations
@@ -39,17 +40,13 @@ import numpy as np
 import polars as pl
 
 from gammadb.analysis.downsample import DEFAULT_PER_DECADE, bucketed_series
-from gammadb.analysis.plateaus import (
-    LN10,
-    MIN_SPAN_DECADES,
-    group_columns,
-    power_law_fit,
-    select_family,
-    smooth_log_curve,
-    varying_columns,
-)
+from gammadb.analysis.clock import step_at_tau, tau, tau_expr
+from gammadb.analysis.etas import group_columns, select_family, varying_columns
+from gammadb.analysis.fits import power_law_regression
+from gammadb.analysis.smoothing import LN10, MIN_SPAN_DECADES, smooth_log_curve
 from gammadb.errors import AnalysisError, InvalidSpecError
 from gammadb.metrics import LOSS, MetricKey, MetricKind, kind_of
+from gammadb.records import FINISHED
 
 if TYPE_CHECKING:
     from gammadb.store import Store
@@ -162,7 +159,7 @@ def fit_time_scale(run: Curve, ref: Curve, *, falling: bool, levels: int = 25, l
 
 
 def theory_log_scale(gamma: float, eta: float, ref_gamma: float, ref_eta: float) -> float:
-    return math.log10(eta / gamma) - math.log10(ref_eta / ref_gamma)
+    return math.log10(tau(1.0, eta, gamma)) - math.log10(tau(1.0, ref_eta, ref_gamma))
 
 
 def smooth_curves(buckets: pl.DataFrame, *, log_values: bool, opts: CollapseOptions,
@@ -267,7 +264,7 @@ def collapse_frame(runs: pl.DataFrame, buckets: pl.DataFrame, *, metric: MetricK
         # Early times only: the reference is cut at tau_max of its own clock, so every comparison
         # window (raw, tau or fitted time, each mapped onto the reference's time) and the range of
         # values the fit matches end there; the other runs keep their whole curves.
-        t_cut = opts.tau_max * ref["gamma"] / ref["eta"]
+        t_cut = step_at_tau(opts.tau_max, ref["eta"], ref["gamma"])
         cut = smooth_curves(buckets.filter((pl.col("run_id") == ref_id) & (pl.col("step") <= t_cut)),
                             log_values=log_values, opts=opts, min_samples=min_samples)
         if ref_id not in cut:
@@ -349,21 +346,21 @@ def _fit_scales(table: pl.DataFrame, level: float = 0.95) -> dict[str, Any]:
         return fit
     s, g, e = pts["time_scale"].to_numpy(), pts["gamma"].to_numpy(), pts["eta"].to_numpy()
     try:
-        res = power_law_fit(s, {"gamma": g, "eta": e}, level=level)
+        res = power_law_regression(s, {"gamma": g, "eta": e}, level=level)
         fit.update(exponent_gamma=res["exponents"]["gamma"], exponent_gamma_ci=res["ci"]["gamma"],
                    exponent_eta=res["exponents"]["eta"], exponent_eta_ci=res["ci"]["eta"],
                    prefactor=res["prefactor"], r2=res["r2"], model="log s = a + b log gamma + c log eta")
         return fit
     except AnalysisError:
         pass
-    res = power_law_fit(s, {"gamma": g}, level=level)
+    res = power_law_regression(s, {"gamma": g}, level=level)
     fit.update(exponent_gamma=res["exponents"]["gamma"], exponent_gamma_ci=res["ci"]["gamma"],
                prefactor=res["prefactor"], r2=res["r2"], model="log s = a + b log gamma")
     if np.unique(e).size == 1:
         fit["note"] = "eta is fixed in this family: only the gamma exponent is identifiable"
         fit["theory_exponent_gamma_along_family"] = THEORY["exponent_gamma"]
     else:
-        q = power_law_fit(e, {"gamma": g})["exponents"]["gamma"]
+        q = power_law_regression(e, {"gamma": g})["exponents"]["gamma"]
         fit["theory_exponent_gamma_along_family"] = THEORY["exponent_gamma"] + THEORY["exponent_eta"] * q
         fit["note"] = (f"eta moves with gamma in this family (eta ~ gamma^{q:.2f}): exponent_gamma is the total "
                        f"exponent along it; theory -1 + {q:.2f} = {THEORY['exponent_gamma'] + q:.2f}")
@@ -377,7 +374,7 @@ def _chart_frame(runs: pl.DataFrame, buckets: pl.DataFrame, table: pl.DataFrame,
     return (
         buckets.join(meta, on="run_id", how="inner")
         .filter(pl.col("status") != "skipped")
-        .select("run_id", "gamma", "eta", "seed", "step", (pl.col("eta") * pl.col("step") / pl.col("gamma")).alias("tau"),
+        .select("run_id", "gamma", "eta", "seed", "step", tau_expr(),
                 (pl.col("step") * pl.col("time_scale")).alias("t_fit"), value.alias("value"),
                 pl.col("min").alias("lo"), pl.col("max").alias("hi"))
         .filter(pl.col("value").is_not_null())
@@ -402,7 +399,7 @@ def parse_metric(text: str) -> MetricKey:
 
 
 def missing_metric_message(store: "Store", metric: MetricKey, sweep: str) -> str:
-    known = store.read("SELECT name, layer FROM metrics ORDER BY name, layer")
+    known = store.metric_keys()
     names = [_metric_name(MetricKey(n, int(l))) for n, l in known.iter_rows()]
     return (f"no finite values of {_metric_name(metric)} at step >= 1 in the selected runs of sweep {sweep!r}"
             + (f" (series in this store: {', '.join(names)})" if names else ""))
@@ -420,7 +417,7 @@ def analyze_collapse(store: "Store", sweep: str, *, metric: MetricKey | str = LO
     from gammadb.analysis.downsample import select_runs
 
     runs = select_runs(store, sweep, where, run_ids)
-    runs = runs.filter(pl.col("status").is_in(["completed", "diverged"]))
+    runs = runs.filter(pl.col("status").is_in(FINISHED))
     if gamma_min is not None:
         runs = runs.filter(pl.col("gamma") >= gamma_min)
     if runs.is_empty():

@@ -5,8 +5,8 @@ A sweep can hold thousands of runs of 10^5 steps; neither the curve analyses nor
 decade, shared by all curves, so curves of different lengths land on the same grid) and each bucket
 keeps its count, mean, min, max (spikes stay visible), the mean of ln(value) (what the log-loss
 analyses smooth) and the geometric mean of its steps. The reduction runs inside the database
-(``LN``/``FLOOR`` exist in PostgreSQL and in the SQLite that the ADBC driver bundles); a SQLite
-without math functions falls back to the same reduction in polars over the raw rows.
+(:meth:`gammadb.store.Store.bucketed_series`); a SQLite without math functions falls back to the
+same reduction in polars over the raw rows.
 
 Only finite values at step >= 1 are bucketed: step 0 has no place on a log axis, NaN/inf mark a
 divergence (the run's ``diverged_at`` says where).
@@ -22,16 +22,17 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
 
-from gammadb.errors import GammadbError, InvalidSpecError
+from gammadb.analysis.clock import tau_expr
+from gammadb.errors import InvalidSpecError
 from gammadb.metrics import MetricKey
+from gammadb.records import RUN_COLUMNS, value_bounds
 
 if TYPE_CHECKING:
     from gammadb.store import Store
 
 DEFAULT_PER_DECADE = 40  # 0.025 decades a bucket: finer than any smoothing the analyses apply
-_EPS = 1e-9  # keeps FLOOR stable at exact decade boundaries (10, 100, ...) in SQL and in numpy alike
-_FINITE_BOUND = 1e308  # |value| below this excludes +-inf (and PostgreSQL's NaN, which sorts above inf)
-_CHUNK = 500  # run ids per IN (...) list
+_EPS = 1e-9  # keeps FLOOR stable at exact decade boundaries (10, 100, ...); the store's BUCKET_EPS
+_CHUNK = 500  # run ids per series read of the polars fallback
 
 BUCKET_SCHEMA = {
     "run_id": pl.Int64, "bucket": pl.Int64, "step_lo": pl.Int64, "step_hi": pl.Int64,
@@ -78,56 +79,20 @@ def bucket_frame(series: pl.DataFrame | pl.LazyFrame, per_decade: int = DEFAULT_
 
 def bucketed_series(store: "Store", run_ids: Sequence[int], metric: MetricKey | str,
                     per_decade: int = DEFAULT_PER_DECADE, max_step: Optional[int] = None) -> pl.DataFrame:
-    """:func:`bucket_frame` of one metric series of ``run_ids``, computed in the database.
-
-    The SQL binds every value (run ids, metric name and layer, the log scale); nothing is formatted
-    into it but the number of ``?`` placeholders.
-    """
+    """:func:`bucket_frame` of one metric series of ``run_ids``, computed in the database
+    (:meth:`gammadb.store.Store.bucketed_series`, every value bound as a parameter), or here from the
+    raw rows where the database lacks the math functions."""
     _check_per_decade(per_decade)
     key = metric if isinstance(metric, MetricKey) else MetricKey(metric, 0)
     ids = [int(r) for r in run_ids]
     if not ids:
         return empty_buckets()
-    frames = []
-    for i in range(0, len(ids), _CHUNK):
-        chunk = ids[i : i + _CHUNK]
-        try:
-            frames.append(_bucketed_sql(store, chunk, key, per_decade, max_step))
-        except GammadbError as exc:
-            if "no such function" not in str(exc).lower():
-                raise
-            frames.append(_bucketed_python(store, chunk, key, per_decade, max_step))
-    out = pl.concat(frames) if frames else empty_buckets()
-    return out.sort("run_id", "bucket")
-
-
-def _bucketed_sql(store: "Store", run_ids: list[int], key: MetricKey, per_decade: int,
-                  max_step: Optional[int]) -> pl.DataFrame:
-    # The bucket is computed in a subquery so GROUP BY names it (no repeated parameterised expression).
-    lstep = "LN(CAST(v.step AS DOUBLE PRECISION))"
-    inner = (
-        f"SELECT v.run_id AS run_id, v.step AS step, v.value AS value, {lstep} AS lstep, "
-        f"CAST(FLOOR({lstep} * ? + ?) AS BIGINT) AS bucket "
-        "FROM metric_values v JOIN metrics m ON m.id = v.metric_id "
-        "WHERE m.name = ? AND m.layer = ? AND v.step >= 1 AND v.value > ? AND v.value < ? "
-        f"AND v.run_id IN ({', '.join('?' * len(run_ids))})"
-    )
-    params: list[object] = [per_decade / math.log(10), _EPS, key.name, int(key.layer),
-                            -_FINITE_BOUND, _FINITE_BOUND, *run_ids]
-    if max_step is not None:
-        inner += " AND v.step <= ?"
-        params.append(int(max_step))
-    sql = (
-        "SELECT run_id, bucket, MIN(step) AS step_lo, MAX(step) AS step_hi, EXP(AVG(lstep)) AS step, "
-        "COUNT(*) AS n, AVG(value) AS v_mean, MIN(value) AS v_min, MAX(value) AS v_max, "
-        "AVG(CASE WHEN value > 0 THEN LN(value) END) AS mean_log "
-        f"FROM ({inner}) b GROUP BY run_id, bucket"
-    )
-    df = store.read(sql, params)
-    if df.is_empty():
-        return empty_buckets()
-    df = df.rename({"v_mean": "mean", "v_min": "min", "v_max": "max"})
-    return df.select([pl.col(c).cast(t) for c, t in BUCKET_SCHEMA.items()])
+    out = store.bucketed_series(ids, key, per_decade, max_step)
+    if out is None:
+        frames = [_bucketed_python(store, ids[i : i + _CHUNK], key, per_decade, max_step)
+                  for i in range(0, len(ids), _CHUNK)]
+        out = pl.concat(frames)
+    return out.select([pl.col(c).cast(t) for c, t in BUCKET_SCHEMA.items()]).sort("run_id", "bucket")
 
 
 def _bucketed_python(store: "Store", run_ids: list[int], key: MetricKey, per_decade: int,
@@ -184,7 +149,6 @@ WHERE_COLUMNS: dict[str, type] = {
     "model": str, "dataset": str, "loss_fn": str, "optimizer": str, "status": str,
 }
 _OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "IN"}
-_REL_EQ = 1e-9  # float '=' matches within this relative tolerance (gamma = 0.1 finds 0.1000000000001)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +165,8 @@ class Condition:
         if self.op == "IN":
             return f"{col} IN ({', '.join('?' * len(self.values))})", list(self.values)
         v = self.values[0]
-        if kind is float and self.op in ("=", "<>"):
-            lo, hi = sorted((v * (1 - _REL_EQ), v * (1 + _REL_EQ)))
+        if kind is float and self.op in ("=", "<>"):  # gamma = 0.1 finds 0.1000000000001
+            lo, hi = value_bounds(v)
             neg = "NOT " if self.op == "<>" else ""
             return f"{neg}({col} BETWEEN ? AND ?)", [lo, hi]
         return f"{col} {self.op} ?", [v]
@@ -329,8 +293,7 @@ def select_runs(store: "Store", sweep: str, where: Sequence[str] = (),
     conds = [c for text in where for c in parse_where(text)]
     if conds:
         frag, params = where_sql(conds)
-        ids = store.read(f"SELECT run_id FROM run_overview WHERE sweep = ? AND {frag}", [sweep, *params])
-        runs = runs.filter(pl.col("run_id").is_in(ids["run_id"].cast(pl.Int64).to_list()))
+        runs = runs.filter(pl.col("run_id").is_in(store.run_ids_where(sweep, frag, params)))
     if run_ids:
         wanted = [int(r) for r in run_ids]
         missing = sorted(set(wanted) - set(runs["run_id"].to_list()))
@@ -341,7 +304,7 @@ def select_runs(store: "Store", sweep: str, where: Sequence[str] = (),
 
 
 # ---------------------------------------------------------------------------------------- curve bands
-CURVE_KEYS = ("model", "dataset", "loss_fn", "optimizer", "depth", "width", "batch_size", "gamma", "eta")
+CURVE_KEYS = (*RUN_COLUMNS, "gamma", "eta")
 
 
 def curve_bands(store: "Store", runs: pl.DataFrame, metric: MetricKey, *,
@@ -364,8 +327,7 @@ def curve_bands(store: "Store", runs: pl.DataFrame, metric: MetricKey, *,
         [pl.format("γ={} η={}", pl.col("gamma").map_elements(_num, return_dtype=pl.String),
                    pl.col("eta").map_elements(_num, return_dtype=pl.String))]
         + [pl.format(f" {c}={{}}", pl.col(c).cast(pl.String).fill_null("?")) for c in shown])
-    return bands.with_columns(label.alias("series"),
-                              (pl.col("eta") * pl.col("step") / pl.col("gamma")).alias("tau"))
+    return bands.with_columns(label.alias("series"), tau_expr())
 
 
 def _num(v: float) -> str:

@@ -1,5 +1,6 @@
-"""Power-law fits: y = A x^k by least squares in log-log space with bootstrap intervals, the offset
-law y = a x^-alpha + c, and a smoothly broken power law (scipy).
+"""Power-law fits: y = A x^k by least squares in log-log space with bootstrap intervals, y = A prod x_k^b_k
+over several regressors with Student-t intervals, the offset law y = a x^-alpha + c, and a smoothly
+broken power law (scipy).
 
 Every fit reports how many points it used and, when it cannot be made, a null estimate with a
 reason; nothing here invents a number from fewer points than a fit needs.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -132,6 +134,53 @@ def power_law(x: Any, y: Any, *, y_boot: Optional[np.ndarray] = None, n_boot: in
     slopes, _ = loglog_slopes(lx[idx], ly_b)
     return PowerLawFit(slope, percentile_ci(slopes), 10**icpt, r2, int(n),
                        (float(x[keep].min()), float(x[keep].max())))
+
+
+# ---------------------------------------------------------------------- several regressors
+def power_law_regression(y: Sequence[float], regressors: Mapping[str, Sequence[float]], *,
+                         level: float = 0.95) -> dict[str, Any]:
+    """y = A prod_k x_k^b_k over several regressors: least squares of log10 y = a + sum_k b_k log10 x_k,
+    with Student-t intervals on each b_k (unlike :func:`power_law`: one x, bootstrap interval).
+
+    Returns ``{"exponents": {k: b_k}, "ci": {k: [lo, hi]}, "prefactor": 10^a, "r2", "n", "dof"}``; the
+    intervals are null when there is no residual degree of freedom. Raises AnalysisError for
+    non-positive data or regressors that do not vary independently (e.g. eta fixed, or eta a
+    function of gamma).
+    """
+    from scipy.special import (
+        stdtrit,  # the t quantile, without importing all of scipy.stats
+    )
+
+    yv = np.asarray(y, float)
+    names = list(regressors)
+    xs = [np.asarray(regressors[k], float) for k in names]
+    if yv.size == 0 or any(x.size != yv.size for x in xs):
+        raise AnalysisError("power-law fit: no points, or regressors of unequal length")
+    if np.any(~np.isfinite(yv)) or np.any(yv <= 0) or any(np.any(~np.isfinite(x)) or np.any(x <= 0) for x in xs):
+        raise AnalysisError("power-law fit needs finite positive values")
+    X = np.column_stack([np.ones(yv.size)] + [np.log10(x) for x in xs])
+    Y = np.log10(yv)
+    if yv.size < X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
+        raise AnalysisError(
+            f"power-law fit on {', '.join(names)}: {yv.size} points do not pin down {X.shape[1]} coefficients "
+            "(a regressor is constant or varies in lock-step with another)")
+    coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    resid = Y - X @ coef
+    dof = yv.size - X.shape[1]
+    ss_tot = float(np.sum((Y - Y.mean()) ** 2))
+    r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else 1.0
+    ci: dict[str, Optional[list[float]]] = {}
+    if dof > 0:
+        s2 = float(resid @ resid) / dof
+        cov = s2 * np.linalg.inv(X.T @ X)
+        t = float(stdtrit(dof, 0.5 + level / 2))
+        for j, k in enumerate(names, start=1):
+            half = t * math.sqrt(max(cov[j, j], 0.0))
+            ci[k] = [float(coef[j] - half), float(coef[j] + half)]
+    else:
+        ci = {k: None for k in names}
+    return {"exponents": {k: float(coef[j]) for j, k in enumerate(names, start=1)}, "ci": ci,
+            "prefactor": float(10 ** coef[0]), "r2": r2, "n": int(yv.size), "dof": int(dof), "level": level}
 
 
 # ---------------------------------------------------------------------- offset law

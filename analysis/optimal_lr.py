@@ -3,7 +3,8 @@ and power laws of eta* and eta_max against gamma (docs/theory.md claim 1: eta* ~
 ~ gamma^(2/L) for gamma >> 1).
 
 Definitions (per group of runs sharing everything but gamma, eta and seed; per gamma; seeds
-averaged; a run with a NaN/inf at any step is "diverged" and counts as infinitely bad):
+averaged; a run with a NaN/inf at any step is "diverged" and counts as infinitely bad). They and their
+thresholds live in :mod:`gammadb.analysis.etas`, which the run families of the curve analyses share:
 
 - the *loss at the budget* used to judge training is the tail-mean training loss (the last 10% of the
   steps up to the budget), which smooths the per-batch noise of the online loss; the criterion
@@ -12,7 +13,7 @@ averaged; a run with a NaN/inf at any step is "diverged" and counts as infinitel
 - eta_stable: the largest eta where no seed diverged (the authors' code's definition);
 - eta*: argmin over eta of the seed-mean criterion, refined by a parabola in log10(eta) through the
   best grid point and its two neighbours (log of the loss when positive); the grid point itself at an
-  edge of the grid or next to a diverged eta;
+  edge of the grid or next to a diverged eta; the middle one of several etas tied for the minimum;
 - eta_min: the smallest eta with loss at the budget < threshold x initial loss (off the plateau);
 - the interval on eta* is a percentile bootstrap over seeds (the same seeds drawn for every eta).
 
@@ -24,14 +25,12 @@ of the power-law fits.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Optional
 
 import numpy as np
 import polars as pl
 
 from gammadb.analysis._common import (
-    GROUP_COLUMNS,
     Criterion,
     RunTable,
     check_fraction,
@@ -40,8 +39,20 @@ from gammadb.analysis._common import (
     percentile_ci,
     theory_exponent,
 )
+from gammadb.analysis.etas import (
+    CONVERGED,
+    LEFT_PLATEAU,
+    EtaGrid,
+    cell_stats,
+    eta_grid,
+    extreme_eta,
+    refine_argmin,
+    select_etas,
+    split_cells,
+)
 from gammadb.analysis.fits import DEFAULT_BOOT, BrokenPowerLaw, broken_power_law, power_law
 from gammadb.errors import AnalysisError, InvalidSpecError
+from gammadb.records import RUN_COLUMNS, same_value
 
 TARGETS = ("eta_star", "eta_max")
 REGIMES = ("small_gamma", "large_gamma")
@@ -56,8 +67,8 @@ _CRITERION_COLUMN = {
 @dataclasses.dataclass(frozen=True)
 class Settings:
     criterion: Criterion = Criterion.tail_mean
-    converged: float = 0.1
-    threshold: float = 0.9
+    converged: float = CONVERGED
+    threshold: float = LEFT_PLATEAU
     small_max: float = 0.1
     large_min: float = 10.0
     n_boot: int = DEFAULT_BOOT
@@ -103,7 +114,7 @@ class OptimalLr:
             fits = self.fits.filter(pl.col("group_idx") == i)
             bpl = self.broken.filter(pl.col("group_idx") == i).row(0, named=True)
             out.append({
-                "group": {c: g[c] for c in GROUP_COLUMNS},
+                "group": {c: g[c] for c in RUN_COLUMNS},
                 "points": [{
                     "gamma": p["gamma"], "eta_star": p["eta_star"],
                     "eta_star_ci": _pair(p["eta_star_lo"], p["eta_star_hi"]),
@@ -153,139 +164,24 @@ def with_value(runs: pl.DataFrame, criterion: Criterion) -> pl.DataFrame:
 
 
 def index_groups(runs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Number the groups (runs sharing all of GROUP_COLUMNS) 0, 1, ... in sorted order."""
-    groups = (runs.select(GROUP_COLUMNS).unique().sort(list(GROUP_COLUMNS), nulls_last=False)
+    """Number the groups (runs sharing all of RUN_COLUMNS) 0, 1, ... in sorted order."""
+    groups = (runs.select(RUN_COLUMNS).unique().sort(list(RUN_COLUMNS), nulls_last=False)
               .with_row_index("group_idx").with_columns(pl.col("group_idx").cast(pl.Int64)))
-    return groups, runs.join(groups, on=list(GROUP_COLUMNS), how="left", nulls_equal=True)
+    return groups, runs.join(groups, on=list(RUN_COLUMNS), how="left", nulls_equal=True)
 
 
 # ---------------------------------------------------------------------- per gamma
-@dataclasses.dataclass(frozen=True)
-class _Grid:
-    """One (group, gamma): matrices over (eta, seed); NaN = no run."""
-
-    log_eta: np.ndarray  # (E,)
-    value: np.ndarray  # (E, S) criterion, NaN where missing or diverged
-    check: np.ndarray  # (E, S) loss at the budget (tail mean)
-    initial: np.ndarray  # (E, S)
-    diverged: np.ndarray  # (E, S) bool
-    present: np.ndarray  # (E, S) bool
-
-
-def _grid(cols: dict[str, np.ndarray]) -> _Grid:
-    """The matrices of one (group, gamma) from its runs' columns (numpy arrays)."""
-    etas, ei = np.unique(cols["eta"], return_inverse=True)
-    seeds, si = np.unique(cols["seed"], return_inverse=True)
-    shape = (etas.size, seeds.size)
-
-    def mat(values: np.ndarray) -> np.ndarray:
-        m = np.full(shape, np.nan)
-        m[ei, si] = values
-        return m
-
-    div = np.zeros(shape, bool)
-    div[ei, si] = cols["diverged"]
-    present = np.zeros(shape, bool)
-    present[ei, si] = True
-    return _Grid(np.log10(etas), mat(cols["value"]), mat(cols["tail_mean_loss"]), mat(cols["initial_loss"]),
-                 div, present)
-
-
-def _split(runs: pl.DataFrame):
-    """Yield ((group_idx, gamma), {column: numpy array}) per (group, gamma), in sorted order: one
-    conversion to numpy for the whole table rather than a frame per cell."""
-    runs = runs.sort("group_idx", "gamma")
-    cols = {
-        "group_idx": runs["group_idx"].to_numpy(), "gamma": runs["gamma"].to_numpy(),
-        "eta": runs["eta"].to_numpy(), "seed": runs["seed"].to_numpy(),
-        "diverged": runs["diverged"].to_numpy().astype(bool),
-        **{c: runs[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in ("value", "tail_mean_loss", "initial_loss")},
-    }
-    if runs.is_empty():
-        return
-    key_change = np.flatnonzero((np.diff(cols["group_idx"]) != 0) | (np.diff(cols["gamma"]) != 0)) + 1
-    starts = np.concatenate([[0], key_change])
-    ends = np.concatenate([key_change, [runs.height]])
-    for a, b in zip(starts, ends):
-        yield (int(cols["group_idx"][a]), float(cols["gamma"][a])), {k: v[a:b] for k, v in cols.items()}
-
-
-def _weighted_mean(w: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Mean over seeds of m (E, S) with seed weights w (B, S), ignoring NaN: (B, E)."""
-    ok = np.isfinite(m)
-    num = w @ np.where(ok, m, 0.0).T
-    den = w @ ok.T.astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
-
-
-def _cell_stats(g: _Grid, w: np.ndarray, s: Settings) -> dict[str, np.ndarray]:
-    """Seed-weighted cell statistics, each (B, E)."""
-    any_div = (w @ g.diverged.T.astype(float)) > 0
-    tried = (w @ g.present.T.astype(float)) > 0
-    value = _weighted_mean(w, np.where(g.diverged, np.nan, g.value))
-    value = np.where(any_div, np.inf, value)
-    check = _weighted_mean(w, np.where(g.diverged, np.nan, g.check))
-    init = _weighted_mean(w, g.initial)
-    ok = tried & ~any_div
-    with np.errstate(invalid="ignore"):
-        trained = ok & (check <= s.converged * init)
-        left = ok & (check < s.threshold * init)
-        ratio = check / init
-    return dict(value=value, trained=trained, left=left, stable=ok, tried=tried, ratio=ratio, any_div=any_div)
-
-
-def _extreme_eta(mask: np.ndarray, log_eta: np.ndarray, top: bool) -> np.ndarray:
-    """Per row, the largest (top) or smallest log eta where ``mask``; NaN where none."""
-    x = np.where(mask, log_eta[None, :], -np.inf if top else np.inf)
-    r = x.max(axis=1) if top else x.min(axis=1)
-    return np.where(np.isfinite(r), r, np.nan)
-
-
-def refine_argmin(log_eta: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of ``values`` (B, E) over the grid ``log_eta`` (E,): the refined log10 eta of the
-    minimum, the grid index of the best point (-1 when every value is inf/NaN), and whether that
-    point is at an edge of the grid. inf = diverged, NaN = not measured."""
-    v = np.atleast_2d(values)
-    b, e = v.shape
-    score = np.where(np.isnan(v), np.inf, v)
-    idx = np.argmin(score, axis=1)
-    rows = np.arange(b)
-    none = ~np.isfinite(score[rows, idx])
-    est = log_eta[idx].astype(float)
-    edge = (idx == 0) | (idx == e - 1)
-    inner = ~none & ~edge
-    if inner.any():
-        i = idx[inner]
-        r = rows[inner]
-        xl, xc, xr = log_eta[i - 1], log_eta[i], log_eta[i + 1]
-        yl, yc, yr = v[r, i - 1], v[r, i], v[r, i + 1]
-        finite = np.isfinite(yl) & np.isfinite(yr)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pos = finite & (yl > 0) & (yc > 0) & (yr > 0)
-            yl, yc, yr = (np.where(pos, np.log(np.where(pos, y, 1.0)), y) for y in (yl, yc, yr))
-            den = (xl - xc) * (xl - xr) * (xc - xr)
-            a = (xr * (yc - yl) + xc * (yl - yr) + xl * (yr - yc)) / den
-            bb = (xr**2 * (yl - yc) + xc**2 * (yr - yl) + xl**2 * (yc - yr)) / den
-            vertex = np.clip(-bb / (2 * a), xl, xr)
-        good = finite & (a > 0) & np.isfinite(vertex)
-        est[inner] = np.where(good, vertex, xc)
-    est[none] = np.nan
-    idx = np.where(none, -1, idx)
-    return est, idx, edge & ~none
-
-
 def optimal_points(runs: pl.DataFrame, s: Settings) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """cells, points and the bootstrap draws {(group_idx, gamma): {target: (B,) array}}."""
     rng = np.random.default_rng(s.seed)
     cell_rows: list[dict[str, Any]] = []
     point_rows: list[dict[str, Any]] = []
     boots: dict[tuple[int, float], dict[str, np.ndarray]] = {}
-    for (gi, gamma), sub in _split(runs):
-        g = _grid(sub)
+    for (gi, gamma), sub in split_cells(runs):
+        g = eta_grid(sub)
         n_seeds = g.present.shape[1]
         one = np.ones((1, n_seeds))
-        st = {k: v[0] for k, v in _cell_stats(g, one, s).items()}
+        st = {k: v[0] for k, v in cell_stats(g, one, converged=s.converged, threshold=s.threshold).items()}
         for e, le in enumerate(g.log_eta):
             cell_rows.append(dict(
                 group_idx=gi, gamma=gamma, eta=float(10**le),
@@ -297,9 +193,9 @@ def optimal_points(runs: pl.DataFrame, s: Settings) -> tuple[pl.DataFrame, pl.Da
         point = _point(g, st, s)
         if n_seeds > 1:
             w = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=s.n_boot).astype(float)
-            bst = _cell_stats(g, w, s)
+            bst = cell_stats(g, w, converged=s.converged, threshold=s.threshold)
             star_b, _, _ = refine_argmin(g.log_eta, bst["value"])
-            max_b = _extreme_eta(bst["trained"], g.log_eta, top=True)
+            max_b = extreme_eta(bst["trained"], g.log_eta, top=True)
             ci = percentile_ci(10**star_b)
             boots[(gi, gamma)] = {"eta_star": 10**star_b, "eta_max": 10**max_b}
         else:
@@ -316,38 +212,42 @@ def optimal_points(runs: pl.DataFrame, s: Settings) -> tuple[pl.DataFrame, pl.Da
         ))
     cells = pl.DataFrame(cell_rows, schema=_CELL_SCHEMA)
     points = pl.DataFrame(point_rows, schema=_POINT_SCHEMA)
-    groups = runs.select("group_idx", *GROUP_COLUMNS).unique("group_idx")
+    groups = runs.select("group_idx", *RUN_COLUMNS).unique("group_idx")
     return (cells.join(groups, on="group_idx").sort("group_idx", "gamma", "eta"),
             points.join(groups, on="group_idx").sort("group_idx", "gamma"), boots)
 
 
-def _point(g: _Grid, st: dict[str, np.ndarray], s: Settings) -> dict[str, Any]:
+def _point(g: EtaGrid, st: dict[str, np.ndarray], s: Settings) -> dict[str, Any]:
     notes: list[str] = []
     top, bottom = float(10 ** g.log_eta[-1]), float(10 ** g.log_eta[0])
-    star, idx, edge = refine_argmin(g.log_eta, st["value"][None, :])
-    star_censored = bool(edge[0])
-    if idx[0] < 0:
+    e = select_etas(g, st)
+    star_censored = e.star_edge
+    if e.star_index < 0:
         notes.append("every eta diverged at this gamma")
         eta_star = loss = None
     else:
-        eta_star = float(10 ** star[0])
-        loss = none_if_nan(st["value"][idx[0]])
+        eta_star = float(10 ** e.log_eta_star)
+        loss = none_if_nan(e.loss_at_eta_star)
         if star_censored:
-            side = "largest" if idx[0] == g.log_eta.size - 1 else "smallest"
+            side = "largest" if e.star_index == g.log_eta.size - 1 else "smallest"
             notes.append(f"eta* is the {side} eta tried ({eta_star:.3g}): a bound, left out of the fits")
-    le_max = _extreme_eta(st["trained"][None, :], g.log_eta, top=True)[0]
-    eta_max = none_if_nan(10**le_max)
-    max_censored = eta_max is not None and math.isclose(eta_max, top)
-    if eta_max is None and idx[0] >= 0:
+    eta_max = _grid_eta(g, e.max_index)
+    max_censored = eta_max is not None and same_value(eta_max, top)
+    if eta_max is None and e.star_index >= 0:
         notes.append(f"no eta reached loss <= {s.converged:g} x initial by the budget")
     elif max_censored:
         notes.append(f"the largest eta tried ({top:.3g}) trained: eta_max is a lower bound, left out of the fits")
-    eta_stable = none_if_nan(10 ** _extreme_eta(st["stable"][None, :], g.log_eta, top=True)[0])
-    eta_min = none_if_nan(10 ** _extreme_eta(st["left"][None, :], g.log_eta, top=False)[0])
-    if eta_min is not None and math.isclose(eta_min, bottom) and g.log_eta.size > 1:
+    eta_stable = _grid_eta(g, e.stable_index)
+    eta_min = _grid_eta(g, e.min_index)
+    if eta_min is not None and same_value(eta_min, bottom) and g.log_eta.size > 1:
         notes.append(f"the smallest eta tried ({bottom:.3g}) left the plateau: eta_min is an upper bound")
     return dict(eta_star=eta_star, loss=loss, eta_max=eta_max, eta_stable=eta_stable, eta_min=eta_min,
                 star_censored=star_censored, max_censored=max_censored, notes=notes)
+
+
+def _grid_eta(g: EtaGrid, i: int) -> Optional[float]:
+    """The grid eta at index ``i`` as reported (10^log10 eta), None for -1."""
+    return None if i < 0 else float(10 ** g.log_eta[i])
 
 
 # ---------------------------------------------------------------------- fits against gamma
@@ -443,7 +343,7 @@ def report_tables(result: OptimalLr) -> list[tuple[str, pl.DataFrame]]:
     out = []
     for g in result.groups.iter_rows(named=True):
         i = g["group_idx"]
-        name = ", ".join(f"{c}={g[c]}" for c in GROUP_COLUMNS if g[c] not in (None, "unknown")) or "all runs"
+        name = ", ".join(f"{c}={g[c]}" for c in RUN_COLUMNS if g[c] not in (None, "unknown")) or "all runs"
         pts = result.points.filter(pl.col("group_idx") == i).select(
             "gamma", "eta_star", pl.col("eta_star_lo").alias("ci_lo"), pl.col("eta_star_hi").alias("ci_hi"),
             "eta_max", "eta_stable", "eta_min", pl.col("loss_at_eta_star").alias("loss_at_eta*"), "n_seeds",

@@ -16,13 +16,18 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
 
-from gammadb.analysis._common import GROUP_COLUMNS, check_fraction, load_runs
+from gammadb.analysis._common import check_fraction, load_runs
+from gammadb.analysis.etas import LEFT_PLATEAU
 from gammadb.analysis.optimal_lr import index_groups
 from gammadb.errors import InvalidSpecError
+from gammadb.records import RUN_COLUMNS
+
+if TYPE_CHECKING:
+    from gammadb.store import Store
 
 
 class Phase(str, enum.Enum):
@@ -55,7 +60,7 @@ class PhaseMap:
             bounds = self.boundaries.filter(pl.col("group_idx") == i).sort("gamma")
             closed = self.closed.filter(pl.col("group_idx") == i)["gamma_closed"]
             groups.append({
-                "group": {c: g[c] for c in GROUP_COLUMNS},
+                "group": {c: g[c] for c in RUN_COLUMNS},
                 "cells": cells.select("gamma", "eta", "phase", "loss_ratio", "peak_ratio", "n_seeds",
                                       "n_diverged").to_dicts(),
                 "boundaries": bounds.select("gamma", "eta_lower", "eta_upper", "band_decades", "eta_diverged",
@@ -70,7 +75,7 @@ def _col(phase: str) -> str:
     return phase.replace("-", "_")
 
 
-def analyze(store: Any, sweep: str, *, budget: Optional[int] = None, threshold: float = 0.9,
+def analyze(store: "Store", sweep: str, *, budget: Optional[int] = None, threshold: float = LEFT_PLATEAU,
             spike: float = 2.0) -> PhaseMap:
     _check(threshold, spike)
     table = load_runs(store, sweep, budget=budget, want_max=True)
@@ -83,7 +88,7 @@ def _check(threshold: float, spike: float) -> None:
         raise InvalidSpecError(f"--spike must be a factor above 1, got {spike}")
 
 
-def classify_runs(runs: pl.DataFrame, *, threshold: float = 0.9, spike: float = 2.0) -> pl.DataFrame:
+def classify_runs(runs: pl.DataFrame, *, threshold: float = LEFT_PLATEAU, spike: float = 2.0) -> pl.DataFrame:
     """Add ``ratio`` (loss at the budget / initial), ``peak_ratio`` (max loss / initial) and
     ``phase`` to a per-run table."""
     ratio = pl.col("tail_mean_loss") / pl.col("initial_loss")
@@ -96,7 +101,7 @@ def classify_runs(runs: pl.DataFrame, *, threshold: float = 0.9, spike: float = 
     )
 
 
-def classify_cells(runs: pl.DataFrame, *, threshold: float = 0.9, spike: float = 2.0) -> pl.DataFrame:
+def classify_cells(runs: pl.DataFrame, *, threshold: float = LEFT_PLATEAU, spike: float = 2.0) -> pl.DataFrame:
     """One row per (group_idx, gamma, eta) with its phase (see the module docstring)."""
     r = classify_runs(runs, threshold=threshold, spike=spike)
     cells = r.group_by("group_idx", "gamma", "eta").agg(
@@ -149,7 +154,7 @@ def gamma_closed(bounds: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"group_idx": pl.Int64, "gamma_closed": pl.Float64})
 
 
-def phase_map(runs: pl.DataFrame, sweep: str, budget_step: int, *, threshold: float = 0.9,
+def phase_map(runs: pl.DataFrame, sweep: str, budget_step: int, *, threshold: float = LEFT_PLATEAU,
               spike: float = 2.0) -> PhaseMap:
     _check(threshold, spike)
     groups, runs = index_groups(runs)
@@ -170,7 +175,7 @@ def report_tables(pm: PhaseMap) -> list[tuple[str, pl.DataFrame]]:
     out = []
     for g in pm.groups.iter_rows(named=True):
         i = g["group_idx"]
-        name = ", ".join(f"{c}={g[c]}" for c in GROUP_COLUMNS if g[c] not in (None, "unknown")) or "all runs"
+        name = ", ".join(f"{c}={g[c]}" for c in RUN_COLUMNS if g[c] not in (None, "unknown")) or "all runs"
         closed = pm.closed.filter(pl.col("group_idx") == i)["gamma_closed"]
         where = f"closes at gamma = {closed[0]:.3g}" if closed.len() and closed[0] is not None else "does not close"
         bounds = pm.boundaries.filter(pl.col("group_idx") == i).select(

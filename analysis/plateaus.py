@@ -4,16 +4,16 @@ Method (all in log time, on the log loss, so that a decade of steps weighs the s
 
 1. **Reduce.** Each curve is bucketed on a log-spaced step grid (:mod:`gammadb.analysis.downsample`,
    ``per_decade`` = 40 buckets a decade); a bucket keeps the mean of ln(loss) and its count.
-2. **Smooth.** Local-linear regression with a Gaussian kernel in log10(step), weighted by the bucket
-   counts (so every minibatch loss in the window counts once; local-linear so that a sloped stretch
-   is not biased where the window is wide or one-sided), with bandwidth ``bandwidth`` = 0.05 decades (a factor 1.12
-   in time), widened where needed until the window holds ``min_samples`` = 16 logged steps. Why:
-   a minibatch loss scatters by tens of percent around its mean; averaging >= 16 of them cuts that
-   four-fold, and from step ~150 on the 0.05-decade window already holds hundreds of steps. A drop is
-   smeared over about +-2 bandwidths = +-0.1 decades, so its location stays well within the factor
-   1.3 (0.11 decades) the acceptance asks for. Early on (steps < ~100) the window must widen to
-   collect 16 steps, so drops there are located less sharply. The smoothed curve is evaluated on a
-   uniform grid of ``grid`` = 0.01 decades.
+2. **Smooth.** (:mod:`gammadb.analysis.smoothing`.) Local-linear regression with a Gaussian kernel in
+   log10(step), weighted by the bucket counts (so every minibatch loss in the window counts once;
+   local-linear so that a sloped stretch is not biased where the window is wide or one-sided), with
+   bandwidth ``bandwidth`` = 0.05 decades (a factor 1.12 in time), widened where needed until the
+   window holds ``min_samples`` = 16 logged steps. Why: a minibatch loss scatters by tens of percent
+   around its mean; averaging >= 16 of them cuts that four-fold, and from step ~150 on the 0.05-decade
+   window already holds hundreds of steps. A drop is smeared over about +-2 bandwidths = +-0.1
+   decades, so its location stays well within the factor 1.3 (0.11 decades) the acceptance asks for.
+   Early on (steps < ~100) the window must widen to collect 16 steps, so drops there are located less
+   sharply. The smoothed curve is evaluated on a uniform grid of ``grid`` = 0.01 decades.
 3. **Find drops.** The local log-log slope d log10 L / d log10 t of the smoothed curve. A drop is a
    stretch where it is steeper than ``-min_slope`` = -1 (faster than 1/t: SGD's power-law phases in
    these models decay more slowly than that, so only a genuine descent off a plateau qualifies),
@@ -30,36 +30,33 @@ Method (all in log time, on the log loss, so that a decade of steps weighs the s
    by ``min_drop`` decades overall.
 
 The per-sweep scaling fits the plateau length (the escape step by default) against gamma as a power
-law, along eta*(gamma) (the grid eta with the lowest seed-mean tail loss, diverged seeds counting as
-infinitely bad), along eta_max(gamma) (the largest eta that trained: no seed diverged, final loss
-<= 10% of initial; the better-defined choice when many etas reach the same floor, as in the
-noise-free toy model), at a fixed eta, or over all runs. The toy model's theory: plateau escape happens at
-tau = eta t / gamma ~ const, so along eta* ~ gamma^(2/L) the plateau lasts ~ gamma^(1 - 2/L) steps.
+law, along eta*(gamma) or eta_max(gamma) (the families of :mod:`gammadb.analysis.etas`: each gamma
+at the grid eta ``analyze optimal-lr`` reports; eta_max is the better-defined choice when many etas
+reach the same floor, as in the noise-free toy model), at a fixed eta, or over all runs. The toy
+model's theory: plateau escape happens at tau = eta t / gamma ~ const, so along eta* ~ gamma^(2/L)
+the plateau lasts ~ gamma^(1 - 2/L) steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import polars as pl
 
 from gammadb.analysis.downsample import DEFAULT_PER_DECADE, bucket_frame, bucketed_series
+from gammadb.analysis.etas import group_columns, select_family, varying_columns
+from gammadb.analysis.fits import power_law_regression
+from gammadb.analysis.smoothing import LN10, MIN_SPAN_DECADES, smooth_log_curve
 from gammadb.errors import AnalysisError, InvalidSpecError
 from gammadb.metrics import LOSS
-from gammadb.records import RUN_COLUMNS
 
 if TYPE_CHECKING:
     from gammadb.store import Store
 
-LN10 = math.log(10.0)
-GROUP_COLUMNS = RUN_COLUMNS  # what must match for runs to be compared across (gamma, eta, seed)
-MIN_SPAN_DECADES = 0.3  # shorter curves cannot show a plateau followed by a drop
-ALONG = ("eta_star", "eta_max", "fixed", "all")
-TRAINED_FRACTION = 0.1  # eta_max: the final loss is at most this fraction of the initial loss (as analyze optimal-lr)
 MEASURES = ("escape_step", "plateau_end_step")
 
 
@@ -94,46 +91,6 @@ class PlateauOptions:
         d = dataclasses.asdict(self)
         d["smoother"] = "local-linear gaussian kernel in log10(step), count-weighted, widened to min_samples"
         return d
-
-
-# ---------------------------------------------------------------------------------------- smoothing
-def smooth_log_curve(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, *, bandwidth: float = 0.05,
-                     min_samples: int = 16, grid: Optional[float] = 0.01,
-                     max_bandwidth: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel-smooth bucket means ``y`` at ``log_t`` (weights ``n``) and resample on a uniform grid.
-
-    Each bucket's value becomes a count-weighted, Gaussian-kernel local-linear fit with bandwidth
-    max(``bandwidth``, the half-width that holds ``min_samples`` samples), capped at
-    ``max_bandwidth``; the smoothed values are then linearly interpolated onto a grid of spacing
-    ``grid`` decades (``None``: return them at the bucket positions).
-    """
-    log_t = np.asarray(log_t, float)
-    y = np.asarray(y, float)
-    n = np.asarray(n, float)
-    if log_t.size == 0:
-        return log_t, y
-    d = np.abs(log_t[:, None] - log_t[None, :])
-    order = np.argsort(d, axis=1)
-    d_sorted = np.take_along_axis(d, order, axis=1)
-    cum = np.cumsum(n[order], axis=1)
-    enough = cum >= min_samples
-    idx = np.where(enough.any(axis=1), enough.argmax(axis=1), log_t.size - 1)
-    h = np.clip(d_sorted[np.arange(log_t.size), idx], bandwidth, max_bandwidth)
-    w = n[None, :] * np.exp(-0.5 * (d / h[:, None]) ** 2)
-    # Local-linear (not Nadaraya-Watson) kernel regression: a straight stretch of the log-log curve
-    # comes out unbiased even where the window is wide or one-sided (early steps, the curve's ends).
-    dx = log_t[None, :] - log_t[:, None]
-    s0, s1, s2 = w.sum(axis=1), (w * dx).sum(axis=1), (w * dx * dx).sum(axis=1)
-    t0, t1 = w @ y, (w * dx) @ y
-    det = s0 * s2 - s1 * s1
-    ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
-    smooth = np.where(ok, (s2 * t0 - s1 * t1) / np.where(ok, det, 1.0), t0 / s0)
-    if grid is None or log_t.size == 1:
-        return log_t, smooth
-    gx = np.arange(log_t[0], log_t[-1], grid)
-    if gx.size == 0 or gx[-1] < log_t[-1]:
-        gx = np.append(gx, log_t[-1])
-    return gx, np.interp(gx, log_t, smooth)
 
 
 # ---------------------------------------------------------------------------------------- drops
@@ -316,138 +273,7 @@ def plateaus_of_steps(steps: Sequence[int], losses: Sequence[float], opts: Plate
     return curve_plateaus(bucket_frame(raw, opts.per_decade), opts, diverged_at)
 
 
-# ---------------------------------------------------------------------------------------- power laws
-def power_law_fit(y: Sequence[float], regressors: Mapping[str, Sequence[float]], *,
-                  level: float = 0.95) -> dict[str, Any]:
-    """Least squares of log10 y = a + sum_k b_k log10 x_k, with Student-t intervals on each b_k.
-
-    Returns ``{"exponents": {k: b_k}, "ci": {k: [lo, hi]}, "prefactor": 10^a, "r2", "n", "dof"}``; the
-    intervals are null when there is no residual degree of freedom. Raises AnalysisError for
-    non-positive data or regressors that do not vary independently (e.g. eta fixed, or eta a
-    function of gamma).
-    """
-    from scipy.special import (
-        stdtrit,  # the t quantile, without importing all of scipy.stats
-    )
-
-    yv = np.asarray(y, float)
-    names = list(regressors)
-    xs = [np.asarray(regressors[k], float) for k in names]
-    if yv.size == 0 or any(x.size != yv.size for x in xs):
-        raise AnalysisError("power-law fit: no points, or regressors of unequal length")
-    if np.any(~np.isfinite(yv)) or np.any(yv <= 0) or any(np.any(~np.isfinite(x)) or np.any(x <= 0) for x in xs):
-        raise AnalysisError("power-law fit needs finite positive values")
-    X = np.column_stack([np.ones(yv.size)] + [np.log10(x) for x in xs])
-    Y = np.log10(yv)
-    if yv.size < X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
-        raise AnalysisError(
-            f"power-law fit on {', '.join(names)}: {yv.size} points do not pin down {X.shape[1]} coefficients "
-            "(a regressor is constant or varies in lock-step with another)")
-    coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
-    resid = Y - X @ coef
-    dof = yv.size - X.shape[1]
-    ss_tot = float(np.sum((Y - Y.mean()) ** 2))
-    r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else 1.0
-    ci: dict[str, Optional[list[float]]] = {}
-    if dof > 0:
-        s2 = float(resid @ resid) / dof
-        cov = s2 * np.linalg.inv(X.T @ X)
-        t = float(stdtrit(dof, 0.5 + level / 2))
-        for j, k in enumerate(names, start=1):
-            half = t * math.sqrt(max(cov[j, j], 0.0))
-            ci[k] = [float(coef[j] - half), float(coef[j] + half)]
-    else:
-        ci = {k: None for k in names}
-    return {"exponents": {k: float(coef[j]) for j, k in enumerate(names, start=1)}, "ci": ci,
-            "prefactor": float(10 ** coef[0]), "r2": r2, "n": int(yv.size), "dof": int(dof), "level": level}
-
-
-# ---------------------------------------------------------------------------------------- families
-def group_columns(runs: pl.DataFrame) -> list[str]:
-    """The run columns that define comparable groups (everything but gamma, eta, seed)."""
-    return [c for c in GROUP_COLUMNS if c in runs.columns]
-
-
-def varying_columns(runs: pl.DataFrame, cols: Sequence[str]) -> list[str]:
-    return [c for c in cols if runs[c].n_unique() > 1]
-
-
-def eta_star_table(runs: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
-    """Per (keys, gamma): eta_star, the grid eta with the lowest seed-mean tail loss (n_tied: how
-    many etas share that loss). A (gamma, eta) with any diverged or unfinished seed counts as
-    infinitely bad; gammas where every eta is bad are left out."""
-    finished = runs.filter(pl.col("status").is_in(["completed", "diverged"]))
-    if finished.is_empty():
-        return pl.DataFrame(schema={**{k: runs.schema[k] for k in keys}, "gamma": pl.Float64,
-                                    "eta_star": pl.Float64, "loss_at_eta_star": pl.Float64, "n_tied": pl.UInt32})
-    cell = (
-        finished.with_columns(
-            pl.when((pl.col("status") == "diverged") | pl.col("tail_mean_loss").is_null()
-                    | ~pl.col("tail_mean_loss").is_finite())
-            .then(float("inf")).otherwise(pl.col("tail_mean_loss")).alias("_loss"))
-        .group_by(*keys, "gamma", "eta").agg(pl.col("_loss").mean().alias("_loss"))
-        .filter(pl.col("_loss").is_finite())
-    )
-    # Ties (e.g. several etas that all reach a loss of exactly 0) go to the middle one of the tied
-    # etas, so the choice is deterministic and not pinned to an edge of the tied range.
-    best = pl.col("_loss").min().over(*keys, "gamma")
-    tied = cell.filter(pl.col("_loss") <= best * (1 + 1e-9)).sort(*keys, "gamma", "eta")
-    return (
-        tied.group_by(*keys, "gamma", maintain_order=True)
-        .agg(pl.col("eta").get((pl.len() - 1) // 2).alias("eta_star"),
-             pl.col("_loss").min().alias("loss_at_eta_star"), pl.len().alias("n_tied"))
-        .sort(*keys, "gamma")
-    )
-
-
-def eta_max_table(runs: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
-    """Per (keys, gamma): eta_max, the largest grid eta at which every seed finished without
-    diverging and ended at most ``TRAINED_FRACTION`` of its initial loss."""
-    ok = (
-        runs.with_columns(
-            ((pl.col("status") == "completed") & pl.col("final_loss").is_not_null()
-             & (pl.col("final_loss") <= TRAINED_FRACTION * pl.col("initial_loss"))).alias("_ok"))
-        .group_by(*keys, "gamma", "eta").agg(pl.col("_ok").all().alias("_ok"))
-        .filter(pl.col("_ok"))
-    )
-    return ok.group_by(*keys, "gamma").agg(pl.col("eta").max().alias("eta_max")).sort(*keys, "gamma")
-
-
-def select_family(runs: pl.DataFrame, along: str, eta: Optional[float], keys: Sequence[str]) -> pl.DataFrame:
-    """The runs of a family: ``eta_star`` (each gamma at its eta*), ``eta_max`` (each gamma at the
-    largest eta that trained), ``fixed`` (one eta: ``eta``, or the eta at which the most gammas
-    completed without diverging, ties to the lower mean tail loss), or ``all``."""
-    if along not in ALONG:
-        raise InvalidSpecError(f"unknown family {along!r}: use one of {', '.join(ALONG)}")
-    if along == "all" or runs.is_empty():
-        return runs
-    if along == "fixed":
-        if eta is None:  # the eta at which the most gammas finished without diverging; then the lower loss
-            done = runs.filter(pl.col("status") == "completed") if "status" in runs.columns else runs
-            pool = done if not done.is_empty() else runs
-            loss = pl.col("tail_mean_loss").mean() if "tail_mean_loss" in pool.columns else pl.lit(0.0)
-            counts = (pool.group_by("eta").agg(pl.col("gamma").n_unique().alias("k"), pl.len().alias("n"),
-                                               loss.alias("loss"))
-                      .sort(["k", "n", "loss", "eta"], descending=[True, True, False, True], nulls_last=True))
-            eta = float(counts["eta"][0])
-        etas = runs["eta"].unique().to_numpy()
-        near = etas[np.isclose(etas, eta, rtol=1e-6)]
-        if near.size == 0:
-            shown = ", ".join(f"{e:g}" for e in sorted(etas)[:12])
-            raise InvalidSpecError(f"no run at eta = {eta:g} (etas: {shown})")
-        return runs.filter(pl.col("eta") == float(near[0]))
-    if along == "eta_max":
-        star = eta_max_table(runs, keys).rename({"eta_max": "eta"})
-        if star.is_empty():
-            raise AnalysisError(f"no eta_max at any gamma: no (gamma, eta) ended below {TRAINED_FRACTION:g} of "
-                                "its initial loss in every seed")
-    else:
-        star = eta_star_table(runs, keys).rename({"eta_star": "eta"})
-        if star.is_empty():
-            raise AnalysisError("no eta* at any gamma: every (gamma, eta) diverged or is unfinished")
-    return runs.join(star.select(*keys, "gamma", "eta"), on=[*keys, "gamma", "eta"], how="semi", nulls_equal=True)
-
-
+# ---------------------------------------------------------------------------------------- scaling
 def plateau_scaling(table: pl.DataFrame, runs: pl.DataFrame, *, along: str = "eta_star",
                     eta: Optional[float] = None, gamma_min: Optional[float] = 1.0,
                     measure: str = "escape_step", level: float = 0.95) -> dict[str, Any]:
@@ -504,7 +330,7 @@ def _scaling_group(grp: pl.DataFrame, table: pl.DataFrame, keys: Sequence[str], 
         res["reason"] = (f"{n_gamma} gamma value{'s' if n_gamma != 1 else ''} with an escaped plateau in "
                          f"{where} along {along}: a power law needs at least 3")
         return res
-    fit = power_law_fit(ok[measure].cast(pl.Float64).to_numpy(), {"gamma": ok["gamma"].to_numpy()}, level=level)
+    fit = power_law_regression(ok[measure].cast(pl.Float64).to_numpy(), {"gamma": ok["gamma"].to_numpy()}, level=level)
     res.update(exponent=fit["exponents"]["gamma"], exponent_ci=fit["ci"]["gamma"], prefactor=fit["prefactor"],
                r2=fit["r2"])
     if fit["ci"]["gamma"] is None:

@@ -33,6 +33,7 @@ from gammadb.metrics import (
     TEST_LOSS,
     WEIGHT_CHANGE,
 )
+from gammadb.records import FINISHED
 
 if TYPE_CHECKING:
     from gammadb.store import Store
@@ -74,7 +75,7 @@ class _Page:
         return s
 
     def chart(self, sec: Section, chart: Any, caption: str = "") -> None:
-        from gammadb.analysis.charts_curves import chart_spec
+        from gammadb.analysis.charts_export import chart_spec
 
         spec = chart_spec(chart)
         cap = f"<p class='caption'>{html.escape(caption)}</p>" if caption else ""
@@ -146,7 +147,7 @@ def _guard(page: _Page, sec: Section, what: str, fn: Callable[[], None]) -> None
 
 # ---------------------------------------------------------------------------------------- sections
 def _spec_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -> None:
-    from gammadb.analysis.plateaus import group_columns
+    from gammadb.analysis.etas import group_columns
 
     sec = page.section("spec", "What was run")
     rec = store.get_sweep(sweep)
@@ -301,8 +302,8 @@ def _collapse_section(page: _Page, store: "Store", sweep: str, gamma_min: Option
 def _metric_sections(page: _Page, store: "Store", sweep: str, family_ids: list[int]) -> None:
     from gammadb.analysis.charts_curves import metric_figure
 
-    known = store.read("SELECT DISTINCT name FROM metrics")
-    names = [m for m in REPORT_METRICS if m in set(known["name"].to_list())] if not known.is_empty() else []
+    known = set(store.metric_keys()["name"].to_list())
+    names = [m for m in REPORT_METRICS if m in known]
     if not names or not family_ids:
         return
     sec = page.section("metrics", "Per-step metrics along eta*(gamma)")
@@ -324,14 +325,15 @@ def _metric_sections(page: _Page, store: "Store", sweep: str, family_ids: list[i
 def build_report(store: "Store", sweep: str, *, static: bool = False, gamma_min: Optional[float] = 1.0,
                  include_lr: bool = True) -> tuple[str, list[Section]]:
     """The report's HTML text and its sections."""
-    from gammadb.analysis.plateaus import analyze_plateaus, group_columns, select_family
+    from gammadb.analysis.etas import group_columns, select_family
+    from gammadb.analysis.plateaus import analyze_plateaus
 
     runs = store.runs_frame(sweep)
     page = _Page(static)
     _spec_section(page, store, sweep, runs)
     if include_lr:
         _lr_sections(page, store, sweep)
-    finished = runs.filter(pl.col("status").is_in(["completed", "diverged"]))
+    finished = runs.filter(pl.col("status").is_in(FINISHED))
     family_ids: list[int] = []
     fixed_eta: Optional[float] = None
     fixed_ids: list[int] = []
@@ -404,7 +406,7 @@ def _render(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -> str:
         body.append(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>{notes}{''.join(s.blocks)}</section>")
     script = ""
     if page.specs and not page.static:
-        from gammadb.analysis.charts_curves import script_json, vega_bundle
+        from gammadb.analysis.charts_export import script_json, vega_bundle
 
         bundle = vega_bundle()
         specs = script_json({div: spec for div, spec in page.specs})

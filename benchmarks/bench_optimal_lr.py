@@ -34,7 +34,7 @@ SWEEP = "bench-optimal-lr"
 def build(store, runs: int, steps: int) -> None:
     from gammadb.metrics import LOSS, MetricKey
     from gammadb.records import RunSpec
-    from gammadb.schema import RunStatus
+    from gammadb.records import RunStatus
 
     n_gamma = 10
     seeds = 2

@@ -101,7 +101,7 @@ def bench_gammadb(tmp: Path, runs: int, steps: int) -> dict[str, float]:
         for r, rec in enumerate(records):
             for step in range(1, steps + 1):
                 w.log(rec.id, step, dict(zip(keys, synthetic(r, step, steps))))
-    from gammadb.schema import RunStatus
+    from gammadb.records import RunStatus
 
     for rec in records:
         store.finish_run(rec.id, RunStatus.COMPLETED, steps_done=steps)

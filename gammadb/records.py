@@ -1,18 +1,63 @@
-"""Frozen records the store returns: ORM rows never leave the store."""
+"""Frozen records the store returns (ORM rows never leave the store) and the vocabulary every layer
+shares with them: run statuses, the run columns, and how a stored float hyper-parameter is matched."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import hashlib
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from gammadb.schema import RunStatus
+if TYPE_CHECKING:
+    import polars as pl
 
-# Typed run columns that define a grid point (besides the config), in display order.
+#: Typed run columns that define a grid point (besides the config), in display order. Runs that
+#: share all of them are comparable: they differ only in (gamma, eta, seed).
 RUN_COLUMNS = ("model", "dataset", "loss_fn", "optimizer", "depth", "width", "batch_size")
 POINT_COLUMNS = (*RUN_COLUMNS, "gamma", "eta", "seed")
+
+#: Relative tolerance within which a stored float hyper-parameter (gamma, eta) matches a wanted one.
+#: Wide enough that a value typed back from a 6-significant-digit display of a grid value (``%g``:
+#: 0.00316228 for 10^-2.5) usually finds it, far narrower than any grid's spacing.
+REL_TOL = 1e-6
+
+
+class RunStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.DIVERGED)
+
+
+#: The statuses of a run that ended with a result (its values are final), as stored strings.
+FINISHED = (RunStatus.COMPLETED.value, RunStatus.DIVERGED.value)
+
+
+def same_value(stored: float, wanted: float) -> bool:
+    """Whether the stored float hyper-parameter ``stored`` is the value ``wanted``: equal within
+    ``REL_TOL`` of ``wanted`` (so the same test as :func:`value_bounds` and :func:`same_value_expr`)."""
+    return abs(stored - wanted) <= REL_TOL * abs(wanted)
+
+
+def value_bounds(wanted: float) -> tuple[float, float]:
+    """The closed interval of stored values that :func:`same_value` matches to ``wanted`` (for a
+    ``BETWEEN ? AND ?`` with bound parameters)."""
+    lo, hi = wanted - REL_TOL * abs(wanted), wanted + REL_TOL * abs(wanted)
+    return lo, hi
+
+
+def same_value_expr(column: str, wanted: float) -> "pl.Expr":
+    """:func:`same_value` as a polars expression on ``column``."""
+    import polars as pl
+
+    return (pl.col(column) - wanted).abs() <= REL_TOL * abs(wanted)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,6 @@ Layout, and why:
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import Annotated, Any, Optional
 
 from sqlalchemy import (
@@ -31,6 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from gammadb.records import RunStatus
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -38,18 +39,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class RunStatus(str, enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    DIVERGED = "diverged"
-    FAILED = "failed"
-
-    @property
-    def finished(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.DIVERGED)
 
 
 class Base(DeclarativeBase):

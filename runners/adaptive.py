@@ -13,8 +13,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Optional
 
-from gammadb.records import RunRecord, RunSpec
-from gammadb.schema import RunStatus
+from gammadb.records import RunRecord, RunSpec, RunStatus, same_value
 from gammadb.store import Store
 from gammadb.runners.claims import drain_ensembles, train_claimed
 from gammadb.runners.config import RunConfig
@@ -44,7 +43,10 @@ class _Ladder:
 
     def below_range(self, eta: float, decades_below: float) -> bool:
         """Whether ``eta`` lies below the scan's range (known once a level converged)."""
-        return self.largest_convergent is not None and eta < self.largest_convergent * 10 ** (-decades_below) * (1 - 1e-9)
+        if self.largest_convergent is None:
+            return False
+        lowest = self.largest_convergent * 10 ** (-decades_below)
+        return eta < lowest and not same_value(eta, lowest)
 
     def record(self, eta: float, statuses: Sequence[RunStatus]) -> None:
         """Levels are recorded largest eta first: the first with no diverged seed is the largest convergent."""

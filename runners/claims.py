@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gammadb.errors import GammadbError
-from gammadb.records import RunRecord
-from gammadb.schema import RunStatus
+from gammadb.records import RunRecord, RunStatus
 from gammadb.store import Store, worker_id
 from gammadb.store.writer import MetricWriter
 from gammadb.runners.config import RunConfig

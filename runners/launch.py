@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from gammadb.errors import InvalidSpecError
-from gammadb.records import RunRecord
+from gammadb.records import RunRecord, RunStatus
 from gammadb.store import Store
 from gammadb.urls import resolve_url
 from gammadb.runners.adaptive import advance_adaptive
@@ -225,13 +225,17 @@ def _submitit(url: Optional[str], sweep: str, opts: LaunchOptions) -> bool:
     return False
 
 
+#: The order in which the summary counts runs by status.
+_STATUS_ORDER = (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.PENDING, RunStatus.RUNNING)
+
+
 def summary_text(store: Store, report: SweepReport) -> str:
     runs = store.runs_frame(report.sweep)
     if report.run_ids:
         import polars as pl
 
         runs = runs.filter(pl.col("run_id").is_in(report.run_ids))
-    by_status = {s: int((runs["status"] == s).sum()) for s in ("completed", "diverged", "failed", "pending", "running")}
+    by_status = {s.value: int((runs["status"] == s.value).sum()) for s in _STATUS_ORDER}
     lines = [
         f"sweep {report.sweep!r}: {runs.height} runs in the store for this spec: "
         + ", ".join(f"{n} {s}" for s, n in by_status.items() if n),
@@ -243,7 +247,7 @@ def summary_text(store: Store, report: SweepReport) -> str:
         import polars as pl
 
         lines.extend(_per_gamma_table(runs))
-        best = (runs.filter((pl.col("status") == "completed") & pl.col("final_loss").is_not_null())
+        best = (runs.filter((pl.col("status") == RunStatus.COMPLETED.value) & pl.col("final_loss").is_not_null())
                 .sort("final_loss").head(1))
         if best.height:
             b = best.row(0, named=True)
@@ -259,10 +263,10 @@ def _per_gamma_table(runs: "pl.DataFrame") -> list[str]:
     per = (
         runs.sort("final_loss", nulls_last=True).group_by("gamma", maintain_order=True).agg(
             pl.len().alias("runs"),
-            (pl.col("status") == "completed").sum().alias("completed"),
-            (pl.col("status") == "diverged").sum().alias("diverged"),
-            pl.col("eta").filter(pl.col("status") == "completed").first().alias("best_eta"),
-            pl.col("final_loss").filter(pl.col("status") == "completed").first().alias("best_loss"),
+            (pl.col("status") == RunStatus.COMPLETED.value).sum().alias("completed"),
+            (pl.col("status") == RunStatus.DIVERGED.value).sum().alias("diverged"),
+            pl.col("eta").filter(pl.col("status") == RunStatus.COMPLETED.value).first().alias("best_eta"),
+            pl.col("final_loss").filter(pl.col("status") == RunStatus.COMPLETED.value).first().alias("best_loss"),
         ).sort("gamma")
     )
     out = [f"{'gamma':>10} {'runs':>5} {'done':>5} {'diverged':>8} {'best eta':>10} {'final loss':>11}"]

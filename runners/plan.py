@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from gammadb.errors import InvalidSpecError
-from gammadb.records import RunRecord, RunSpec
-from gammadb.schema import RunStatus
+from gammadb.records import RunRecord, RunSpec, RunStatus
 from gammadb.store import Store
 from gammadb.runners.config import RunConfig
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Protocol
 
-from gammadb.records import RunRecord
-from gammadb.schema import RunStatus
+from gammadb.records import RunRecord, RunStatus
 
 
 class Reporter(Protocol):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from gammadb.schema import RunStatus
+from gammadb.records import RunStatus
 from gammadb.store import Store
 from gammadb.store.writer import MetricWriter
 from gammadb.runners.adaptive import advance_adaptive, run_adaptive

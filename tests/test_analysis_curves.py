@@ -30,17 +30,16 @@ from gammadb.analysis.downsample import (
     select_runs,
     where_sql,
 )
+from gammadb.analysis.etas import eta_max_table, eta_star_table
+from gammadb.analysis.fits import power_law_regression
 from gammadb.analysis.plateaus import (
     PlateauOptions,
     analyze_plateaus,
-    eta_max_table,
-    eta_star_table,
     find_drops,
     plateau_scaling,
     plateaus_of_steps,
-    power_law_fit,
-    smooth_log_curve,
 )
+from gammadb.analysis.smoothing import smooth_log_curve
 from gammadb.errors import AnalysisError, InvalidSpecError
 from gammadb.metrics import MetricKey
 from gammadb.transfer import import_frame
@@ -265,14 +264,14 @@ def test_power_law_fit_recovers_exponents():
     g = np.repeat([10.0, 30.0, 100.0, 300.0, 1000.0], 3)
     e = np.tile([0.01, 0.03, 0.1], 5)
     y = 2.0 * g**0.4 * e**-1.0 * np.exp(0.02 * rng.standard_normal(g.size))
-    fit = power_law_fit(y, {"gamma": g, "eta": e})
+    fit = power_law_regression(y, {"gamma": g, "eta": e})
     assert fit["exponents"]["gamma"] == pytest.approx(0.4, abs=0.02)
     assert fit["exponents"]["eta"] == pytest.approx(-1.0, abs=0.02)
     lo, hi = fit["ci"]["gamma"]
     assert lo < fit["exponents"]["gamma"] < hi and hi - lo < 0.03 and fit["dof"] == 12
     assert fit["prefactor"] == pytest.approx(2.0, rel=0.1)
     with pytest.raises(AnalysisError, match="lock-step"):
-        power_law_fit(y, {"gamma": g, "eta": g**0.5})
+        power_law_regression(y, {"gamma": g, "eta": g**0.5})
 
 
 def test_plateaus_in_the_store_with_scaling(store):
@@ -313,14 +312,14 @@ def test_plateaus_in_the_store_with_scaling(store):
 def test_eta_max_is_the_largest_eta_that_trained():
     runs = pl.DataFrame({"gamma": [1.0] * 5, "eta": [0.1, 0.3, 1.0, 1.0, 3.0], "seed": [0, 0, 0, 1, 0],
                          "status": ["completed", "completed", "completed", "completed", "diverged"],
-                         "initial_loss": [1.0] * 5, "final_loss": [0.01, 0.05, 0.02, 0.5, None]})
+                         "initial_loss": [1.0] * 5, "tail_mean_loss": [0.01, 0.05, 0.02, 0.5, None]})
     assert eta_max_table(runs, [])["eta_max"].to_list() == [0.3]  # eta 1 stalled in one seed, 3 diverged
 
 
-def test_eta_star_ties_take_the_middle():
+def test_eta_star_ties_take_the_best_grid_point():  # as analyze optimal-lr: the smallest tied eta
     runs = pl.DataFrame({"gamma": [1.0] * 4, "eta": [0.1, 0.3, 1.0, 3.0], "seed": [0] * 4,
                          "status": ["completed"] * 4, "tail_mean_loss": [0.5, 0.0, 0.0, 0.0]})
-    assert eta_star_table(runs, [])["eta_star"].to_list() == [1.0]
+    assert eta_star_table(runs, [])[["eta_star", "n_tied"]].rows() == [(0.3, 3)]
 
 
 def test_eta_star_counts_divergence_as_worst():

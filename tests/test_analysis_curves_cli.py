@@ -12,7 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from gammadb.analysis.charts_curves import chart_spec, curves_chart, metric_chart
+from gammadb.analysis.charts_curves import curves_chart, metric_chart
+from gammadb.analysis.charts_export import chart_spec
 from gammadb.cli import analyze_curves, plot
 from gammadb.cli.common import new_app
 from gammadb.store import Store

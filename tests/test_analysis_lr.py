@@ -451,7 +451,7 @@ def test_bad_settings_are_refused(kwargs: dict) -> None:
 
 
 def test_unfinished_runs_are_left_out(store: Store) -> None:
-    from gammadb.schema import RunStatus
+    from gammadb.records import RunStatus
 
     import_frame(store, synth(gammas=[1.0], seeds=(0,)), "partial")
     run_id = int(store.runs_frame("partial")["run_id"][0])
@@ -538,7 +538,7 @@ def _multi_output_sweep(store: Store, name: str, test_reduction: str) -> None:
     from gammadb.metrics import LOSS, TEST_LOSS, MetricKey
     from gammadb.runners.config import RunConfig
     from gammadb.runners.plan import run_spec
-    from gammadb.schema import RunStatus
+    from gammadb.records import RunStatus
 
     configs = [RunConfig(task="teacher", out_dim=10, eta=eta, steps=100, test_reduction=test_reduction)
                for eta in (0.01, 0.1, 1.0)]

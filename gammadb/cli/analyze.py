@@ -4,16 +4,16 @@ function, prints a table or one JSON object, and optionally saves a chart)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from gammadb.analysis.charts_export import check_chart_path, save_chart
+from gammadb.analysis.etas import CONVERGED, LEFT_PLATEAU
 from gammadb.cli.common import JsonOpt, SweepOpt, UrlOpt, emit, new_app, print_json
 from gammadb.errors import InvalidSpecError
 
 app = new_app("Analyse sweeps: optimal learning rates, power-law fits, phase portraits.")
-
-CHART_SUFFIXES = (".html", ".json", ".svg", ".png", ".pdf")
 
 BudgetOpt = Annotated[Optional[int], typer.Option(
     "--budget", help="Step at which runs are compared (default: the last step every non-diverged run reached).",
@@ -26,22 +26,10 @@ ChartOpt = Annotated[Optional[Path], typer.Option(
     show_default=False)]
 
 
-def save_chart(chart: Any, path: Path) -> None:
-    """Write an Altair chart by the file's suffix (html inlines the JavaScript: works offline)."""
-    suffix = path.suffix.lower()
-    if suffix not in CHART_SUFFIXES:
-        raise InvalidSpecError(f"--chart {path}: use one of {', '.join(CHART_SUFFIXES)}")
-    if suffix == ".html":
-        chart.save(str(path), inline=True)
-    elif suffix == ".json":
-        chart.save(str(path))
-    else:
-        chart.save(str(path), format=suffix[1:])
-
-
 def _check_chart(path: Optional[Path]) -> None:
-    if path is not None and path.suffix.lower() not in CHART_SUFFIXES:
-        raise InvalidSpecError(f"--chart {path}: use one of {', '.join(CHART_SUFFIXES)}")
+    """Refuse a chart path before the analysis runs, not after."""
+    if path is not None:
+        check_chart_path(path, "--chart")
 
 
 def _print_tables(tables: list) -> None:
@@ -59,8 +47,8 @@ def optimal_lr(
                             "budget) | min | test.")] = "tail-mean",
     converged: Annotated[float, typer.Option(
         "--converged", help="eta_max: the largest eta whose loss at the budget is at most this fraction of "
-                            "the initial loss, with no seed diverged.")] = 0.1,
-    threshold: ThresholdOpt = 0.9,
+                            "the initial loss, with no seed diverged.")] = CONVERGED,
+    threshold: ThresholdOpt = LEFT_PLATEAU,
     small_max: Annotated[float, typer.Option("--small-max", help="Small-gamma fit: gamma <= this.")] = 0.1,
     large_min: Annotated[float, typer.Option("--large-min", help="Large-gamma fit: gamma >= this.")] = 10.0,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the intervals.")] = 1000,
@@ -93,7 +81,7 @@ def optimal_lr(
     if chart is not None:
         from gammadb.analysis.charts_lr import optimal_lr_chart
 
-        save_chart(optimal_lr_chart(result), chart)
+        save_chart(optimal_lr_chart(result), chart, "--chart")
 
 
 @app.command("fit")
@@ -143,7 +131,7 @@ def phase(
     sweep: SweepOpt,
     url: UrlOpt = None,
     budget: BudgetOpt = None,
-    threshold: ThresholdOpt = 0.9,
+    threshold: ThresholdOpt = LEFT_PLATEAU,
     spike: Annotated[float, typer.Option(
         "--spike", help="Catapult: the loss rose above this factor times its initial value, then fell below "
                         "the initial value.")] = 2.0,
@@ -168,4 +156,4 @@ def phase(
     if chart is not None:
         from gammadb.analysis.charts_lr import phase_chart
 
-        save_chart(phase_chart(result), chart)
+        save_chart(phase_chart(result), chart, "--chart")

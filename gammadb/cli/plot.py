@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from gammadb.analysis.charts_export import check_chart_path, save_chart
 from gammadb.cli.analyze_curves import EtaOpt, Family, GammaMinOpt, RunOpt
 from gammadb.cli.common import SweepOpt, UrlOpt, echo, new_app
 
@@ -45,13 +46,14 @@ def curves(sweep: SweepOpt, out: OutOpt = Path("curves.html"), metric: MetricOpt
 
     Example: gammadb plot curves --sweep toy-L3 --where "gamma >= 10" --x tau --out curves.html
     """
-    from gammadb.analysis.charts_curves import curves_figure, save_chart
+    from gammadb.analysis.charts_curves import curves_figure
     from gammadb.store import Store
 
+    check_chart_path(out, "--out")
     with Store.open(url) as store:
         chart, info = curves_figure(store, sweep, metric=metric, where=where or (), run_ids=run, x=x.value,
                                     marks=marks, per_decade=per_decade, max_rows=max_rows)
-    save_chart(chart, out)
+    save_chart(chart, out, "--out")
     echo(f"wrote {out}: {info['curves']} curves from {info['runs']} runs, {info['rows']} points, "
          f"{info['marks']} plateau/drop marks")
 
@@ -68,15 +70,16 @@ def collapse(sweep: SweepOpt, out: OutOpt = Path("collapse.html"), metric: Metri
 
     Example: gammadb plot collapse --sweep toy-L3 --eta 0.1 --out collapse.png
     """
-    from gammadb.analysis.charts_curves import collapse_figure, save_chart
+    from gammadb.analysis.charts_curves import collapse_figure
     from gammadb.analysis.collapse import CollapseOptions, analyze_collapse
     from gammadb.store import Store
 
+    check_chart_path(out, "--out")
     with Store.open(url) as store:
         rep = analyze_collapse(store, sweep, metric=metric, along=family.value.replace("-", "_"), eta=eta,
                                gamma_min=gamma_min or None, reference=reference, run_ids=run, where=where or (),
                                opts=CollapseOptions(tau_max=tau_max))
-    save_chart(collapse_figure(rep), out)
+    save_chart(collapse_figure(rep), out, "--out")
     echo(f"wrote {out}: {rep.runs.height} runs; RMS before {_f(rep.rms_before)}, after tau {_f(rep.rms_after_theory)}, "
          f"after fit {_f(rep.rms_after_fit)}")
 
@@ -93,13 +96,14 @@ def metric(sweep: SweepOpt, metric: MetricOpt, out: OutOpt = Path("metric.html")
 
     Example: gammadb plot metric --sweep mlp --metric weight_change --facet gamma --out wc.svg
     """
-    from gammadb.analysis.charts_curves import metric_figure, save_chart
+    from gammadb.analysis.charts_curves import metric_figure
     from gammadb.store import Store
 
+    check_chart_path(out, "--out")
     with Store.open(url) as store:
         chart, info = metric_figure(store, sweep, metric=metric, facet=facet.value, x=x.value, where=where or (),
                                     run_ids=run, two_over_eta=edge, per_decade=per_decade, max_rows=max_rows)
-    save_chart(chart, out)
+    save_chart(chart, out, "--out")
     echo(f"wrote {out}: {info['panels']} panels, layers {info['layers']}, {info['rows']} points from {info['runs']} runs")
 
 

@@ -28,7 +28,7 @@ def ls(url: UrlOpt = None,
     Example: gammadb runs ls --sweep quick --status diverged --format csv
     """
     from gammadb.errors import InvalidSpecError
-    from gammadb.schema import RunStatus
+    from gammadb.records import RunStatus
     from gammadb.store import Store
 
     if status is not None and status not in {s.value for s in RunStatus}:

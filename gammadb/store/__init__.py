@@ -9,6 +9,8 @@ through ADBC straight into polars. The ORM handles the small tables. Rooms:
 - ``sweeps``: sweeps and runs as records (create, look up, delete).
 - ``queue``: the run queue (claims, heartbeats, run ends, requeue).
 - ``reads``: named reads as polars frames, summaries lookup, metric series ids.
+- ``analysis_reads``: the reads of the analyses (metric catalogue, loss ends and aggregates at a
+  budget, log-bucketed series, run selection); no SQL lives in :mod:`gammadb.analysis`.
 - ``summaries``: summary maths and rebuilds.
 - ``writer``: the batched background writer of per-step values.
 - ``imports``: the all-or-nothing import of runs and values.
@@ -28,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gammadb.errors import GammadbError
 from gammadb.metrics import MetricKey
 from gammadb.records import RunSpec
+from gammadb.store.analysis_reads import AnalysisReadsMixin
 from gammadb.store.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
     _make_engine,
@@ -54,7 +57,7 @@ __all__ = [
 ]
 
 
-class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, SummariesMixin):
+class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsMixin, SummariesMixin):
     """An open experiment store. ``Store.open(url)`` checks (or creates) the schema."""
 
     def __init__(self, url: URL, engine: Engine) -> None:

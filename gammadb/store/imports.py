@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from gammadb.errors import GammadbError, InvalidSpecError
 from gammadb.metrics import LOSS, MetricKey, kind_of
-from gammadb.records import RunSpec
-from gammadb.schema import Metric, MetricValue, Run, RunStatus, Sweep
+from gammadb.records import RunSpec, RunStatus
+from gammadb.schema import Metric, MetricValue, Run, Sweep
 from gammadb.store.engine import _chunks, _one_line, _unavailable, utcnow
 from gammadb.store.summaries import _replace_summaries, summarize_losses
 

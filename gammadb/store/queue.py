@@ -12,8 +12,8 @@ from typing import Any, Optional
 from sqlalchemy import delete, select, update
 
 from gammadb.metrics import LOSS
-from gammadb.records import RunRecord
-from gammadb.schema import MetricValue, Run, RunStatus, Sweep
+from gammadb.records import RunRecord, RunStatus
+from gammadb.schema import MetricValue, Run, Sweep
 from gammadb.store.engine import utcnow, worker_id
 from gammadb.store.summaries import _replace_summaries, summarize_losses
 from gammadb.store.sweeps import _run_record

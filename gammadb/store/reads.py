@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from gammadb.errors import GammadbError, StoreUnavailableError
 from gammadb.metrics import LOSS, MetricKey, kind_of
-from gammadb.records import SummaryRecord
-from gammadb.schema import Metric, RunStatus, RunSummary
+from gammadb.records import RunStatus, SummaryRecord
+from gammadb.schema import Metric, RunSummary
 from gammadb.store.engine import _chunks, _one_line
 from gammadb.urls import libpq_uri
 

@@ -10,8 +10,8 @@ from sqlalchemy import delete, select
 
 from gammadb import __version__
 from gammadb.errors import GammadbError, InvalidSpecError, NotFoundError
-from gammadb.records import RunRecord, RunSpec, SweepRecord
-from gammadb.schema import MetricValue, Run, RunStatus, RunSummary, Sweep
+from gammadb.records import RunRecord, RunSpec, RunStatus, SweepRecord
+from gammadb.schema import MetricValue, Run, RunSummary, Sweep
 from gammadb.store.engine import _chunks
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from gammadb.cli import app
 from gammadb.errors import StoreUnavailableError
-from gammadb.schema import RunStatus
+from gammadb.records import RunStatus
 from gammadb.store import Store
 from gammadb.runners.config import RunConfig
 from gammadb.runners.plan import SweepPlan, prepare

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from gammadb.schema import RunStatus
+from gammadb.records import RunStatus
 from gammadb.store import Store
 from gammadb.runners.config import RunConfig
 from gammadb.runners.plan import SweepPlan, WorkOptions

@@ -10,7 +10,7 @@ import pytest
 from gammadb.errors import InvalidSpecError, NotFoundError
 from gammadb.metrics import LOSS, MetricKey
 from gammadb.records import RunSpec
-from gammadb.schema import RunStatus
+from gammadb.records import RunStatus
 from gammadb.store import Store
 
 

@@ -1,0 +1,58 @@
+"""Smoothing of one curve in log time: a count-weighted, Gaussian-kernel local-linear fit in
+log10(step), resampled on a uniform log10-step grid (the curve analyses' common first step: plateaus
+and trajectory collapse both smooth this way).
+
+Units: positions and widths in decades of step (log10); values as given (the callers pass log10 of
+the loss, or the metric itself).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+LN10 = math.log(10.0)
+#: The shortest curve (decades of logged steps) the curve analyses smooth: a shorter one cannot
+#: show a plateau followed by a drop, nor a time scale.
+MIN_SPAN_DECADES = 0.3
+
+
+def smooth_log_curve(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, *, bandwidth: float = 0.05,
+                     min_samples: int = 16, grid: Optional[float] = 0.01,
+                     max_bandwidth: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel-smooth bucket means ``y`` at ``log_t`` (weights ``n``) and resample on a uniform grid.
+
+    Each bucket's value becomes a count-weighted, Gaussian-kernel local-linear fit with bandwidth
+    max(``bandwidth``, the half-width that holds ``min_samples`` samples), capped at
+    ``max_bandwidth``; the smoothed values are then linearly interpolated onto a grid of spacing
+    ``grid`` decades (``None``: return them at the bucket positions).
+    """
+    log_t = np.asarray(log_t, float)
+    y = np.asarray(y, float)
+    n = np.asarray(n, float)
+    if log_t.size == 0:
+        return log_t, y
+    d = np.abs(log_t[:, None] - log_t[None, :])
+    order = np.argsort(d, axis=1)
+    d_sorted = np.take_along_axis(d, order, axis=1)
+    cum = np.cumsum(n[order], axis=1)
+    enough = cum >= min_samples
+    idx = np.where(enough.any(axis=1), enough.argmax(axis=1), log_t.size - 1)
+    h = np.clip(d_sorted[np.arange(log_t.size), idx], bandwidth, max_bandwidth)
+    w = n[None, :] * np.exp(-0.5 * (d / h[:, None]) ** 2)
+    # Local-linear (not Nadaraya-Watson) kernel regression: a straight stretch of the log-log curve
+    # comes out unbiased even where the window is wide or one-sided (early steps, the curve's ends).
+    dx = log_t[None, :] - log_t[:, None]
+    s0, s1, s2 = w.sum(axis=1), (w * dx).sum(axis=1), (w * dx * dx).sum(axis=1)
+    t0, t1 = w @ y, (w * dx) @ y
+    det = s0 * s2 - s1 * s1
+    ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
+    smooth = np.where(ok, (s2 * t0 - s1 * t1) / np.where(ok, det, 1.0), t0 / s0)
+    if grid is None or log_t.size == 1:
+        return log_t, smooth
+    gx = np.arange(log_t[0], log_t[-1], grid)
+    if gx.size == 0 or gx[-1] < log_t[-1]:
+        gx = np.append(gx, log_t[-1])
+    return gx, np.interp(gx, log_t, smooth)
