@@ -221,8 +221,13 @@ def curve_plateaus(buckets: pl.DataFrame, opts: PlateauOptions = PlateauOptions(
                 f"stretch steeper than t^-{opts.min_slope:g} taking it {opts.min_drop:g} decades lower")
     return CurvePlateaus(
         status, note, first, last, plateau_end, None if esc is None else int(round(10 ** esc)),
-        float(10 ** gy[0]), float(10 ** gy[-1]), drops,
+        _pow10(gy[0]), _pow10(gy[-1]), drops,
     )
+
+
+def _pow10(x: float) -> float:
+    """10^x as a float; inf (no warning) for a loss beyond float range, e.g. a run near divergence."""
+    return math.inf if x > 308 else float(10.0 ** float(x))
 
 
 # ---------------------------------------------------------------------------------------- per run

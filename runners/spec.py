@@ -367,18 +367,25 @@ class PresetInfo:
 
 
 def _quick() -> SweepSpec:
-    # Sized for ~2-3 minutes on 2 CPU cores: small fixed batches for the probe and the Hessian keep
-    # the per-step and cadence measurements from costing more than the training itself.
+    # The main job: it must answer the paper's first question (eta* against gamma on both sides of
+    # gamma = 1, with bootstrap intervals) in about a minute on 2 CPU cores. Half-decade gammas over
+    # 1e-3..1e3 give 5 points on each side of the fits (gamma <= 0.1, >= 10); 3 seeds give the
+    # bootstrap; the adaptive scan trains only the etas around each gamma's edge of stability, and
+    # ensembles of 32 stack each round's eta levels. Small fixed batches for the probe and the Hessian
+    # keep the per-step and cadence measurements from costing more than the training itself.
     return SweepSpec(
         name="quick",
-        description="MLP L=3 N=64 on the teacher task, 500 steps: lazy to rich, divergent to under-trained; ~40 s on 2 CPU cores (~10 s with --ensemble 32)",
+        description="MLP L=3 N=64 on the teacher task, 500 steps, gamma 1e-3..1e3 and eta by half decades, 3 seeds, adaptive scan, ensembles of 32: eta* exponents on both sides of gamma = 1 in about a minute on 2 CPU cores",
         base=RunConfig(
             model="mlp", task="teacher", depth=3, width=64, batch_size=32, steps=500,
             probe_size=32, test_size=500, sharpness_size=64, sharpness_iters=10,
         ),
-        gammas=parse_grid("1e-2:1e2:5"),
-        etas=parse_grid("1e-5:1e2:15"),
-        seeds=(0,),
+        gammas=parse_grid("1e-3:1e3:13"),
+        etas=parse_grid("1e-7:1e2:19"),
+        seeds=(0, 1, 2),
+        adaptive=True,
+        decades_below=2.0,
+        ensemble=32,
     )
 
 

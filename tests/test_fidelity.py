@@ -402,7 +402,7 @@ def test_the_ensemble_logs_the_same_times_and_metric() -> None:
 
 def _run_cli(url: str, name: str, data_dir: Path, *args: str) -> None:
     r = CliRunner().invoke(app, ["run", "--url", url, "--name", name, "--data-dir", str(data_dir), "--gamma", "1",
-                                 "--eta", "0.05", "--quiet", "--set", "probe_size=4", "--set", "sharpness_size=4",
+                                 "--eta", "0.05", "--seeds", "1", "--quiet", "--set", "probe_size=4", "--set", "sharpness_size=4",
                                  "--set", "sharpness_iters=2", *args])
     assert r.exit_code == 0, r.output
 

@@ -60,6 +60,7 @@ def run(
     threads: ThreadsOpt = None,
     ensemble: EnsembleOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and an estimate of the wall time (from a few calibration steps on the device), then exit without touching the store.")] = False,
 ) -> None:
     """Run (or resume) a sweep: a TOML spec, a preset, or flags. Re-running skips finished runs.
 
@@ -99,14 +100,20 @@ def run(
         raise InvalidSpecError("--ensemble must be >= 1")
     from gammadb.runners.launch import LaunchOptions, launch
 
-    report = launch(url, sweep_spec, LaunchOptions(
+    options = LaunchOptions(
         device=device, workers=workers, launcher=launcher.value, partition=partition,
         gpus_per_task=gpus_per_task, array_parallelism=array_parallelism, time_min=time_min,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, threads=threads,
         ensemble=sweep_spec.ensemble if ensemble is None else ensemble,
         progress=not quiet and sys.stderr.isatty(), quiet=quiet,
-    ))
-    echo(report)
+    )
+    if dry_run:
+        from gammadb.runners.dryrun import estimate
+        from gammadb.runners.plan import plan_of
+
+        echo(estimate(plan_of(sweep_spec), options).text())
+        return
+    echo(launch(url, sweep_spec, options))
 
 
 def worker(
