@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gammadb.cli import analyze, analyze_curves, db, plot, report, run, runs, sql, transfer
+from gammadb.cli import analyze, analyze_claims, analyze_curves, db, plot, report, run, runs, sql, transfer, ui
 from gammadb.cli.common import new_app
 
 app = new_app(
@@ -18,7 +18,9 @@ app.command("sql")(sql.sql)
 app.command("import")(transfer.import_)
 app.command("export")(transfer.export)
 app.command("report")(report.report)
+app.command("ui")(ui.ui)
 analyze.app.command("plateaus")(analyze_curves.plateaus)
 analyze.app.command("collapse")(analyze_curves.collapse)
+analyze.app.command("claims")(analyze_claims.claims)
 app.add_typer(analyze.app, name="analyze")
 app.add_typer(plot.app, name="plot")
