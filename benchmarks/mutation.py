@@ -51,8 +51,8 @@ class Mutation:
     needs_pg: bool = False
 
 
-GAPS = "tests/test_gaps_optimal_lr.py"
-LR = "tests/test_analysis_lr.py"
+GAPS = "tests/analysis/test_optimal_lr_invariants.py"
+LR = "tests/analysis/test_optimal_lr.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ---------------------------------------------------------------- optimal-lr
@@ -74,7 +74,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              'le_max = _extreme_eta(st["trained"][None, :], g.log_eta, top=False)[0]',
              (LR, "-k", "golden"), "eta_max taken as the smallest eta that trained"),
     Mutation("fit-prefactor-ln", "analysis/fits.py", "percentile_ci(slopes), 10**icpt,",
-             "percentile_ci(slopes), np.exp(icpt),", ("tests/test_analysis_lr_fits.py",),
+             "percentile_ci(slopes), np.exp(icpt),", ("tests/analysis/test_fits.py",),
              "the power law's prefactor read as a natural-log intercept"),
     # ---------------------------------------------------------------- the per-run table
     Mutation("sql-tail-ignores-nan", "analysis/_common.py",
@@ -110,11 +110,11 @@ MUTATIONS: tuple[Mutation, ...] = (
              needs_pg=True),
     Mutation("import-diverged-at-last", "gammadb/store/imports.py",
              '.agg(pl.col("step").min()).iter_rows())', '.agg(pl.col("step").max()).iter_rows())',
-             ("tests/store/test_imports.py", "tests/test_cli.py", "-k", "import or diverg"),
+             ("tests/store/test_imports.py", "tests/cli/test_app.py", "-k", "import or diverg"),
              "an imported run diverges at its last non-finite step, not its first"),
     Mutation("sql-opened-writable", "gammadb/sqlexec.py",
              "conn = store.raw_connection(read_only=not write)", "conn = store.raw_connection(read_only=False)",
-             ("tests/test_sql.py",), "ad-hoc SQL opens the store writable"),
+             ("tests/test_sqlexec.py",), "ad-hoc SQL opens the store writable"),
     # ---------------------------------------------------------------- the sweep
     Mutation("rerun-skips-failed", "runners/plan.py",
              "store.requeue(plan.name, failed=True)", "store.requeue(plan.name)",
@@ -140,28 +140,28 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("escape-half-way-in-log", "analysis/plateaus.py",
              "target = start - opts.escape_fraction * (start - final)",
              "target = 10 ** (gy[0] - opts.escape_fraction * (gy[0] - gy[-1]))",
-             ("tests/test_analysis_curves.py", "-k", "escape"), "escape measured half way down in log loss"),
+             ("tests/analysis/test_curves.py", "-k", "escape"), "escape measured half way down in log loss"),
     Mutation("eta-star-ignores-divergence", "analysis/plateaus.py",
              'pl.when((pl.col("status") == "diverged") | pl.col("tail_mean_loss").is_null()',
              'pl.when(pl.col("tail_mean_loss").is_null()',
-             ("tests/test_analysis_curves.py", "tests/test_gaps_plateaus.py", "-k", "eta_star"),
+             ("tests/analysis/test_curves.py", "tests/analysis/test_etas_diverged.py", "-k", "eta_star"),
              "a diverged run's finite tail loss competes for eta*"),
     Mutation("collapse-theory-inverted", "analysis/collapse.py",
              "return math.log10(eta / gamma) - math.log10(ref_eta / ref_gamma)",
              "return math.log10(gamma / eta) - math.log10(ref_gamma / ref_eta)",
-             ("tests/test_analysis_curves.py", "-k", "collapse"), "the theory's time scale upside down"),
+             ("tests/analysis/test_curves.py", "-k", "collapse"), "the theory's time scale upside down"),
     Mutation("collapse-shift-sign", "analysis/collapse.py",
              "shifts = _crossings(ref.x, ef, lv, falling) - _crossings(run.x, er, lv, falling)",
              "shifts = _crossings(run.x, er, lv, falling) - _crossings(ref.x, ef, lv, falling)",
-             ("tests/test_analysis_curves.py", "-k", "collapse or time_scale"), "the fitted time shift's sign"),
+             ("tests/analysis/test_curves.py", "-k", "collapse or time_scale"), "the fitted time shift's sign"),
     Mutation("tau-inverted", "analysis/downsample.py",
              '(pl.col("eta") * pl.col("step") / pl.col("gamma")).alias("tau"))',
              '(pl.col("gamma") * pl.col("step") / pl.col("eta")).alias("tau"))',
-             ("tests/test_analysis_curves_cli.py", "-k", "plot_curves_spec"),
+             ("tests/cli/test_analyze_curves.py", "-k", "plot_curves_spec"),
              "the data behind --x tau charts computed as gamma t / eta"),
     Mutation("marks-tau-inverted", "analysis/charts_curves.py",
              'ratio = pl.col("eta") / pl.col("gamma")', 'ratio = pl.col("gamma") / pl.col("eta")',
-             ("tests/test_analysis_curves_cli.py", "-k", "plot_curves_spec"),
+             ("tests/cli/test_analyze_curves.py", "-k", "plot_curves_spec"),
              "the plateau and drop marks placed at gamma t / eta"),
 )
 

@@ -18,7 +18,7 @@ from gammadb.cli.common import new_app
 from gammadb.cli.report import report
 from gammadb.store import Store
 from gammadb.transfer import import_frame
-from tests.test_analysis_curves import family_frame
+from tests.analysis.test_curves import family_frame
 
 runner = CliRunner()
 APP = new_app("test")

@@ -19,7 +19,7 @@ from gammadb.cli.analyze import app as analyze_app
 from gammadb.store import Store
 from gammadb.transfer import import_frame
 from tests.conftest import BACKENDS, _pg_database
-from tests.test_analysis_lr import GAMMAS, reference_table, synth
+from tests.analysis.test_optimal_lr import GAMMAS, reference_table, synth
 
 runner = CliRunner()
 def known_law(offset: float) -> pl.DataFrame:
@@ -295,7 +295,7 @@ def test_optimal_lr_chart_has_a_row_per_group(result: olr.OptimalLr) -> None:
 
 
 def test_phase_chart_spec() -> None:
-    from tests.test_analysis_lr_phase import LAYOUT, layout_frame
+    from tests.analysis.test_phase import LAYOUT, layout_frame
 
     pm = ph.phase_map(reference_table(layout_frame(), 40).frame, "phases", 40)
     spec = charts_lr.phase_chart(pm).to_dict()

@@ -15,7 +15,7 @@ from gammadb.analysis._common import RunTable, load_runs
 from gammadb.metrics import LOSS, MetricKey
 from gammadb.store import Store
 from gammadb.transfer import import_frame
-from tests.test_analysis_lr import _runs_frame
+from tests.analysis.test_optimal_lr import _runs_frame
 
 # One gamma, two seeds: (eta, tail loss of seed 0, of seed 1) as fractions of the initial loss;
 # None = diverged. On the plateau at 0.001, off it from 0.01, trained (<= 0.2) at 0.1 and 1, best at 0.1.

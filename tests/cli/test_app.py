@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from gammadb.cli import app
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 runner = CliRunner()
 
 
