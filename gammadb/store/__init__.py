@@ -67,17 +67,19 @@ class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsM
         self._metric_ids: dict[MetricKey, int] = {}
 
     @classmethod
-    def open(cls, url: str | None = None, *, create: bool = True, check: bool = True) -> "Store":
+    def open(cls, url: str | None = None, *, create: bool = True, check: bool = True,
+             read_only: bool = False) -> "Store":
         """Open the store at ``url`` (see :func:`gammadb.urls.resolve_url`).
 
         A store that does not exist yet is created at the newest revision (under a lock, so parallel
         workers never race); an existing store at an older revision is refused with the command that
-        upgrades it, and so is one from a newer gammadb.
+        upgrades it, and so is one from a newer gammadb. ``read_only``: the database itself refuses
+        writes, nothing is created, and on SQLite reads take no write lock (dashboards, readers).
         """
         parsed = parse_url(resolve_url(url))
-        store = cls(parsed, _make_engine(parsed))
+        store = cls(parsed, _make_engine(parsed, read_only=read_only))
         if check:
-            store._check_schema(create=create)
+            store._check_schema(create=create and not read_only)
         return store
 
     @property

@@ -36,10 +36,35 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def _make_engine(url: URL) -> Engine:
+def _make_engine(url: URL, *, read_only: bool = False) -> Engine:
+    """The engine of a store. ``read_only``: the database refuses every write (SQLite: the file opened
+    ``mode=ro`` with ``query_only``, plain deferred transactions that take no write lock, so readers
+    never wait for a writer; PostgreSQL: ``default_transaction_read_only``)."""
     if url.get_backend_name() == "sqlite":
         path = sqlite_path(url)
         _check_sqlite_file(path, url)
+        if read_only:
+            import sqlite3
+
+            def _connect_ro() -> sqlite3.Connection:
+                if not path.exists():
+                    raise StoreUnavailableError(f"no store at {path}: nothing to open read-only")
+                return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                       timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+
+            engine = create_engine("sqlite://", creator=_connect_ro)
+
+            @event.listens_for(engine, "connect")
+            def _on_connect_ro(dbapi_conn, _record):  # pragma: no cover - exercised by the ro tests
+                dbapi_conn.isolation_level = None
+                dbapi_conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+                dbapi_conn.execute("PRAGMA query_only = ON")
+
+            @event.listens_for(engine, "begin")
+            def _on_begin_ro(conn):  # pragma: no cover
+                conn.exec_driver_sql("BEGIN")
+
+            return engine
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
@@ -70,7 +95,10 @@ def _make_engine(url: URL) -> Engine:
         import psycopg  # noqa: F401
     except ImportError:
         raise StoreUnavailableError("PostgreSQL needs psycopg: pip install 'gammadb[postgres]'") from None
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    connect_args: dict[str, object] = {"connect_timeout": 10}
+    if read_only:
+        connect_args["options"] = "-c default_transaction_read_only=on"
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"

@@ -44,7 +44,7 @@ def open_store(url: Optional[str]) -> "Store":
     if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).is_file():
         raise StoreUnavailableError(f"no store at {sqlite_path(parsed)}: point --url at an existing gammadb store "
                                     "(`gammadb ui` never creates one)")
-    return Store.open(url, create=False)
+    return Store.open(url, create=False, read_only=True)
 
 
 # ---------------------------------------------------------------------------------------- progress

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,47 @@ def test_credentials_never_appear_in_messages() -> None:
     with pytest.raises(GammadbError) as info:
         Store.open("postgresql+psycopg://alice:s3cret@127.0.0.1:1/db")
     assert "s3cret" not in str(info.value) and "***" in str(info.value)
+
+
+def test_a_read_only_store_reads_without_a_write_lock_and_refuses_writes(store_url: str) -> None:
+    """Store.open(read_only=True) (the dashboard's): reads work while another connection holds the
+    write lock (SQLite), every write is refused by the database, and nothing changes."""
+    import sqlite3
+
+    from gammadb.errors import GammadbError
+    from gammadb.urls import sqlite_path
+
+    rw = Store.open(store_url)
+    sweep = rw.ensure_sweep("ro", {})
+    rw.ensure_runs(sweep.id, [spec(0.1, 1.0)])
+    rw.close()
+    ro = Store.open(store_url, read_only=True)
+    holder = None
+    try:
+        if ro.backend == "sqlite":
+            holder = sqlite3.connect(sqlite_path(ro.url), isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # a worker in the middle of a write
+        assert [r.gamma for r in ro.runs("ro")] == [0.1]
+        assert ro.get_sweep("ro").name == "ro"
+        assert ro.runs_frame("ro").height == 1
+        if holder is not None:
+            holder.execute("ROLLBACK")
+        with pytest.raises(GammadbError):
+            ro.ensure_sweep("other", {})
+        with pytest.raises(GammadbError):
+            ro.reset_runs([r.id for r in ro.runs("ro")])
+    finally:
+        if holder is not None:
+            holder.close()
+        ro.close()
+    with Store.open(store_url) as again:
+        assert [s for s in again.sweeps_frame()["name"].to_list()] == ["ro"]
+
+
+def test_a_read_only_store_is_never_created(tmp_path: Path) -> None:
+    from gammadb.errors import StoreUnavailableError
+
+    path = tmp_path / "none.sqlite"
+    with pytest.raises(StoreUnavailableError):
+        Store.open(f"sqlite:///{path}", read_only=True)
+    assert not path.exists()
