@@ -22,6 +22,7 @@ from gammadb.analysis.downsample import (
 )
 from gammadb.errors import InvalidSpecError
 from gammadb.metrics import LOSS
+from gammadb.records import RunStatus
 
 if TYPE_CHECKING:
     import altair as alt
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 WIDTH, HEIGHT = 460, 300
 GAMMA_SCHEME = "viridis"
 X_CHOICES = ("step", "tau")
+MAX_DASHES = 6  # etas told apart by dash pattern; beyond this the tooltip says which
 SIG_FIGS = 6  # chart data: enough for any axis, a third of the bytes of repr(float)
 BAND_COLUMNS = ("series", "gamma", "eta", "step", "tau", "mean", "lo", "hi", "n_runs")
 X_TITLES = {"step": "step t", "tau": "tau = eta t / gamma", "t_fit": "fitted s * t"}
@@ -51,13 +53,46 @@ def _data(df: pl.DataFrame) -> pl.DataFrame:
                            .alias(c) for c in floats)
 
 
-def use_log_y(df: pl.DataFrame, col: str = "mean", *, min_ratio: float = 20.0) -> bool:
-    """Log y when every value is positive and they span more than ``min_ratio``."""
+def use_log_y(df: pl.DataFrame, col: str = "mean", *, min_ratio: float = 20.0,
+              min_positive: float = 0.9) -> bool:
+    """Log y when (nearly) every value is positive and the positive ones span more than ``min_ratio``.
+
+    A few zeros (a weight change at the first logged step) do not force a linear axis that flattens
+    decades of data; at least ``min_positive`` of the values must be positive (the others are dropped).
+    """
     v = df[col].drop_nulls()
     v = v.filter(v.is_finite()) if v.dtype.is_float() else v
-    if v.is_empty() or v.min() <= 0:
+    if v.is_empty():
         return False
-    return float(v.max()) / float(v.min()) >= min_ratio
+    pos = v.filter(v > 0)
+    if pos.is_empty() or pos.len() < min_positive * v.len():
+        return False
+    return float(pos.max()) / float(pos.min()) >= min_ratio
+
+
+def gamma_color(field: str = "gamma", *, legend: bool = True) -> Any:
+    """Colour keyed to gamma (or eta) on a log scale: the grids are log-spaced, so equal steps of the
+    grid get equal steps of colour, and the legend is a gradient with the values on it."""
+    import altair as alt
+
+    c = alt.Color(f"{field}:Q").scale(type="log", scheme=GAMMA_SCHEME).title(field)
+    return c.legend(format=".3~g", gradientLength=160) if legend else c.legend(None)
+
+
+def split_diverged(runs: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """The runs that did not diverge, and how many did (status 'diverged' or a diverged_at step): a
+    diverged run's loss climbs to 1e35 before the NaN and flattens every other curve on a shared axis."""
+    div = pl.col("status").eq(RunStatus.DIVERGED.value)
+    if "diverged_at" in runs.columns:
+        div = div | pl.col("diverged_at").is_not_null()
+    mask = runs.select(div.fill_null(False).alias("d"))["d"]
+    return runs.filter(~mask), int(mask.sum())
+
+
+def left_out_note(n_diverged: int, option: str = "--include-diverged") -> Optional[str]:
+    if not n_diverged:
+        return None
+    return f"{n_diverged} diverged run{'s' if n_diverged != 1 else ''} left out ({option} to show)"
 
 
 def _check_x(x: str) -> None:
@@ -66,8 +101,10 @@ def _check_x(x: str) -> None:
 
 
 def curves_chart(bands: pl.DataFrame, marks: Optional[pl.DataFrame] = None, *, x: str = "step",
-                 metric: str = "loss", y_log: Optional[bool] = None, title: Optional[str] = None) -> "alt.Chart":
-    """Seed-mean curves on log-log axes, one colour per gamma, with a min/max band.
+                 metric: str = "loss", y_log: Optional[bool] = None, title: Optional[str] = None,
+                 subtitle: Optional[str] = None) -> "alt.Chart":
+    """Seed-mean curves on log-log axes, coloured by gamma on a log scale (by eta when gamma is one
+    value), eta as the dash pattern when both vary (up to MAX_DASHES etas), with a min/max band.
 
     ``bands``: :func:`gammadb.analysis.downsample.curve_bands` (series, gamma, eta, step, tau, mean, lo, hi,
     n_runs). ``marks`` (optional): kind ('plateau' | 'drop'), gamma, eta, seed, step, tau, x2 columns
@@ -85,23 +122,28 @@ def curves_chart(bands: pl.DataFrame, marks: Optional[pl.DataFrame] = None, *, x
             pl.when(pl.col("lo") > 0).then(pl.col("lo")).otherwise(pl.col("mean")).alias("lo"))
     yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
     xenc = alt.X(f"{x}:Q").scale(type="log").title(X_TITLES[x])
-    color = alt.Color("gamma:O").scale(scheme=GAMMA_SCHEME).title("gamma")
+    n_gamma, n_eta = data["gamma"].n_unique(), data["eta"].n_unique()
+    by = "eta" if n_gamma == 1 and n_eta > 1 else "gamma"
+    color = gamma_color(by)
+    dash: dict[str, Any] = {}
+    if by == "gamma" and 1 < n_eta <= MAX_DASHES:
+        dash = {"strokeDash": alt.StrokeDash("eta:O").title("eta").legend(format=".3~g")}
     tooltip = [alt.Tooltip("series:N"), alt.Tooltip("step:Q", format=".3~s"), alt.Tooltip("tau:Q", format=".3~g"),
                alt.Tooltip("mean:Q", format=".4~g"), alt.Tooltip("lo:Q", format=".4~g"),
                alt.Tooltip("hi:Q", format=".4~g"), alt.Tooltip("n_runs:Q", title="seeds")]
     base = alt.Chart(_data(data.select([c for c in BAND_COLUMNS if c in data.columns])))
     band = base.mark_area(opacity=0.18, interpolate="linear").encode(
-        x=xenc, y=alt.Y("lo:Q").scale(yscale).title(metric), y2=alt.Y2("hi:Q"), color=color.legend(None),
+        x=xenc, y=alt.Y("lo:Q").scale(yscale).title(metric), y2=alt.Y2("hi:Q"), color=color,
         detail=alt.Detail("series:N"))
     line = base.mark_line(strokeWidth=1.6).encode(
         x=xenc, y=alt.Y("mean:Q").scale(yscale).title(metric), color=color, detail=alt.Detail("series:N"),
-        tooltip=tooltip)
+        tooltip=tooltip, **dash)
     layers: list[Any] = [band, line]
     if marks is not None and not marks.is_empty():
-        layers += _mark_layers(marks, x, yscale, color, log_y)
+        layers += _mark_layers(marks, x, yscale, gamma_color(by, legend=False), log_y)
     chart = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT)
     if title:
-        chart = chart.properties(title=title)
+        chart = chart.properties(title=alt.Title(title, subtitle=subtitle) if subtitle else title)
     return chart
 
 
@@ -167,7 +209,7 @@ def collapse_chart(curves: pl.DataFrame, *, metric: str = "loss", log_y: bool = 
     if log_y:
         data = data.filter(pl.col("value") > 0)
     yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
-    color = alt.Color("gamma:O").scale(scheme=GAMMA_SCHEME).title("gamma")
+    color = gamma_color("gamma")
     base = alt.Chart(_data(data)).mark_line(strokeWidth=1.3, opacity=0.85)
     tip = [alt.Tooltip("run_id:Q"), alt.Tooltip("gamma:Q"), alt.Tooltip("eta:Q"), alt.Tooltip("seed:Q"),
            alt.Tooltip("step:Q", format=".3~s"), alt.Tooltip("value:Q", format=".4~g")]
@@ -192,37 +234,47 @@ def _thin(df: pl.DataFrame, max_rows: int) -> pl.DataFrame:
 
 
 def metric_chart(bands: pl.DataFrame, *, metric: str, facet: str = "gamma", x: str = "step",
-                 y_log: Optional[bool] = None, two_over_eta: bool = False, columns: int = 3) -> "alt.FacetChart":
-    """A per-step metric against step or tau, one panel per gamma (or eta).
+                 y_log: Optional[bool] = None, two_over_eta: bool = False, columns: int = 3,
+                 title: Optional[str] = None, subtitle: Optional[str] = None) -> "alt.FacetChart":
+    """A per-step metric against step or tau, one panel per gamma (or eta) that has data.
 
     ``bands``: :func:`gammadb.analysis.downsample.curve_bands` frames of every layer, with a ``layer`` column.
-    Colour: the layer when there are several, else the other of gamma / eta. ``two_over_eta`` adds
-    the dashed 2/eta line (sharpness at the edge of stability).
+    Colour: the layer when there are several, else the other of gamma / eta (log scale). ``two_over_eta``
+    adds one dashed, labelled 2/eta line to each panel that holds a single eta (sharpness at the edge
+    of stability); a panel with several etas gets none (one line per eta is unreadable: facet by eta).
     """
     import altair as alt
 
     _check_x(x)
     if facet not in ("gamma", "eta"):
         raise InvalidSpecError(f"--facet must be gamma or eta (got {facet!r})")
-    if bands.is_empty():
+    data = bands.filter(pl.col("mean").is_not_null() & pl.col("mean").is_finite()) if not bands.is_empty() else bands
+    if data.is_empty():
         raise InvalidSpecError(f"nothing to plot: no finite values of {metric} at step >= 1")
     other = "eta" if facet == "gamma" else "gamma"
-    layered = "layer" in bands.columns and bands["layer"].n_unique() > 1
-    data = bands.filter(pl.col("mean").is_not_null())
+    layered = "layer" in data.columns and data["layer"].n_unique() > 1
     log_y = use_log_y(data) if y_log is None else y_log
     if log_y:
         data = data.filter(pl.col("mean") > 0).with_columns(
             pl.when(pl.col("lo") > 0).then(pl.col("lo")).otherwise(pl.col("mean")).alias("lo"))
-    data = data.with_columns((2.0 / pl.col("eta")).alias("two_over_eta"),
-                             (pl.col("series") + pl.lit(" layer ") + pl.col("layer").cast(pl.String)).alias("key")
-                             if "layer" in data.columns else pl.col("series").alias("key"))
+    # the reference line: one per panel, carried on the panel's first row (facets share one data set)
+    single = pl.col("eta").n_unique().over(facet) == 1
+    first = pl.int_range(pl.len()).over(facet) == 0
+    data = data.with_columns(
+        pl.when(single & first).then(2.0 / pl.col("eta")).otherwise(None).alias("two_over_eta"),
+        (pl.col("series") + pl.lit(" layer ") + pl.col("layer").cast(pl.String)).alias("key")
+        if "layer" in data.columns else pl.col("series").alias("key"))
+    data = data.with_columns(pl.col("two_over_eta").map_elements(lambda v: f"2/eta = {v:.3g}", return_dtype=pl.String,
+                                                                 skip_nulls=True).alias("ref_label"))
     data = data.select(*[c for c in BAND_COLUMNS if c in data.columns and c != "series"], "key", "two_over_eta",
-                       *(["layer"] if "layer" in data.columns else []))
+                       "ref_label", *(["layer"] if "layer" in data.columns else []))
     yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
     if layered:
         color = alt.Color("layer:O").scale(scheme="plasma").title("layer")
+    elif data[other].n_unique() > 1:
+        color = gamma_color(other)
     else:
-        color = alt.Color(f"{other}:O").scale(scheme=GAMMA_SCHEME).title(other)
+        color = alt.value("#3b528b")  # one curve per panel: a legend would name a constant
     xenc = alt.X(f"{x}:Q").scale(type="log").title(X_TITLES[x])
     tip = [alt.Tooltip("key:N", title="curve"), alt.Tooltip("step:Q", format=".3~s"),
            alt.Tooltip("mean:Q", format=".4~g")]
@@ -233,12 +285,19 @@ def metric_chart(bands: pl.DataFrame, *, metric: str, facet: str = "gamma", x: s
         base.mark_line(strokeWidth=1.4).encode(x=xenc, y=alt.Y("mean:Q").scale(yscale).title(metric),
                                                color=color, detail="key:N", tooltip=tip),
     ]
-    if two_over_eta:
-        layers.append(base.mark_rule(strokeDash=[5, 4], color="firebrick").transform_aggregate(
-            two="mean(two_over_eta)", groupby=["eta"]).encode(
-            y=alt.Y("two:Q").scale(yscale), tooltip=[alt.Tooltip("two:Q", title="2/eta", format=".4~g")]))
-    return alt.layer(*layers, data=_data(data)).properties(width=260, height=200).facet(
-        facet=alt.Facet(f"{facet}:O").title(facet), columns=columns)
+    if two_over_eta and data["two_over_eta"].drop_nulls().len():
+        ref = base.transform_filter(alt.datum.two_over_eta != None)  # noqa: E711 (a Vega expression)
+        layers.append(ref.mark_rule(strokeDash=[5, 4], color="firebrick").encode(
+            y=alt.Y("two_over_eta:Q").scale(yscale), tooltip=[alt.Tooltip("ref_label:N", title="edge")]))
+        layers.append(ref.mark_text(align="left", baseline="bottom", dx=3, dy=-2, color="firebrick",
+                                    fontSize=10).encode(
+            x=alt.value(0), y=alt.Y("two_over_eta:Q").scale(yscale), text="ref_label:N"))
+    chart = alt.layer(*layers, data=_data(data)).properties(width=240, height=180).facet(
+        facet=alt.Facet(f"{facet}:O").title(facet).header(format=".4~g", formatType="number"),
+        columns=columns).resolve_axis(x="independent")  # a shared x axis is drawn under empty grid slots
+    if title:
+        chart = chart.properties(title=alt.Title(title, subtitle=subtitle) if subtitle else title)
+    return chart
 
 
 def scaling_chart(scaling: dict[str, Any], *, measure: str = "plateau length (steps)") -> Optional["alt.Chart"]:
@@ -274,8 +333,10 @@ def scaling_chart(scaling: dict[str, Any], *, measure: str = "plateau length (st
 def curves_figure(store: "Store", sweep: str, *, metric: str = "loss", where: Sequence[str] = (),
                   run_ids: Optional[Sequence[int]] = None, x: str = "step", marks: bool = True,
                   per_decade: int = DEFAULT_PER_DECADE, max_rows: int = 20_000,
-                  opts: Optional["PlateauOptions"] = None) -> tuple[Any, dict[str, Any]]:
-    """The curves chart of a sweep's selected runs, and a summary (runs, curves, rows, marks)."""
+                  opts: Optional["PlateauOptions"] = None,
+                  include_diverged: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The curves chart of a sweep's selected runs, and a summary (runs, curves, rows, marks,
+    left_out: diverged runs not drawn; they are drawn only with ``include_diverged``)."""
     from gammadb.analysis.collapse import parse_metric
     from gammadb.analysis.plateaus import PlateauOptions, detect_plateaus
 
@@ -284,6 +345,7 @@ def curves_figure(store: "Store", sweep: str, *, metric: str = "loss", where: Se
     runs = select_runs(store, sweep, where, run_ids)
     if runs.is_empty():
         raise InvalidSpecError(f"no run of sweep {sweep!r} matches {' and '.join(where) or 'the selection'}")
+    runs, left_out = _drop_diverged(runs, include_diverged)
     bands = curve_bands(store, runs, key, per_decade=per_decade, max_rows=max_rows)
     mk = None
     if marks and key.name == LOSS and key.layer == 0:
@@ -291,10 +353,28 @@ def curves_figure(store: "Store", sweep: str, *, metric: str = "loss", where: Se
         table, drops = detect_plateaus(bucketed_series(store, runs["run_id"].to_list(), key, o.per_decade), runs, o)
         mk = plateau_marks(table, drops)
     label = metric if key.layer == 0 else f"{key.name} (layer {key.layer})"
-    chart = curves_chart(bands, mk, x=x, metric=label, title=f"{sweep}: {label}")
+    n_seeds = int(bands["n_runs"].max()) if not bands.is_empty() else 0
+    chart = curves_chart(bands, mk, x=x, metric=label,
+                         title=f"{label} against {X_TITLES[x]}, sweep {sweep}",
+                         subtitle=_subtitle(n_seeds, left_out))
     info = {"runs": runs.height, "curves": bands["series"].n_unique() if not bands.is_empty() else 0,
-            "rows": bands.height, "marks": 0 if mk is None else mk.height}
+            "rows": bands.height, "marks": 0 if mk is None else mk.height, "left_out": left_out}
     return chart, info
+
+
+def _drop_diverged(runs: pl.DataFrame, include: bool) -> tuple[pl.DataFrame, int]:
+    if include:
+        return runs, 0
+    kept, n = split_diverged(runs)
+    if kept.is_empty():
+        raise InvalidSpecError(f"every selected run diverged ({n} runs): pass --include-diverged to plot them")
+    return kept, n
+
+
+def _subtitle(n_seeds: int, left_out: int) -> str:
+    parts = ["line: mean over seeds, band: min..max" if n_seeds > 1 else "one seed per curve"]
+    note = left_out_note(left_out)
+    return "; ".join(parts + ([note] if note else []))
 
 
 def metric_layers(store: "Store", name: str) -> list[int]:
@@ -305,7 +385,7 @@ def metric_layers(store: "Store", name: str) -> list[int]:
 def metric_figure(store: "Store", sweep: str, *, metric: str, facet: str = "gamma", x: str = "step",
                   where: Sequence[str] = (), run_ids: Optional[Sequence[int]] = None,
                   two_over_eta: Optional[bool] = None, per_decade: int = DEFAULT_PER_DECADE,
-                  max_rows: int = 20_000) -> tuple[Any, dict[str, Any]]:
+                  max_rows: int = 20_000, include_diverged: bool = False) -> tuple[Any, dict[str, Any]]:
     """A metric faceted by gamma or eta: every layer of ``metric`` (``NAME``) or one (``NAME.lK``)."""
     from gammadb.analysis.collapse import parse_metric
     from gammadb.metrics import SHARPNESS, MetricKey
@@ -316,6 +396,7 @@ def metric_figure(store: "Store", sweep: str, *, metric: str, facet: str = "gamm
     runs = select_runs(store, sweep, where, run_ids)
     if runs.is_empty():
         raise InvalidSpecError(f"no run of sweep {sweep!r} matches {' and '.join(where) or 'the selection'}")
+    runs, left_out = _drop_diverged(runs, include_diverged)
     frames = []
     for layer in layers:
         b = curve_bands(store, runs, MetricKey(key.name, layer), per_decade=per_decade,
@@ -328,10 +409,14 @@ def metric_figure(store: "Store", sweep: str, *, metric: str, facet: str = "gamm
         raise InvalidSpecError(missing_metric_message(store, key, sweep))
     bands = pl.concat(frames, how="diagonal_relaxed")
     edge = (key.name == SHARPNESS) if two_over_eta is None else two_over_eta
-    chart = metric_chart(bands, metric=key.name if len(layers) > 1 else metric, facet=facet, x=x,
-                         two_over_eta=edge)
+    label = key.name if len(layers) > 1 else metric
+    n_seeds = int(bands["n_runs"].max())
+    chart = metric_chart(bands, metric=label, facet=facet, x=x, two_over_eta=edge,
+                         title=f"{label} against {X_TITLES[x]}, one panel per {facet}, sweep {sweep}",
+                         subtitle=_subtitle(n_seeds, left_out))
+    shown = bands.filter(pl.col("mean").is_not_null() & pl.col("mean").is_finite())
     return chart, {"runs": runs.height, "layers": layers, "rows": bands.height,
-                   "panels": bands[facet].n_unique()}
+                   "panels": shown[facet].n_unique(), "left_out": left_out}
 
 
 def collapse_figure(report: "CollapseReport") -> Any:

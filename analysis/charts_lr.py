@@ -79,41 +79,79 @@ def _axes(alt: Any, x_field: str = "gamma", y_field: str = "eta", grid: bool = T
 
 
 # ---------------------------------------------------------------------- lines
+TARGET_NAMES = {"eta_star": "eta*", "eta_max": "eta_max"}
+LINE_DASHES = {"fit": [1, 0], "theory": [6, 4]}
+THEORY_COLOR = "#555555"
+
+
+def _ci_text(lo: Any, hi: Any) -> str:
+    return f" [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else ""
+
+
 def fit_lines(fits: pl.DataFrame, target: str) -> pl.DataFrame:
     """Two endpoints per fitted regime line (a straight line in log-log) of ``target``, and the theory
-    guide with the theory exponent through the middle of the fitted line."""
+    guide with the theory exponent through the middle of the fitted line. Each (target, regime, kind)
+    is its own line (``line``), so lines of different regimes or targets are never joined; ``label``
+    is the slope as written on the chart ("fit 2.03 [1.99, 2.17]", "theory 2"), ``end`` marks the
+    endpoint it is written at."""
     rows = []
+    name = TARGET_NAMES.get(target, target)
     for f in fits.filter(pl.col("target") == target).iter_rows(named=True):
         if f["exponent"] is None:
             continue
         lo, hi = f["gamma_lo"], f["gamma_hi"]
-        line = f"{target} fit, {f['regime'].replace('_', ' ')}: slope {f['exponent']:.2f}"
-        for g in (lo, hi):
-            rows.append({"gamma": g, "eta": f["prefactor"] * g ** f["exponent"], "line": line, "kind": "fit",
-                         "target": target})
+        regime = f["regime"].replace("_", " ")
+        label = f"{name} fit {f['exponent']:.3g}{_ci_text(f.get('exponent_lo'), f.get('exponent_hi'))}"
+        for g, end in ((lo, False), (hi, True)):
+            rows.append({"gamma": g, "eta": f["prefactor"] * g ** f["exponent"], "line": f"{target} fit {regime}",
+                         "kind": "fit", "target": target, "label": label, "end": end})
         if f["theory_exponent"] is not None:
             mid = math.sqrt(lo * hi)
             anchor = f["prefactor"] * mid ** f["exponent"]
-            line = f"theory, {f['regime'].replace('_', ' ')}: slope {f['theory_exponent']:.2f}"
-            for g in (lo, hi):
-                rows.append({"gamma": g, "eta": anchor * (g / mid) ** f["theory_exponent"], "line": line,
-                             "kind": "theory", "target": target})
+            label = f"theory {f['theory_exponent']:.3g}"
+            for g, end in ((lo, True), (hi, False)):
+                rows.append({"gamma": g, "eta": anchor * (g / mid) ** f["theory_exponent"],
+                             "line": f"{target} theory {regime}", "kind": "theory", "target": target,
+                             "label": label, "end": end})
     return pl.DataFrame(rows, schema={"gamma": pl.Float64, "eta": pl.Float64, "line": pl.String,
-                                      "kind": pl.String, "target": pl.String})
+                                      "kind": pl.String, "target": pl.String, "label": pl.String,
+                                      "end": pl.Boolean})
 
 
 def _line_layers(alt: Any, lines: pl.DataFrame, color: Optional[str] = None, grid: bool = True) -> list[Any]:
+    """Fitted lines (solid, coloured by target) and theory lines (dashed, grey), a 'line' legend for
+    the two kinds, and each line's slope written at one end (fit: right end, theory: left end)."""
     if lines.is_empty():
         return []
     x, y = _axes(alt, grid=grid)
     base = alt.Chart(lines)
-    enc = dict(x=x, y=y, detail=alt.Detail("line:N"), tooltip=[alt.Tooltip("line:N")])
+    dash = alt.StrokeDash("kind:N", title="line").scale(domain=list(LINE_DASHES), range=list(LINE_DASHES.values()))
+    enc = dict(x=x, y=y, detail=alt.Detail("line:N"), strokeDash=dash, tooltip=[alt.Tooltip("label:N")])
     col = alt.value(color) if color else alt.Color("target:N", title="target").scale(
         domain=list(TARGET_COLORS), range=list(TARGET_COLORS.values()))
     fit = base.transform_filter(alt.datum.kind == "fit").mark_line(strokeWidth=2).encode(color=col, **enc)
-    theory = base.transform_filter(alt.datum.kind == "theory").mark_line(
-        strokeDash=[6, 4], strokeWidth=1.5).encode(color=alt.value("#555555"), **enc)
-    return [fit, theory]
+    theory = base.transform_filter(alt.datum.kind == "theory").mark_line(strokeWidth=1.5).encode(
+        color=alt.value(THEORY_COLOR), **enc)
+    ends = base.transform_filter(alt.datum.end)
+    fit_txt = ends.transform_filter(alt.datum.kind == "fit").mark_text(
+        align="right", baseline="bottom", dx=-2, dy=-6, fontSize=11, fontWeight="bold").encode(
+        x=x, y=y, text="label:N", color=col)
+    theory_txt = ends.transform_filter(alt.datum.kind == "theory").mark_text(
+        align="left", baseline="top", dx=2, dy=6, fontSize=10, color=THEORY_COLOR).encode(x=x, y=y, text="label:N")
+    return [fit, theory, fit_txt, theory_txt]
+
+
+def _bound_shape(alt: Any, frame: pl.DataFrame, col: str) -> dict[str, Any]:
+    """A shape channel telling estimates from grid-edge bounds, only when the frame holds both (a
+    legend entry for a constant field says nothing)."""
+    if frame.is_empty() or frame[col].n_unique() < 2:
+        return {}
+    return {"shape": alt.Shape("point:N", title="point").scale(
+        domain=["estimate", "bound (grid edge)"], range=["circle", "triangle-up"])}
+
+
+def _point_kind(col: str) -> pl.Expr:
+    return pl.when(pl.col(col)).then(pl.lit("bound (grid edge)")).otherwise(pl.lit("estimate")).alias("point")
 
 
 # ---------------------------------------------------------------------- optimal-lr charts
@@ -142,18 +180,20 @@ def phase_portrait(result: "OptimalLr", group_idx: int = 0) -> "alt.LayerChart":
                  alt.Tooltip("n_diverged:Q", title="seeds diverged")],
     )
     cross = alt.Chart(div_cells).mark_point(shape="cross", color="#ffffff", size=30, opacity=0.8).encode(x=x, y=y)
-    star = pts.select("gamma", pl.col("eta_star").alias("eta"), "eta_star_lo", "eta_star_hi", "eta_star_censored")
+    star = pts.select("gamma", pl.col("eta_star").alias("eta"), "eta_star_lo", "eta_star_hi", "eta_star_censored",
+                      _point_kind("eta_star_censored"))
     bars = alt.Chart(star.filter(pl.col("eta_star_lo").is_not_null())).mark_rule(color="#ffffff").encode(
         x=x, y=_axes(alt, y_field="eta_star_lo", grid=False)[1], y2=alt.Y2("eta_star_hi:Q"))
     dots = alt.Chart(star).mark_point(filled=True, size=50, color=TARGET_COLORS["eta_star"],
                                       stroke="#ffffff", strokeWidth=1).encode(
-        x=x, y=y, shape=alt.Shape("eta_star_censored:N", title="eta* at grid edge"),
+        x=x, y=y, **_bound_shape(alt, star, "eta_star_censored"),
         tooltip=[alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", title="eta*", format=".3g")])
     lines = _line_layers(alt, fit_lines(result.fits.filter(pl.col("group_idx") == group_idx), "eta_star"),
                          color=TARGET_COLORS["eta_star"], grid=False)
     return alt.layer(heat, div, cross, bars, dots, *lines).resolve_scale(color="independent").properties(
-        title=f"{result.sweep}: phase portrait ({_group_title(group)}); dark x = diverged",
-        width=360, height=300)
+        title=alt.Title(f"loss at step {result.budget_step} over (gamma, eta), sweep {result.sweep}",
+                        subtitle=[_group_title(group), "dark x: diverged; pink: eta* with its bootstrap interval"]),
+        width=300, height=280)
 
 
 def eta_vs_gamma(result: "OptimalLr", group_idx: int = 0) -> "alt.LayerChart":
@@ -168,18 +208,21 @@ def eta_vs_gamma(result: "OptimalLr", group_idx: int = 0) -> "alt.LayerChart":
         pts.select("gamma", pl.col("eta_max").alias("eta"), pl.lit(None, pl.Float64).alias("eta_star_lo"),
                    pl.lit(None, pl.Float64).alias("eta_star_hi"), pl.col("eta_max_censored").alias("censored"),
                    pl.lit("eta_max").alias("target")),
-    ]).filter(pl.col("eta").is_not_null())
+    ]).filter(pl.col("eta").is_not_null()).with_columns(_point_kind("censored"))
     x, y = _axes(alt)
     color = alt.Color("target:N", title="target").scale(domain=list(TARGET_COLORS), range=list(TARGET_COLORS.values()))
     dots = alt.Chart(long).mark_point(filled=True, size=60).encode(
-        x=x, y=y, color=color, shape=alt.Shape("censored:N", title="bound (grid edge)"),
+        x=x, y=y, color=color, **_bound_shape(alt, long, "censored"),
         tooltip=[alt.Tooltip("target:N"), alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", format=".3g")])
     bars = alt.Chart(long.filter(pl.col("eta_star_lo").is_not_null())).mark_rule().encode(
         x=x, y=_axes(alt, y_field="eta_star_lo")[1], y2=alt.Y2("eta_star_hi:Q"), color=color)
     fits = result.fits.filter(pl.col("group_idx") == group_idx)
     lines = _line_layers(alt, pl.concat([fit_lines(fits, "eta_star"), fit_lines(fits, "eta_max")]))
-    return alt.layer(bars, dots, *lines).properties(
-        title=f"eta* and eta_max vs gamma ({_group_title(group)})", width=360, height=300)
+    return alt.layer(bars, dots, *lines).resolve_scale(color="shared").properties(
+        title=alt.Title(f"eta* and eta_max against gamma, sweep {result.sweep}",
+                        subtitle=[_group_title(group), "solid: fitted power law, slope [95% CI]; "
+                                                        "dashed: theory slope"]),
+        width=300, height=280)
 
 
 def optimal_lr_chart(result: "OptimalLr") -> "alt.VConcatChart":
@@ -223,3 +266,104 @@ def phase_panel(pm: "PhaseMap", group_idx: int = 0) -> "alt.LayerChart":
 def phase_chart(pm: "PhaseMap") -> "alt.VConcatChart":
     alt = _alt()
     return alt.vconcat(*(phase_panel(pm, i) for i in pm.groups["group_idx"].to_list()[:MAX_GROUPS]))
+
+
+# ---------------------------------------------------------------------- learning-rate U-curve
+def lr_curve_table(result: "OptimalLr", seeds: Optional[pl.DataFrame] = None, group_idx: int = 0) -> pl.DataFrame:
+    """One row per (gamma, eta) of a group: loss (the seed-mean criterion at the budget, as eta* is
+    chosen from; null where a seed diverged), lo / hi (min / max over the seeds when ``seeds``, a
+    per-run frame with gamma, eta, value and diverged, is given; else the mean), diverged, n_seeds."""
+    cells = result.cells.filter(pl.col("group_idx") == group_idx).select(
+        "gamma", "eta", pl.col("value").alias("loss"), "diverged", "n_seeds", "n_diverged")
+    if seeds is not None and not seeds.is_empty():
+        # the cells' eta is 10**log10(eta): match on a rounded log, not on float equality
+        key = [pl.col("gamma").log10().round(6).alias("_g"), pl.col("eta").log10().round(6).alias("_e")]
+        spread = seeds.filter(~pl.col("diverged") & pl.col("value").is_finite()).group_by(*key).agg(
+            pl.col("value").min().alias("lo"), pl.col("value").max().alias("hi"))
+        cells = cells.with_columns(*key).join(spread, on=["_g", "_e"], how="left").drop("_g", "_e")
+    else:
+        cells = cells.with_columns(pl.col("loss").alias("lo"), pl.col("loss").alias("hi"))
+    return cells.with_columns(
+        pl.when(pl.col("diverged")).then(None).otherwise(pl.col("lo")).alias("lo"),
+        pl.when(pl.col("diverged")).then(None).otherwise(pl.col("hi")).alias("hi"),
+    ).sort("gamma", "eta")
+
+
+def lr_curve_chart(result: "OptimalLr", seeds: Optional[pl.DataFrame] = None,
+                   group_idx: int = 0) -> "alt.LayerChart":
+    """The learning-rate U-curve: loss at the budget against eta on log-log axes, one line per gamma
+    (colour on a log scale), the seed mean as the line and min..max over seeds as the band, eta* of
+    each gamma as a dot, and diverged etas as crosses along the top of the chart."""
+    from gammadb.analysis.charts_curves import gamma_color
+
+    alt = _alt()
+    t = lr_curve_table(result, seeds, group_idx)
+    ok = t.filter(pl.col("loss").is_not_null() & (pl.col("loss") > 0))
+    if ok.is_empty():
+        from gammadb.errors import AnalysisError
+
+        raise AnalysisError(f"sweep {result.sweep!r}: no (gamma, eta) trained without diverging: no U-curve to draw")
+    top = float(ok["hi"].fill_null(ok["loss"]).max()) * 2.0
+    band_rows = ok.with_columns(pl.when(pl.col("lo") > 0).then(pl.col("lo")).otherwise(pl.col("loss")).alias("lo"),
+                                pl.col("hi").fill_null(pl.col("loss")))
+    div = t.filter(pl.col("diverged")).with_columns(pl.lit(top).alias("loss"), pl.lit("diverged").alias("mark"))
+    group = result.groups.filter(pl.col("group_idx") == group_idx).row(0, named=True)
+    stars = result.points.filter((pl.col("group_idx") == group_idx) & pl.col("eta_star").is_not_null()
+                                 & pl.col("loss_at_eta_star").is_not_null() & (pl.col("loss_at_eta_star") > 0))
+    x = alt.X("eta:Q", title=ETA_TITLE).scale(type="log").axis(format=".0e")
+    y = alt.Y("loss:Q", title=f"loss ({result.settings.criterion.value}) at step {result.budget_step}").scale(type="log")
+    color = gamma_color("gamma")
+    tip = [alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", format=".3g"),
+           alt.Tooltip("loss:Q", format=".4g"), alt.Tooltip("lo:Q", format=".4g"), alt.Tooltip("hi:Q", format=".4g"),
+           alt.Tooltip("n_seeds:Q", title="seeds")]
+    band = alt.Chart(band_rows).mark_area(opacity=0.15).encode(
+        x=x, y=alt.Y("lo:Q").scale(type="log"), y2=alt.Y2("hi:Q"), color=gamma_color("gamma", legend=False),
+        detail=alt.Detail("gamma:N"))
+    line = alt.Chart(ok).mark_line(point=alt.OverlayMarkDef(size=18, filled=True), strokeWidth=1.6).encode(
+        x=x, y=y, color=color, detail=alt.Detail("gamma:N"), tooltip=tip)
+    layers: list[Any] = [band, line]
+    marker = alt.Shape("mark:N", title="marker").scale(domain=["eta*", "diverged"], range=["diamond", "cross"])
+    if not stars.is_empty():
+        layers.append(alt.Chart(stars.select("gamma", pl.col("eta_star").alias("eta"),
+                                             pl.col("loss_at_eta_star").alias("loss"), pl.lit("eta*").alias("mark")))
+                      .mark_point(shape="diamond", filled=True, size=70, stroke="#000000", strokeWidth=0.6).encode(
+            x=x, y=y, color=gamma_color("gamma", legend=False),
+            shape=marker, tooltip=[alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", title="eta*", format=".3g")]))
+    if not div.is_empty():
+        layers.append(alt.Chart(div.select("gamma", "eta", "loss", "n_diverged", "n_seeds", "mark")).mark_point(
+            shape="cross", size=40, filled=True, opacity=0.8).encode(
+            x=x, y=alt.Y("loss:Q").scale(type="log"), color=gamma_color("gamma", legend=False),
+            shape=marker, tooltip=[alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", format=".3g"),
+                     alt.Tooltip("n_diverged:Q", title="seeds diverged")]))
+    n_seeds = int(t["n_seeds"].max())
+    seed_txt = f"line: mean over {n_seeds} seeds, band: min..max" if n_seeds > 1 else "one seed"
+    return alt.layer(*layers).properties(
+        title=alt.Title(f"loss at step {result.budget_step} against eta, one line per gamma, sweep {result.sweep}",
+                        subtitle=[_group_title(group), f"{seed_txt}; diamond: eta*; cross along the top: "
+                                                        "an eta where a seed diverged"]),
+        width=460, height=320)
+
+
+def lr_curve_figure(store: Any, sweep: str, *, budget: Optional[int] = None,
+                    settings: Optional[Any] = None) -> tuple["alt.Chart", dict[str, Any]]:
+    """The U-curve of ``sweep`` (its largest group of comparable runs) at ``budget``, and a summary."""
+    from gammadb.analysis import optimal_lr
+    from gammadb.analysis._common import load_runs
+
+    s = settings or optimal_lr.Settings()
+    s.check()
+    table = load_runs(store, sweep, budget=budget, want_min=s.criterion.value == "min",
+                      want_test=s.criterion.value == "test")
+    res = optimal_lr.analyze_runs(table, sweep, s)
+    seeds = optimal_lr.with_value(table.frame, s.criterion).select("gamma", "eta", "value", "diverged")
+    gi = _largest_group(res)
+    chart = lr_curve_chart(res, seeds, gi)
+    cells = res.cells.filter(pl.col("group_idx") == gi)
+    return chart, {"curves": cells["gamma"].n_unique(), "etas": cells["eta"].n_unique(),
+                   "budget_step": res.budget_step, "diverged_cells": int(cells["diverged"].sum()),
+                   "groups": res.groups.height}
+
+
+def _largest_group(res: "OptimalLr") -> int:
+    sizes = res.cells.group_by("group_idx").agg(pl.len().alias("n")).sort(["n", "group_idx"], descending=[True, False])
+    return int(sizes["group_idx"][0])

@@ -294,6 +294,43 @@ def broken_power_law(x: Any, y: Any, *, slope_small: Optional[float] = None,
     return BrokenPowerLaw(a1, a2, 10**ub, 10**la, n, reason)
 
 
+AIC_MARGIN = 2.0  # an AIC lower by more than this is the conventional "meaningfully better"
+
+
+def aic(residuals: np.ndarray, k: int) -> float:
+    """Akaike's criterion of a least-squares fit with ``k`` parameters: n ln(RSS / n) + 2k."""
+    r = np.asarray(residuals, dtype=float)
+    n = r.size
+    rss = max(float((r * r).sum()), 1e-300)  # a perfect fit: very good, not -inf
+    return n * math.log(rss / n) + 2 * k
+
+
+def broken_beats_lines(x: Any, y: Any, bpl: BrokenPowerLaw,
+                       lines: Sequence[tuple[float, float, float, float]]) -> tuple[bool, str]:
+    """Does the broken power law fit the points better than the straight lines (prefactor, exponent,
+    x_lo, x_hi) fitted on either side, by AIC (lower by more than AIC_MARGIN) on the points the lines
+    cover (log10 residuals; 4 parameters against 2 per line)? Returns (better, the sentence that says so)."""
+    if bpl.knee is None or not lines:
+        return False, bpl.reason or "no broken power law or no straight-line fit to compare it with"
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    r_lines, r_broken = [], []
+    for a, k, lo, hi in lines:
+        m = ok & (x >= lo * (1 - 1e-9)) & (x <= hi * (1 + 1e-9))
+        r_lines.append(np.log10(y[m]) - np.log10(a * x[m] ** k))
+        r_broken.append(np.log10(y[m]) - np.log10(bpl.predict(x[m])))
+    rl, rb = np.concatenate(r_lines), np.concatenate(r_broken)
+    if rl.size <= 4:
+        return False, f"{rl.size} points under the straight lines: too few to compare by AIC"
+    a_lines, a_broken = aic(rl, 2 * len(lines)), aic(rb, 4)
+    what = "two straight lines" if len(lines) == 2 else "one straight line"
+    if a_broken < a_lines - AIC_MARGIN:
+        return True, f"AIC {a_broken:.1f} against {a_lines:.1f} for {what}: the break is supported"
+    return False, (f"not shown: it fits no better than {what} (AIC {a_broken:.1f} against {a_lines:.1f}; "
+                   f"shown only when lower by more than {AIC_MARGIN:g}), so its slopes add nothing to the fits above")
+
+
 # ---------------------------------------------------------------------- columns of a frame
 @dataclasses.dataclass(frozen=True)
 class ColumnFit:

@@ -90,8 +90,15 @@ class _Page:
             sec.blocks.append(f"<figure class='chart'><div id='{div}' class='vis'></div>{cap}</figure>")
         sec.charts += 1
 
-    def table(self, sec: Section, df: pl.DataFrame, title: str = "", max_rows: int = MAX_TABLE_ROWS) -> None:
-        sec.blocks.append(html_table(df, title, max_rows))
+    def table(self, sec: Section, df: pl.DataFrame, title: str = "", max_rows: int = MAX_TABLE_ROWS,
+              folded: bool = True) -> None:
+        """A table; ``folded`` (the default) puts it in a closed <details> with its title and size, so
+        the page reads as charts and findings, the numbers one click away."""
+        t = html_table(df, "" if folded else title, max_rows)
+        if folded:
+            t = (f"<details class='table'><summary>{html.escape(title or 'table')} "
+                 f"({df.height} row{'s' if df.height != 1 else ''})</summary>{t}</details>")
+        sec.blocks.append(t)
 
     def text(self, sec: Section, text: str, cls: str = "") -> None:
         c = f" class='{cls}'" if cls else ""
@@ -167,6 +174,75 @@ def _spec_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -
     sec.blocks.append(f"<details><summary>sweep spec (JSON)</summary><pre>{html.escape(spec)}</pre></details>")
 
 
+def _summary_section(page: _Page, store: "Store", sweep: str, include_lr: bool) -> None:
+    """First on the page: the claims verdict, eta* against gamma with its slopes, the U-curves."""
+    sec = page.section("summary", "Summary: the claims, eta* and the learning-rate U-curves")
+
+    def claims() -> None:
+        from gammadb.analysis.claims import verdict
+
+        rep = verdict(store, sweep, n_boot=200)
+        counts = {v: sum(r.verdict.value == v for r in rep.rows) for v in ("consistent", "inconsistent",
+                                                                              "not testable here")}
+        page.text(sec, f"Claims of docs/theory.md against this sweep: {counts['consistent']} consistent, "
+                       f"{counts['inconsistent']} inconsistent, {counts['not testable here']} not testable here. "
+                       f"Rule: {rep.rule}.", "verdict")
+        page.table(sec, rep.table(), "claims verdict", folded=False)
+
+    _guard(page, sec, "claims verdict", claims)
+    if not include_lr:
+        return
+
+    def lr() -> None:
+        from gammadb.analysis import charts_lr
+        from gammadb.analysis.charts_lr import lr_curve_figure
+
+        chart, info = lr_curve_figure(store, sweep)
+        res = _lr_result(store, sweep)
+        gi = charts_lr._largest_group(res)
+        page.chart(sec, charts_lr.eta_vs_gamma(res, gi),
+                   "eta* (pink, with bootstrap intervals) and eta_max (blue) against gamma; solid: fitted power "
+                   "laws with slope [95% CI] written on them; dashed: the theory slopes 2 and 2/L per regime")
+        page.chart(sec, chart, f"loss at step {info['budget_step']} against eta, one line per gamma "
+                               f"({info['curves']} gammas, {info['etas']} etas; {info['diverged_cells']} diverged "
+                               "cells marked by crosses)")
+
+    _guard(page, sec, "eta* and U-curves", lr)
+
+
+_LR_CACHE: dict[tuple[int, str], Any] = {}
+
+
+def _lr_result(store: "Store", sweep: str) -> Any:
+    """The optimal-lr analysis, computed once per page (summary and its own section share it)."""
+    from gammadb.analysis import optimal_lr
+
+    key = (id(store), sweep)
+    if key not in _LR_CACHE:
+        _LR_CACHE.clear()
+        _LR_CACHE[key] = optimal_lr.analyze(store, sweep)
+    return _LR_CACHE[key]
+
+
+def broken_law_text(res: Any, group_idx: int) -> str:
+    """Whether the broken power law of eta* is shown, by AIC against the two straight-line fits."""
+    from gammadb.analysis.fits import BrokenPowerLaw, broken_beats_lines
+
+    b = res.broken.filter(pl.col("group_idx") == group_idx).row(0, named=True)
+    bpl = BrokenPowerLaw(b["slope_small"], b["slope_large"], b["knee_gamma"], b["prefactor"], b["n_points"],
+                         b["reason"])
+    fits = res.fits.filter((pl.col("group_idx") == group_idx) & (pl.col("target") == "eta_star")
+                           & pl.col("exponent").is_not_null())
+    lines = [(f["prefactor"], f["exponent"], f["gamma_lo"], f["gamma_hi"]) for f in fits.iter_rows(named=True)]
+    pts = res.points.filter((pl.col("group_idx") == group_idx) & pl.col("eta_star").is_not_null()
+                            & ~pl.col("eta_star_censored"))
+    better, why = broken_beats_lines(pts["gamma"].to_numpy(), pts["eta_star"].to_numpy(), bpl, lines)
+    if better and b["reason"] is None:
+        return (f"Smoothly broken power law of eta*: slope {b['slope_small']:.3g} below the knee at gamma = "
+                f"{b['knee_gamma']:.3g}, {b['slope_large']:.3g} above ({why}).")
+    return f"Smoothly broken power law of eta*: {b['reason'] or why}."
+
+
 def _lr_sections(page: _Page, store: "Store", sweep: str) -> None:
     sec = page.section("optimal-lr", "Learning rate: phase portrait and eta* fits")
     try:
@@ -178,11 +254,15 @@ def _lr_sections(page: _Page, store: "Store", sweep: str) -> None:
         return
 
     def lr() -> None:
-        res = optimal_lr.analyze(store, sweep)
-        page.chart(sec, charts_lr.optimal_lr_chart(res),
-                   f"loss at budget step {res.budget_step} over (gamma, eta); eta* with bootstrap intervals, fitted "
-                   "power laws (solid) and theory slopes 2 and 2/L (dashed)")
+        res = _lr_result(store, sweep)
+        for gi in res.groups["group_idx"].to_list()[:charts_lr.MAX_GROUPS]:
+            page.chart(sec, charts_lr.phase_portrait(res, gi),
+                       f"loss at budget step {res.budget_step} over (gamma, eta); eta* with bootstrap intervals, "
+                       "fitted power laws (solid) and theory slopes 2 and 2/L (dashed)")
+            page.text(sec, broken_law_text(res, gi), "method")
         for title, df in optimal_lr.report_tables(res):
+            if title.startswith("smoothly broken power law"):
+                continue  # said in words above, with the AIC criterion
             page.table(sec, df, title)
 
     _guard(page, sec, "optimal-lr analysis", lr)
@@ -206,7 +286,7 @@ def _lr_sections(page: _Page, store: "Store", sweep: str) -> None:
 def _curves_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame, family_ids: list[int],
                     fixed_eta: Optional[float], fixed_ids: list[int],
                     plateau_tables: tuple[pl.DataFrame, pl.DataFrame], group_label: str = "") -> None:
-    from gammadb.analysis.charts_curves import curves_chart, plateau_marks
+    from gammadb.analysis.charts_curves import curves_chart, left_out_note, plateau_marks, split_diverged
     from gammadb.analysis.downsample import curve_bands
     from gammadb.metrics import MetricKey
 
@@ -215,10 +295,13 @@ def _curves_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame,
 
     def one(ids: list[int], caption: str, x: str = "step") -> None:
         caption = f"{caption} [{group_label}]" if group_label else caption
-        sub = runs.filter(pl.col("run_id").is_in(ids))
+        sub, left_out = split_diverged(runs.filter(pl.col("run_id").is_in(ids)))
+        if sub.is_empty():
+            raise InvalidSpecError(f"every one of the {left_out} runs diverged: no curve to draw")
         bands = curve_bands(store, sub, MetricKey(LOSS), max_rows=6_000)
         marks = plateau_marks(table.filter(pl.col("run_id").is_in(ids)), drops.filter(pl.col("run_id").is_in(ids)))
-        page.chart(sec, curves_chart(bands, marks, x=x, metric="loss", title=caption),
+        page.chart(sec, curves_chart(bands, marks, x=x, metric="loss", title=caption,
+                                     subtitle=left_out_note(left_out, "plot curves --include-diverged")),
                    "seed mean (line) and min..max over seeds and within each log-step bucket (band); "
                    "bars: initial plateau, triangles: drops")
 
@@ -330,6 +413,8 @@ def build_report(store: "Store", sweep: str, *, static: bool = False, gamma_min:
 
     runs = store.runs_frame(sweep)
     page = _Page(static)
+    _LR_CACHE.clear()
+    _summary_section(page, store, sweep, include_lr)
     _spec_section(page, store, sweep, runs)
     if include_lr:
         _lr_sections(page, store, sweep)
@@ -362,6 +447,7 @@ def build_report(store: "Store", sweep: str, *, static: bool = False, gamma_min:
     _plateau_section(page, plateau_rep, plateau_error)
     _collapse_section(page, store, sweep, gamma_min)
     _metric_sections(page, store, sweep, family_ids)
+    _LR_CACHE.clear()
     return _render(page, store, sweep, runs), page.sections
 
 
@@ -386,11 +472,14 @@ _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1f2328;background:#fff}
 header{background:#24292f;color:#fff;padding:18px 32px}header h1{margin:0 0 4px 0;font-size:22px}
 header p{margin:0;color:#c9d1d9;font-size:13px}nav{padding:8px 32px;border-bottom:1px solid #d0d7de;font-size:14px}
-nav a{margin-right:16px;color:#0969da;text-decoration:none}main{padding:0 32px 40px 32px}
+nav a{margin-right:16px;color:#0969da;text-decoration:none}main{padding:0 32px 40px 32px;max-width:1300px}
+main,section{box-sizing:border-box;min-width:0}
+.vis svg,figure.chart>svg{max-width:100%;height:auto}details.table{margin:8px 0;max-width:100%;overflow-x:auto}
+details.table>summary{cursor:pointer;font-size:13px;color:#0969da}.verdict{font-size:15px}
 section{margin-top:28px}h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;font-size:19px}
-figure.chart{margin:12px 0 18px 0;overflow-x:auto}.caption{font-size:12px;color:#57606a;margin:4px 0}
+figure.chart{margin:12px 0 18px 0;max-width:100%}.caption{font-size:12px;color:#57606a;margin:4px 0}
 .note{background:#fff8c5;border:1px solid #d4a72c;padding:8px 12px;border-radius:6px;font-size:14px;margin:8px 0}
-.method{font-size:13px;color:#57606a}.tablewrap{overflow-x:auto;margin:10px 0 16px 0}
+.method{font-size:13px;color:#57606a}.tablewrap{overflow-x:auto;max-width:100%;margin:10px 0 16px 0}
 table{border-collapse:collapse;font-size:12px}caption{text-align:left;font-weight:600;padding:4px 0;font-size:13px}
 th,td{border:1px solid #d0d7de;padding:3px 7px;white-space:nowrap}th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .more{font-size:12px;color:#57606a}pre{background:#f6f8fa;padding:10px;font-size:12px;overflow-x:auto}

@@ -26,7 +26,7 @@ APP.command("report")(report)
 APP.command("noop")(lambda: None)  # two commands keep `report` a subcommand, as in the root app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-SECTIONS = ["spec", "optimal-lr", "phases", "curves", "plateaus", "collapse", "metrics"]
+SECTIONS = ["summary", "spec", "optimal-lr", "phases", "curves", "plateaus", "collapse", "metrics"]
 
 
 def small_sweep() -> pl.DataFrame:
@@ -70,6 +70,12 @@ def test_report_is_self_contained(page):
     assert "vegaEmbed" in text and text.count("<figure class='chart'>") >= 6
     specs = json.loads(re.search(r"const SPECS = (\{.*?\});\n", text, re.S).group(1).replace("<\\/", "</"))
     assert all("$schema" in s for s in specs.values())
+    # the summary first: the claims verdict, the eta* chart and the U-curve; long tables folded away
+    summary = text[text.index("<section id='summary'>"):text.index("<section id='spec'>")]
+    assert "claims verdict" in summary and summary.count("<figure class='chart'>") == 2
+    assert "against eta, one line per gamma" in json.dumps(specs)
+    assert "<details class='table'><summary>per run" in text
+    assert "Smoothly broken power law of eta*" in text
     # the tables are there, escaped
     assert "plateau length (escape_step) ~ gamma^p" in text and "RMS distance to the reference" in text
     assert "diverged at step 150" in text
@@ -81,6 +87,7 @@ def test_report_static_has_no_javascript(url, tmp_path):
     text = (tmp_path / "r.html").read_text()
     assert "<script" not in text and text.count("<svg") >= 5 and rep.charts >= 5
     assert [x["id"] for x in rep.sections] == [s for s in SECTIONS if s not in ("optimal-lr", "phases")]
+    assert text.index("<section id='summary'>") < text.index("<section id='spec'>")  # the findings come first
 
 
 def test_report_of_a_hopeless_sweep_still_writes(url, tmp_path):
@@ -118,3 +125,27 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
     assert len(re.findall(r"<svg[^>]*class=\"marks\"", dom)) >= n_vis and 'class="vis failed"' not in dom
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 100_000  # a blank page compresses to a few kB
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")
+def test_report_fits_a_1400px_window(page, tmp_path):
+    """No sideways scrolling at 1,400 px, and every chart drawn: a copy of the page writes the
+    document's scroll width and each chart's SVG count into the DOM after rendering."""
+    text = page.read_text()
+    probe = ("<script>window.addEventListener('load', () => setTimeout(() => {"
+             "const p = document.createElement('pre'); p.id = 'probe';"
+             "const vis = [...document.querySelectorAll('div.vis')];"
+             "p.textContent = 'PROBE ' + JSON.stringify({scroll: document.documentElement.scrollWidth,"
+             "client: document.documentElement.clientWidth, charts: vis.length,"
+             "drawn: vis.filter(v => v.querySelector('svg, canvas')).length}) + ' END';"
+             "document.body.appendChild(p); }, 2000));</script>")
+    at = text.rindex("</body>")
+    copy = tmp_path / "probe.html"
+    copy.write_text(text[:at] + probe + text[at:])
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--hide-scrollbars", "--virtual-time-budget=15000"]
+    dom = subprocess.run([*flags, "--window-size=1400,3000", "--dump-dom", copy.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    got = json.loads(re.search(r"PROBE (\{.*?\}) END", dom).group(1))
+    assert got["client"] == 1400 and got["scroll"] <= got["client"], got
+    assert got["charts"] >= 6 and got["drawn"] == got["charts"], got
