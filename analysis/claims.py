@@ -4,8 +4,9 @@ Each row restates a claim of docs/theory.md#claims, its theory value, the value 
 (with its interval) and a verdict. The numbers come from the existing analyses, called as they are:
 
 - (a) eta* ~ gamma^2 for gamma << 1, (b) eta* ~ gamma^(2/L) for gamma >> 1 and (c) the same two for
-  eta_max (claim 1): the power-law fits of :mod:`gammadb.analysis.optimal_lr` (exponent and its
-  bootstrap interval over seeds; theory from ``theory_exponent``, e.g. 1 for eta_max with
+  the largest convergent eta (claim 1; eta_max by default, ``largest="eta_conv"`` for the authors'
+  scan value, whose window is the sweep's ``decades_below``): the power-law fits of
+  :mod:`gammadb.analysis.optimal_lr` (exponent and its bootstrap interval over seeds; theory from ``theory_exponent``, e.g. 1 for eta_max with
   cross-entropy at small gamma);
 - (d) the plateau before the first drop lengthens as gamma grows (claims 3 and 4): the plateau-length
   scaling of :mod:`gammadb.analysis.plateaus` along eta*(gamma), against its theory 1 - 2/L (the escape
@@ -139,23 +140,27 @@ _CLAIM_F = "best loss over eta at gamma >= 1"
 
 def verdict(store: Any, sweep: str, *, budget: Optional[int] = None, tolerance: float = TOLERANCE,
             n_boot: int = 1000, seed: int = 0, small_max: float = 0.1, large_min: float = 10.0,
-            gamma_min: float = 1.0) -> ClaimsReport:
+            gamma_min: float = 1.0, largest: str = "eta_max") -> ClaimsReport:
     """Hold the claims of docs/theory.md against ``sweep`` (see the module docstring).
 
     ``budget``: the step at which eta* and eta_max are judged (default: the last step every
     non-diverged run reached); ``small_max`` / ``large_min``: the gamma ranges of the small- and
     large-gamma fits; ``gamma_min``: the plateau and collapse claims look at gamma >= this. An analysis
     that cannot run (AnalysisError) makes its claims "not testable here" with its message; an unknown
-    sweep raises NotFoundError."""
+    sweep raises NotFoundError. ``largest``: the largest convergent eta rows (c) fit, eta_max or
+    eta_conv."""
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise InvalidSpecError(f"--tolerance must be a number >= 0, got {tolerance}")
     if not (math.isfinite(gamma_min) and gamma_min > 0):
         raise InvalidSpecError(f"gamma_min must be > 0, got {gamma_min}")
     from gammadb.analysis import optimal_lr as olr
 
-    settings = olr.Settings(small_max=small_max, large_min=large_min, n_boot=n_boot, seed=seed)
-    settings.check()
+    if largest not in ("eta_max", "eta_conv"):
+        raise InvalidSpecError(f"largest must be eta_max or eta_conv, got {largest!r}")
     sweep_rec = store.get_sweep(sweep)  # NotFoundError with the known sweeps
+    settings = olr.Settings(small_max=small_max, large_min=large_min, n_boot=n_boot, seed=seed,
+                            decades_below=olr.scan_decades(sweep_rec.spec))
+    settings.check()
     grid = _SweepGrid.read(store, sweep, sweep_rec.spec)
     rows: list[ClaimRow] = []
     budget_step: Optional[int] = None
@@ -167,7 +172,7 @@ def verdict(store: Any, sweep: str, *, budget: Optional[int] = None, tolerance: 
         budget_step = lr.budget_step
     except AnalysisError as exc:
         why = f"optimal-lr: {exc}"
-        for key, target, regime, claim in _LR_ROWS:
+        for key, target, regime, claim in _lr_row_defs(largest):
             need = grid.needs().cover_regime(regime, settings, grid.depth)
             theory = 2.0 if regime == "small_gamma" else 2.0 / grid.depth if grid.depth else None
             text = _theory_text(theory, regime) if theory is not None else "2/L"
@@ -175,7 +180,7 @@ def verdict(store: Any, sweep: str, *, budget: Optional[int] = None, tolerance: 
         rows.append(_untestable("f", _CLAIM_F, 5, "", ">= 1", why,
                                 grid.needs().cover_gammas(0.1, 10.0, grid.depth).command()))
     else:
-        rows += _lr_rows(lr, grid, settings, tolerance)
+        rows += _lr_rows(lr, grid, settings, tolerance, largest)
         rows += _best_gamma_rows(lr, table, grid, settings)
     rows += _plateau_rows(store, sweep, grid, gamma_min, tolerance)
     rows += _collapse_rows(store, sweep, grid, gamma_min, tolerance)
@@ -218,7 +223,12 @@ def _group_labels(groups: pl.DataFrame) -> dict[int, str]:
     return {int(g["group_idx"]): ", ".join(f"{c}={g[c]}" for c in varying) for g in groups.iter_rows(named=True)}
 
 
-def _lr_rows(lr: Any, grid: "_SweepGrid", settings: Any, tol: float) -> list[ClaimRow]:
+def _lr_row_defs(largest: str) -> list[tuple[str, str, str, str]]:
+    """_LR_ROWS with rows (c) on ``largest`` (eta_max or eta_conv)."""
+    return [(k, largest if t == "eta_max" else t, r, c.replace("eta_max", largest)) for k, t, r, c in _LR_ROWS]
+
+
+def _lr_rows(lr: Any, grid: "_SweepGrid", settings: Any, tol: float, largest: str = "eta_max") -> list[ClaimRow]:
     rows = []
     labels = _group_labels(lr.groups)
     for g in lr.groups.iter_rows(named=True):
@@ -227,7 +237,7 @@ def _lr_rows(lr: Any, grid: "_SweepGrid", settings: Any, tol: float) -> list[Cla
         fits = {(f["target"], f["regime"]): f for f in lr.fits.filter(pl.col("group_idx") == gi).iter_rows(named=True)}
         pts = lr.points.filter(pl.col("group_idx") == gi)
         cells = lr.cells.filter(pl.col("group_idx") == gi)
-        for key, target, regime, claim in _LR_ROWS:
+        for key, target, regime, claim in _lr_row_defs(largest):
             f = fits[(target, regime)]
             theory = f["theory_exponent"]
             text = _theory_text(theory, regime)
@@ -263,8 +273,8 @@ def _lr_needs(need: "_Needs", pts: pl.DataFrame, cells: pl.DataFrame, target: st
         etas = cells.filter(pl.col("gamma") == p["gamma"])["eta"]
         value, censored = p[target], p[f"{target}_censored"]
         if value is None:
-            if target == "eta_star" or cells.filter((pl.col("gamma") == p["gamma"]) & ~pl.col("diverged")).is_empty():
-                need = need.widen_eta(low=1.0)  # every eta diverged here: go lower
+            if target != "eta_max" or cells.filter((pl.col("gamma") == p["gamma"]) & ~pl.col("diverged")).is_empty():
+                need = need.widen_eta(low=1.0)  # every eta (eta_conv: the lowest scanned) diverged: go lower
             else:
                 need = need.more_steps(4)  # stable but never trained to the threshold
         elif censored and target == "eta_star" and math.isclose(value, float(etas.min()), rel_tol=1e-9):

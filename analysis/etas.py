@@ -1,6 +1,7 @@
 """The eta families, defined once: per gamma, eta* (trains best), eta_max (largest that trains),
-eta_stable (largest that does not diverge) and eta_min (smallest that leaves the plateau), their
-thresholds, and the run families selected along them (``--along`` / ``--family`` eta-star, eta-max).
+eta_stable (largest that does not diverge), eta_conv (the authors' largest convergent eta) and eta_min
+(smallest that leaves the plateau), their thresholds, and the run families selected along them
+(``--along`` / ``--family`` eta-star, eta-max).
 
 ``analyze optimal-lr`` (:mod:`gammadb.analysis.optimal_lr`) and the families of the curve analyses
 (plateaus, collapse, the report) both call :func:`cell_stats` and :func:`select_etas` on the same
@@ -17,6 +18,11 @@ seed is infinitely bad; "loss at the budget" is the tail-mean training loss):
   midway to the next: the family still takes the best grid point.
 - eta_max: the largest eta where no seed diverged and loss at the budget <= ``CONVERGED`` x initial.
 - eta_stable: the largest eta where no seed diverged.
+- eta_conv: the largest convergent eta of the authors' scan, replayed on the stored etas
+  (:func:`gammadb.runners.eta_scan.replay`): going down from the largest, the first eta with no
+  diverged seed such that no smaller stored eta within ``decades_below`` decades of it (the scan's
+  window; any distance for cross-entropy at gamma < 1) has a diverged seed. It does not depend on the
+  order the runs were trained in. Below eta_stable when a divergence sits under a convergent eta.
 - eta_min: the smallest eta where no seed diverged and loss at the budget < ``LEFT_PLATEAU`` x initial.
 
 Families from a runs frame (the ``run_overview`` columns: status, tail_mean_loss, initial_loss, ...)
@@ -37,6 +43,7 @@ import polars as pl
 
 from gammadb.errors import AnalysisError, InvalidSpecError
 from gammadb.records import FINISHED, RUN_COLUMNS, RunStatus, same_value
+from gammadb.runners.eta_scan import AUTHORS_DECADES_BELOW, replay, whole_grid
 
 #: eta_max: a run "trained" when its loss at the budget is at most this fraction of its initial loss.
 CONVERGED = 0.1
@@ -86,7 +93,7 @@ def eta_grid(cols: dict[str, np.ndarray]) -> EtaGrid:
 def split_cells(runs: pl.DataFrame) -> Iterator[tuple[tuple[int, float], dict[str, np.ndarray]]]:
     """Yield ((group_idx, gamma), {column: numpy array}) per (group, gamma), in sorted order: one
     conversion to numpy for the whole table rather than a frame per cell. ``runs``: group_idx, gamma,
-    eta, seed, diverged, value, tail_mean_loss, initial_loss."""
+    eta, seed, diverged, value, tail_mean_loss, initial_loss, and loss_fn where present."""
     runs = runs.sort("group_idx", "gamma")
     cols = {
         "group_idx": runs["group_idx"].to_numpy(), "gamma": runs["gamma"].to_numpy(),
@@ -95,6 +102,8 @@ def split_cells(runs: pl.DataFrame) -> Iterator[tuple[tuple[int, float], dict[st
         **{c: runs[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
            for c in ("value", "tail_mean_loss", "initial_loss")},
     }
+    if "loss_fn" in runs.columns:
+        cols["loss_fn"] = runs["loss_fn"].to_numpy()
     if runs.is_empty():
         return
     key_change = np.flatnonzero((np.diff(cols["group_idx"]) != 0) | (np.diff(cols["gamma"]) != 0)) + 1
@@ -129,6 +138,29 @@ def cell_stats(g: EtaGrid, w: np.ndarray, *, converged: float = CONVERGED,
         left = ok & (check < threshold * init)
         ratio = check / init
     return dict(value=value, trained=trained, left=left, stable=ok, tried=tried, ratio=ratio, any_div=any_div)
+
+
+def scan_whole_grid(cols: dict[str, np.ndarray], gamma: float) -> bool:
+    """Whether the authors' scan of this (group, gamma) (its :func:`split_cells` columns) runs the
+    whole eta grid: cross-entropy at gamma < 1."""
+    loss = cols.get("loss_fn")
+    return loss is not None and loss.size > 0 and whole_grid(loss[0], gamma)
+
+
+def convergent_indices(g: EtaGrid, any_div: np.ndarray, tried: np.ndarray, *,
+                       decades_below: float = AUTHORS_DECADES_BELOW, whole: bool = False) -> np.ndarray:
+    """eta_conv per row of (B, E) masks (a seed diverged; some seed ran): the grid index of the
+    authors' largest convergent eta (:func:`gammadb.runners.eta_scan.replay` over the etas tried),
+    -1 where there is none. Rows are replayed once per distinct pattern (bootstrap rows repeat)."""
+    div, ran = np.atleast_2d(any_div).astype(bool), np.atleast_2d(tried).astype(bool)
+    patterns, inverse = np.unique(np.concatenate([div, ran], axis=1), axis=0, return_inverse=True)
+    e = g.etas.size
+    found = np.full(len(patterns), -1, dtype=np.int64)
+    for k, row in enumerate(patterns):
+        eta = replay([(float(g.etas[i]), bool(row[i])) for i in range(e) if row[e + i]], decades_below, whole)
+        if eta is not None:
+            found[k] = int(np.flatnonzero(g.etas == eta)[0])
+    return found[np.ravel(inverse)]
 
 
 def extreme_eta(mask: np.ndarray, log_eta: np.ndarray, top: bool) -> np.ndarray:
@@ -194,6 +226,7 @@ class GammaEtas:
     max_index: int
     stable_index: int
     min_index: int
+    conv_index: int  # eta_conv, the authors' largest convergent eta
 
 
 def _index(mask: np.ndarray, top: bool) -> int:
@@ -211,9 +244,10 @@ def nearest_grid_index(log_eta: np.ndarray, log_star: float, best_index: int) ->
     return best_index if d[best_index] <= d[near] + 1e-9 else near
 
 
-def select_etas(g: EtaGrid, st: dict[str, np.ndarray]) -> GammaEtas:
-    """eta*, eta_max, eta_stable and eta_min of one (group, gamma) from its unweighted
-    :func:`cell_stats` (each (E,))."""
+def select_etas(g: EtaGrid, st: dict[str, np.ndarray], *, decades_below: float = AUTHORS_DECADES_BELOW,
+                whole: bool = False) -> GammaEtas:
+    """eta*, eta_max, eta_stable, eta_conv and eta_min of one (group, gamma) from its unweighted
+    :func:`cell_stats` (each (E,)); ``decades_below`` and ``whole`` set eta_conv's scan window."""
     star, idx, edge = refine_argmin(g.log_eta, st["value"][None, :])
     best, tied = ties(st["value"][None, :])
     i = int(idx[0])
@@ -223,6 +257,8 @@ def select_etas(g: EtaGrid, st: dict[str, np.ndarray]) -> GammaEtas:
         loss_at_eta_star=float(best[0]) if i >= 0 else float("nan"), n_tied=int(tied[0].sum()),
         max_index=_index(st["trained"], top=True), stable_index=_index(st["stable"], top=True),
         min_index=_index(st["left"], top=False),
+        conv_index=int(convergent_indices(g, st["any_div"], st["tried"], decades_below=decades_below,
+                                          whole=whole)[0]),
     )
 
 
@@ -263,27 +299,29 @@ def _cells_frame(runs: pl.DataFrame, keys: Sequence[str]) -> tuple[pl.DataFrame,
     else:
         groups = pl.DataFrame({"group_idx": [0]}, schema={"group_idx": pl.Int64})
         cells = cells.with_columns(pl.lit(0, pl.Int64).alias("group_idx"))
+    loss_fn = ["loss_fn"] if "loss_fn" in cells.columns else []
     return groups, cells.select("group_idx", "gamma", "eta", "seed", "diverged", "value", "tail_mean_loss",
-                                "initial_loss")
+                                "initial_loss", *loss_fn)
 
 
 FAMILY_SCHEMA = {"gamma": pl.Float64, "eta_star": pl.Float64, "eta_star_refined": pl.Float64,
                  "loss_at_eta_star": pl.Float64, "n_tied": pl.UInt32, "eta_max": pl.Float64,
-                 "eta_stable": pl.Float64, "eta_min": pl.Float64}
+                 "eta_stable": pl.Float64, "eta_conv": pl.Float64, "eta_min": pl.Float64}
 
 
 def family_etas(runs: pl.DataFrame, keys: Sequence[str], *, converged: float = CONVERGED,
-                threshold: float = LEFT_PLATEAU) -> pl.DataFrame:
+                threshold: float = LEFT_PLATEAU, decades_below: float = AUTHORS_DECADES_BELOW) -> pl.DataFrame:
     """Per (keys, gamma) of a runs frame: eta_star (the grid eta nearest eta*; null when every eta
     diverged), eta_star_refined, loss_at_eta_star, n_tied (etas tied for the best loss), eta_max,
-    eta_stable, eta_min (grid etas as stored; null where none). Unfinished runs are left out."""
+    eta_stable, eta_conv (scan window ``decades_below``), eta_min (grid etas as stored; null where
+    none). Unfinished runs are left out."""
     groups, cells = _cells_frame(runs, keys)
     rows: list[dict[str, Any]] = []
     for (gi, gamma), sub in split_cells(cells):
         g = eta_grid(sub)
         st = {k: v[0] for k, v in cell_stats(g, np.ones((1, g.present.shape[1])), converged=converged,
                                              threshold=threshold).items()}
-        e = select_etas(g, st)
+        e = select_etas(g, st, decades_below=decades_below, whole=scan_whole_grid(sub, gamma))
 
         def at(i: int) -> Optional[float]:
             return float(g.etas[i]) if i >= 0 else None
@@ -292,7 +330,7 @@ def family_etas(runs: pl.DataFrame, keys: Sequence[str], *, converged: float = C
                          eta_star_refined=float(10 ** e.log_eta_star) if e.star_index >= 0 else None,
                          loss_at_eta_star=e.loss_at_eta_star if e.star_index >= 0 else None,
                          n_tied=e.n_tied, eta_max=at(e.max_index), eta_stable=at(e.stable_index),
-                         eta_min=at(e.min_index)))
+                         eta_conv=at(e.conv_index), eta_min=at(e.min_index)))
     out = pl.DataFrame(rows, schema={"group_idx": pl.Int64, **FAMILY_SCHEMA})
     return groups.join(out, on="group_idx", how="inner").drop("group_idx").sort(*keys, "gamma")
 

@@ -1,6 +1,6 @@
-"""Where SGD trains best and where it stops training, per gamma: eta*, eta_max, eta_stable, eta_min,
-and power laws of eta* and eta_max against gamma (docs/theory.md claim 1: eta* ~ gamma^2 for gamma << 1,
-~ gamma^(2/L) for gamma >> 1).
+"""Where SGD trains best and where it stops training, per gamma: eta*, eta_max, eta_stable, eta_conv,
+eta_min, and power laws of eta*, eta_max and eta_conv against gamma (docs/theory.md claim 1:
+eta* ~ gamma^2 for gamma << 1, ~ gamma^(2/L) for gamma >> 1).
 
 Definitions (per group of runs sharing everything but gamma, eta and seed; per gamma; seeds
 averaged; a run with a NaN/inf at any step is "diverged" and counts as infinitely bad). They and their
@@ -8,9 +8,14 @@ thresholds live in :mod:`gammadb.analysis.etas`, which the run families of the c
 
 - the *loss at the budget* used to judge training is the tail-mean training loss (the last 10% of the
   steps up to the budget), which smooths the per-batch noise of the online loss; the criterion
-  (``--criterion``) only chooses which loss eta* minimises;
+  (``--criterion``) only chooses which loss eta* minimises; ``test`` (the test loss at the last
+  evaluation at or before the budget: theta_T for a full run) is the paper's, which reads eta* off
+  heat maps of the end-of-training test loss;
 - eta_max: the largest eta where no seed diverged and loss at the budget <= converged x initial loss;
-- eta_stable: the largest eta where no seed diverged (the authors' code's definition);
+- eta_stable: the largest eta where no seed diverged;
+- eta_conv: the authors' largest convergent eta, their scan rule replayed on the stored etas (a
+  divergence below a convergent eta moves it below that divergence), with the sweep's
+  ``decades_below`` as the scan window (the authors' 3 when the spec has none);
 - eta*: argmin over eta of the seed-mean criterion, refined by a parabola in log10(eta) through the
   best grid point and its two neighbours (log of the loss when positive); the grid point itself at an
   edge of the grid or next to a diverged eta; the middle one of several etas tied for the minimum;
@@ -25,6 +30,8 @@ of the power-law fits.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
@@ -44,23 +51,33 @@ from gammadb.analysis.etas import (
     LEFT_PLATEAU,
     EtaGrid,
     cell_stats,
+    convergent_indices,
     eta_grid,
     extreme_eta,
     refine_argmin,
+    scan_whole_grid,
     select_etas,
     split_cells,
 )
 from gammadb.analysis.fits import DEFAULT_BOOT, BrokenPowerLaw, broken_power_law, power_law
 from gammadb.errors import AnalysisError, InvalidSpecError
 from gammadb.records import RUN_COLUMNS, same_value
+from gammadb.runners.eta_scan import AUTHORS_DECADES_BELOW
 
-TARGETS = ("eta_star", "eta_max")
+TARGETS = ("eta_star", "eta_max", "eta_conv")
 REGIMES = ("small_gamma", "large_gamma")
 _CRITERION_COLUMN = {
     Criterion.final: "final_loss",
     Criterion.tail_mean: "tail_mean_loss",
     Criterion.min: "min_loss",
     Criterion.test: "test_loss",
+}
+#: What each criterion measures, as the table title and the JSON name it.
+CRITERION_MEANING = {
+    Criterion.final: "the training loss at the last step up to the budget",
+    Criterion.tail_mean: "the mean training loss over the last 10% of the steps up to the budget",
+    Criterion.min: "the smallest training loss up to the budget",
+    Criterion.test: "the test loss at the last evaluation up to the budget: the paper's eta*",
 }
 
 
@@ -73,6 +90,12 @@ class Settings:
     large_min: float = 10.0
     n_boot: int = DEFAULT_BOOT
     seed: int = 0
+    #: eta_conv's scan window in decades; None: the sweep's ``decades_below`` (see :func:`scan_decades`)
+    decades_below: Optional[float] = None
+
+    @property
+    def window(self) -> float:
+        return AUTHORS_DECADES_BELOW if self.decades_below is None else float(self.decades_below)
 
     def check(self) -> None:
         check_fraction("--converged", self.converged)
@@ -83,7 +106,17 @@ class Settings:
             raise InvalidSpecError(f"need 0 < --small-max ({self.small_max}) < --large-min ({self.large_min})")
         if self.n_boot < 10:
             raise InvalidSpecError(f"--n-boot must be at least 10, got {self.n_boot}")
+        if self.decades_below is not None and not (math.isfinite(self.decades_below) and self.decades_below > 0):
+            raise InvalidSpecError(f"decades_below must be > 0, got {self.decades_below}")
 
+
+def scan_decades(spec: Any) -> float:
+    """The scan window eta_conv replays for a sweep with stored ``spec``: its ``decades_below`` (what
+    its adaptive scan used; a spec's default is the authors' 3), else the authors' 3 (an imported sweep)."""
+    value = spec.get("decades_below") if isinstance(spec, Mapping) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return AUTHORS_DECADES_BELOW
 
 @dataclasses.dataclass(frozen=True)
 class OptimalLr:
@@ -118,7 +151,8 @@ class OptimalLr:
                 "points": [{
                     "gamma": p["gamma"], "eta_star": p["eta_star"],
                     "eta_star_ci": _pair(p["eta_star_lo"], p["eta_star_hi"]),
-                    "eta_max": p["eta_max"], "eta_stable": p["eta_stable"], "eta_min": p["eta_min"],
+                    "eta_max": p["eta_max"], "eta_stable": p["eta_stable"], "eta_conv": p["eta_conv"],
+                    "eta_min": p["eta_min"],
                     "loss_at_eta_star": p["loss_at_eta_star"], "n_seeds": p["n_seeds"], "reason": p["reason"],
                 } for p in pts.iter_rows(named=True)],
                 "fits": [{
@@ -133,13 +167,18 @@ class OptimalLr:
                     "knee_gamma": bpl["knee_gamma"], "reason": bpl["reason"],
                 },
             })
-        return {"sweep": self.sweep, "budget_step": self.budget_step,
-                "criterion": self.settings.criterion.value, "groups": out}
+        crit = self.settings.criterion
+        return {"sweep": self.sweep, "budget_step": self.budget_step, "criterion": crit.value,
+                "criterion_meaning": CRITERION_MEANING[crit], "scan_decades_below": self.settings.window,
+                "groups": out}
 
 
 def analyze(store: Any, sweep: str, *, budget: Optional[int] = None, settings: Settings = Settings()) -> OptimalLr:
-    """Read ``sweep`` at ``budget`` (one row per run, aggregated in SQL) and analyse it."""
+    """Read ``sweep`` at ``budget`` (one row per run, aggregated in SQL) and analyse it; eta_conv's
+    scan window is the sweep's own unless ``settings`` sets one."""
     settings.check()
+    if settings.decades_below is None:
+        settings = dataclasses.replace(settings, decades_below=scan_decades(store.get_sweep(sweep).spec))
     table = load_runs(store, sweep, budget=budget, want_min=settings.criterion == Criterion.min,
                       want_test=settings.criterion == Criterion.test)
     return analyze_runs(table, sweep, settings)
@@ -190,14 +229,17 @@ def optimal_points(runs: pl.DataFrame, s: Settings) -> tuple[pl.DataFrame, pl.Da
                 diverged=bool(st["any_div"][e]), n_seeds=int(g.present[e].sum()),
                 n_diverged=int(g.diverged[e].sum()),
             ))
-        point = _point(g, st, s)
+        whole = scan_whole_grid(sub, gamma)
+        point = _point(g, st, s, whole)
         if n_seeds > 1:
             w = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=s.n_boot).astype(float)
             bst = cell_stats(g, w, converged=s.converged, threshold=s.threshold)
             star_b, _, _ = refine_argmin(g.log_eta, bst["value"])
             max_b = extreme_eta(bst["trained"], g.log_eta, top=True)
+            conv_i = convergent_indices(g, bst["any_div"], bst["tried"], decades_below=s.window, whole=whole)
+            conv_b = np.where(conv_i >= 0, g.log_eta[np.maximum(conv_i, 0)], np.nan)
             ci = percentile_ci(10**star_b)
-            boots[(gi, gamma)] = {"eta_star": 10**star_b, "eta_max": 10**max_b}
+            boots[(gi, gamma)] = {"eta_star": 10**star_b, "eta_max": 10**max_b, "eta_conv": 10**conv_b}
         else:
             ci = None
             point["notes"].append("1 seed: no bootstrap interval on eta*")
@@ -205,10 +247,10 @@ def optimal_points(runs: pl.DataFrame, s: Settings) -> tuple[pl.DataFrame, pl.Da
             group_idx=gi, gamma=gamma, eta_star=point["eta_star"],
             eta_star_lo=ci[0] if ci and point["eta_star"] is not None else None,
             eta_star_hi=ci[1] if ci and point["eta_star"] is not None else None,
-            eta_max=point["eta_max"], eta_stable=point["eta_stable"], eta_min=point["eta_min"],
-            loss_at_eta_star=point["loss"], n_seeds=n_seeds, n_etas=int(g.log_eta.size),
+            eta_max=point["eta_max"], eta_stable=point["eta_stable"], eta_conv=point["eta_conv"],
+            eta_min=point["eta_min"], loss_at_eta_star=point["loss"], n_seeds=n_seeds, n_etas=int(g.log_eta.size),
             eta_star_censored=point["star_censored"], eta_max_censored=point["max_censored"],
-            reason="; ".join(point["notes"]) or None,
+            eta_conv_censored=point["conv_censored"], reason="; ".join(point["notes"]) or None,
         ))
     cells = pl.DataFrame(cell_rows, schema=_CELL_SCHEMA)
     points = pl.DataFrame(point_rows, schema=_POINT_SCHEMA)
@@ -217,10 +259,10 @@ def optimal_points(runs: pl.DataFrame, s: Settings) -> tuple[pl.DataFrame, pl.Da
             points.join(groups, on="group_idx").sort("group_idx", "gamma"), boots)
 
 
-def _point(g: EtaGrid, st: dict[str, np.ndarray], s: Settings) -> dict[str, Any]:
+def _point(g: EtaGrid, st: dict[str, np.ndarray], s: Settings, whole: bool) -> dict[str, Any]:
     notes: list[str] = []
     top, bottom = float(10 ** g.log_eta[-1]), float(10 ** g.log_eta[0])
-    e = select_etas(g, st)
+    e = select_etas(g, st, decades_below=s.window, whole=whole)
     star_censored = e.star_edge
     if e.star_index < 0:
         notes.append("every eta diverged at this gamma")
@@ -238,11 +280,20 @@ def _point(g: EtaGrid, st: dict[str, np.ndarray], s: Settings) -> dict[str, Any]
     elif max_censored:
         notes.append(f"the largest eta tried ({top:.3g}) trained: eta_max is a lower bound, left out of the fits")
     eta_stable = _grid_eta(g, e.stable_index)
+    eta_conv = _grid_eta(g, e.conv_index)
+    # the largest eta tried did not diverge: the scan's value is a lower bound
+    conv_censored = eta_conv is not None and same_value(eta_conv, top)
+    if conv_censored and not max_censored:
+        notes.append(f"no seed diverged at the largest eta tried ({top:.3g}): eta_conv is a lower bound, "
+                     "left out of the fits")
+    elif eta_conv is None and eta_stable is not None:
+        notes.append("the scan's last eta had a diverged seed: no eta_conv")
     eta_min = _grid_eta(g, e.min_index)
     if eta_min is not None and same_value(eta_min, bottom) and g.log_eta.size > 1:
         notes.append(f"the smallest eta tried ({bottom:.3g}) left the plateau: eta_min is an upper bound")
-    return dict(eta_star=eta_star, loss=loss, eta_max=eta_max, eta_stable=eta_stable, eta_min=eta_min,
-                star_censored=star_censored, max_censored=max_censored, notes=notes)
+    return dict(eta_star=eta_star, loss=loss, eta_max=eta_max, eta_stable=eta_stable, eta_conv=eta_conv,
+                eta_min=eta_min, star_censored=star_censored, max_censored=max_censored,
+                conv_censored=conv_censored, notes=notes)
 
 
 def _grid_eta(g: EtaGrid, i: int) -> Optional[float]:
@@ -264,7 +315,8 @@ def power_law_fits(points: pl.DataFrame, boots: dict, groups: pl.DataFrame, s: S
             for regime in REGIMES:
                 sel = pts.filter(regime_mask(pl.col("gamma"), regime, s))
                 usable = sel.filter(pl.col(target).is_not_null() & ~pl.col(f"{target}_censored"))
-                theory = theory_exponent(target, regime, grp)
+                # eta_conv is the divergence boundary, as eta_max: the same theory exponents
+                theory = theory_exponent("eta_max" if target == "eta_conv" else target, regime, grp)
                 gam = usable["gamma"].to_numpy()
                 yb = _boot_matrix(boots, gi, gam, target, s.n_boot, usable[target].to_numpy())
                 fit = power_law(gam, usable[target].to_numpy(), y_boot=yb, n_boot=s.n_boot, seed=s.seed,
@@ -328,8 +380,9 @@ _CELL_SCHEMA = {"group_idx": pl.Int64, "gamma": pl.Float64, "eta": pl.Float64, "
                 "loss_ratio": pl.Float64, "diverged": pl.Boolean, "n_seeds": pl.Int64, "n_diverged": pl.Int64}
 _POINT_SCHEMA = {"group_idx": pl.Int64, "gamma": pl.Float64, "eta_star": pl.Float64, "eta_star_lo": pl.Float64,
                  "eta_star_hi": pl.Float64, "eta_max": pl.Float64, "eta_stable": pl.Float64,
-                 "eta_min": pl.Float64, "loss_at_eta_star": pl.Float64, "n_seeds": pl.Int64, "n_etas": pl.Int64,
-                 "eta_star_censored": pl.Boolean, "eta_max_censored": pl.Boolean, "reason": pl.String}
+                 "eta_conv": pl.Float64, "eta_min": pl.Float64, "loss_at_eta_star": pl.Float64,
+                 "n_seeds": pl.Int64, "n_etas": pl.Int64, "eta_star_censored": pl.Boolean,
+                 "eta_max_censored": pl.Boolean, "eta_conv_censored": pl.Boolean, "reason": pl.String}
 _FIT_SCHEMA = {"group_idx": pl.Int64, "target": pl.String, "regime": pl.String, "gamma_lo": pl.Float64,
                "gamma_hi": pl.Float64, "exponent": pl.Float64, "exponent_lo": pl.Float64,
                "exponent_hi": pl.Float64, "prefactor": pl.Float64, "r2_log": pl.Float64,
@@ -346,7 +399,8 @@ def report_tables(result: OptimalLr) -> list[tuple[str, pl.DataFrame]]:
         name = ", ".join(f"{c}={g[c]}" for c in RUN_COLUMNS if g[c] not in (None, "unknown")) or "all runs"
         pts = result.points.filter(pl.col("group_idx") == i).select(
             "gamma", "eta_star", pl.col("eta_star_lo").alias("ci_lo"), pl.col("eta_star_hi").alias("ci_hi"),
-            "eta_max", "eta_stable", "eta_min", pl.col("loss_at_eta_star").alias("loss_at_eta*"), "n_seeds",
+            "eta_max", "eta_stable", "eta_conv", "eta_min", pl.col("loss_at_eta_star").alias("loss_at_eta*"),
+            "n_seeds",
             pl.col("reason").fill_null(""))
         fits = result.fits.filter(pl.col("group_idx") == i).select(
             "target", "regime", "gamma_lo", "gamma_hi", "exponent", pl.col("exponent_lo").alias("ci_lo"),
@@ -354,8 +408,9 @@ def report_tables(result: OptimalLr) -> list[tuple[str, pl.DataFrame]]:
             "n_points", pl.col("reason").fill_null(""))
         bpl = result.broken.filter(pl.col("group_idx") == i).select(
             "slope_small", "slope_large", "knee_gamma", "n_points", pl.col("reason").fill_null(""))
-        crit = result.settings.criterion.value
-        out += [(f"{result.sweep} ({name}): per gamma, budget step {result.budget_step}, criterion {crit}", pts),
-                (f"power laws of eta* and eta_max vs gamma ({name})", fits),
+        crit = result.settings.criterion
+        out += [(f"{result.sweep} ({name}): per gamma, budget step {result.budget_step}, criterion {crit.value} "
+                 f"({CRITERION_MEANING[crit]}), eta_conv scan window {result.settings.window:g} decades", pts),
+                (f"power laws of eta*, eta_max and eta_conv vs gamma ({name})", fits),
                 (f"smoothly broken power law of eta* ({name})", bpl)]
     return out

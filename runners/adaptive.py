@@ -1,10 +1,14 @@
 """The adaptive learning-rate scan: per (group, gamma), etas from large to small, stopping below range.
 
-Each (group, gamma) is a ladder of eta levels, largest first, all seeds at each level. The first level
-at which no seed diverges holds the largest convergent eta; the scan goes on ``decades_below``
-decades below it and creates nothing further down. One process runs the scan in rounds
+Each (group, gamma) is a ladder of eta levels, largest first, all seeds at each level, scanned by the
+authors' rule (:mod:`gammadb.runners.eta_scan`): the first level at which no seed diverges holds the
+largest convergent eta; the scan goes on ``decades_below`` decades below it and creates nothing
+further down; a diverged seed at a level within that range restarts the search below it (the range is
+re-anchored at the next convergent level); with cross-entropy at gamma < 1 it runs the whole grid.
+Runs already trained are kept whatever a later level shows. One process runs the scan in rounds
 (:func:`run_adaptive`, a round stacked into ensembles where it can); workers scan together through
-the store (:func:`advance_adaptive`).
+the store (:func:`advance_adaptive`). All three paths record levels through the same
+:class:`~gammadb.runners.eta_scan.ScanRange`, so they visit the same levels.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Optional
 
-from gammadb.records import RunRecord, RunSpec, RunStatus, same_value
+from gammadb.records import RunRecord, RunSpec, RunStatus
 from gammadb.store import Store
 from gammadb.runners.claims import drain_ensembles, train_claimed
 from gammadb.runners.config import RunConfig
+from gammadb.runners.eta_scan import ScanRange, whole_grid
 from gammadb.runners.plan import SweepPlan, SweepReport, WorkOptions, point_key, run_spec, tally
 from gammadb.runners.reporters import Reporter
 from gammadb.runners.signals import released_on_interrupt
@@ -27,42 +32,46 @@ class _Ladder:
     """One (group, gamma) of the adaptive scan: its eta levels, largest first, and how far it got."""
 
     levels: list[tuple[float, list[RunConfig]]]
+    scan: ScanRange
     taken: int = 0  # levels handed out so far
-    largest_convergent: Optional[float] = None
 
-    def next_levels(self, count: int, decades_below: float) -> list[tuple[float, list[RunConfig]]]:
+    @property
+    def largest_convergent(self) -> Optional[float]:
+        return self.scan.largest_convergent
+
+    def next_levels(self, count: int) -> list[tuple[float, list[RunConfig]]]:
         """Hand out up to ``count`` further levels, stopping at the scan's lower end."""
         out = []
         while len(out) < count and self.taken < len(self.levels):
             eta, configs = self.levels[self.taken]
-            if self.below_range(eta, decades_below):
+            if self.scan.below(eta):
                 break
             out.append((eta, configs))
             self.taken += 1
         return out
 
-    def below_range(self, eta: float, decades_below: float) -> bool:
-        """Whether ``eta`` lies below the scan's range (known once a level converged)."""
-        if self.largest_convergent is None:
-            return False
-        lowest = self.largest_convergent * 10 ** (-decades_below)
-        return eta < lowest and not same_value(eta, lowest)
-
     def record(self, eta: float, statuses: Sequence[RunStatus]) -> None:
-        """Levels are recorded largest eta first: the first with no diverged seed is the largest convergent."""
-        if self.largest_convergent is None and statuses and RunStatus.DIVERGED not in statuses:
-            self.largest_convergent = eta
+        """Record a level's ended runs (levels largest eta first). A level with no ended run says
+        nothing; one below the range (trained in the round that anchored it) is kept as a result but
+        is not part of the scan, so the rounds visit what the one-level-at-a-time scan visits."""
+        if statuses:
+            self.scan.record(eta, RunStatus.DIVERGED in statuses)
 
     def untaken(self) -> int:
         return sum(len(configs) for _, configs in self.levels[self.taken:])
 
 
-def _ladders(configs: Sequence[RunConfig]) -> list[_Ladder]:
+def _ladders(configs: Sequence[RunConfig], decades_below: float) -> list[_Ladder]:
     by_key: dict[tuple, dict[float, list[RunConfig]]] = {}
     for c in configs:
         key = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ("eta", "seed")))
         by_key.setdefault(key, {}).setdefault(float(c.eta), []).append(c)
-    return [_Ladder(sorted(levels.items(), key=lambda item: -item[0])) for levels in by_key.values()]
+    out = []
+    for levels in by_key.values():
+        first = next(iter(levels.values()))[0]
+        out.append(_Ladder(sorted(levels.items(), key=lambda item: -item[0]),
+                           ScanRange(decades_below, whole_grid(first.loss_fn, float(first.gamma)))))
+    return out
 
 
 _LEVEL_ENDED = (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)
@@ -82,9 +91,9 @@ def advance_adaptive(store: Store, sweep: str) -> int:
         return 0
     stored = {point_key(r): r.status for r in store.runs(sweep=sweep)}
     new: list[RunSpec] = []
-    for ladder in _ladders(spec.expand(check_files=False)):
+    for ladder in _ladders(spec.expand(check_files=False), spec.decades_below):
         for eta, configs in ladder.levels:
-            if ladder.below_range(eta, spec.decades_below):
+            if ladder.scan.below(eta):
                 break
             specs = [run_spec(c) for c in configs]
             statuses = [stored.get(s.point_key()) for s in specs]
@@ -104,9 +113,9 @@ def run_adaptive(store: Store, sweep_id: int, plan: SweepPlan, options: WorkOpti
     """The adaptive eta scan in rounds: each round takes the next eta level of every open ladder (more
     than one level each when ``options.ensemble`` leaves room, so a gamma's eta ladder can be one
     ensemble), trains the round (stacked where it can), then moves each ladder's lower end. A level
-    trained in the same round as the ladder's first convergent one may lie below the scan's range:
-    it is kept, as a result like any other."""
-    ladders = _ladders(plan.configs)
+    trained in the same round as the level that anchored the range may lie below it: it is kept, as a
+    result like any other, and does not move the range."""
+    ladders = _ladders(plan.configs, plan.decades_below)
     report.total = len(plan.configs)
     started = 0
     while True:
@@ -114,7 +123,7 @@ def run_adaptive(store: Store, sweep_id: int, plan: SweepPlan, options: WorkOpti
         width = sum(len(ladder.levels[ladder.taken][1]) for ladder in open_ladders)
         depth = max(1, options.ensemble // width) if options.ensemble > 1 and width else 1
         chosen = [(ladder, eta, configs) for ladder in open_ladders
-                  for eta, configs in ladder.next_levels(depth, plan.decades_below)]
+                  for eta, configs in ladder.next_levels(depth)]
         if not chosen:
             break
         runs = store.ensure_runs(sweep_id, [run_spec(c) for _, _, configs in chosen for c in configs])

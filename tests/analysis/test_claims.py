@@ -124,6 +124,20 @@ def test_a_sweep_where_the_claims_hold_is_consistent_on_every_claim(claims_store
     assert all(r["run"] is None for r in rows.values())
 
 
+def test_rows_c_can_fit_the_authors_largest_convergent_eta(claims_store: tuple[Store, str]) -> None:
+    """largest="eta_conv": rows (c) fit the authors' scan value (here, with no divergence below a
+    convergent eta, eta_stable), and name it; an unknown target is refused."""
+    from gammadb.errors import InvalidSpecError
+
+    rows = rows_of(verdict(claims_store[0], "holds", n_boot=50, largest="eta_conv"))
+    assert rows["c-small"]["claim"] == "eta_conv ~ gamma^2, gamma << 1"
+    assert rows["c-small"]["verdict"] == rows["c-large"]["verdict"] == "consistent", rows
+    assert rows["c-small"]["measured"] == pytest.approx(2.0, abs=0.15)
+    assert rows["c-large"]["measured"] == pytest.approx(2 / 3, abs=0.15)
+    with pytest.raises(InvalidSpecError, match="largest must be eta_max or eta_conv"):
+        verdict(claims_store[0], "holds", largest="eta_min")
+
+
 def test_eta_star_linear_in_gamma_is_inconsistent_with_claim_1(claims_store: tuple[Store, str]) -> None:
     rows = rows_of(verdict(claims_store[0], "linear", n_boot=200))
     for key in ("a", "c-small"):

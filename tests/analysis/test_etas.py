@@ -117,3 +117,65 @@ def test_unfinished_runs_are_left_out_and_divergence_counts() -> None:
 ], ids=["near-best", "midway", "nearer-other", "none"])
 def test_nearest_grid_index(star: float, best: int, want: int) -> None:
     assert nearest_grid_index(np.array([-1.0, 0.0, 1.0]), star, best) == want
+
+
+# ---------------------------------------------------------------------- eta_conv: the authors' scan replayed
+def _levels(*cells: tuple[float, bool]) -> tuple:
+    """A one-seed grid from (eta, diverged) cells: (EtaGrid, any_div (1, E), tried (1, E))."""
+    from gammadb.analysis.etas import eta_grid
+
+    etas = np.array([e for e, _ in cells])
+    div = np.array([d for _, d in cells])
+    g = eta_grid({"eta": etas, "seed": np.zeros(etas.size), "diverged": div, "value": np.ones(etas.size),
+                  "tail_mean_loss": np.ones(etas.size), "initial_loss": np.ones(etas.size)})
+    order = np.argsort(etas)
+    return g, div[order][None, :], np.ones((1, etas.size), bool)
+
+
+@pytest.mark.parametrize(("cells", "decades", "whole", "want"), [
+    # 10 diverged, 1 converged: the largest convergent eta is 1
+    ([(10.0, True), (1.0, False), (0.1, False), (0.01, False)], 3.0, False, 1.0),
+    # a divergence at 0.1, within 3 decades of 1: the scan restarts below it, at 0.01
+    ([(10.0, True), (1.0, False), (0.1, True), (0.01, False), (1e-3, False)], 3.0, False, 0.01),
+    # the same divergence 1 decade + below a 1-decade window: out of range, 1 stands
+    ([(10.0, True), (1.0, False), (0.1, False), (0.01, True), (1e-3, False)], 1.0, False, 1.0),
+    # exactly at the window's lower end: inside (the authors stop strictly below it)
+    ([(1.0, False), (0.1, True), (0.01, False)], 1.0, False, 0.01),
+    # cross-entropy at gamma < 1: no window, a divergence 5 decades down still moves it
+    ([(1.0, False), (0.1, False), (1e-5, True), (1e-6, False)], 3.0, True, 1e-6),
+    # the lowest level diverged: the scan found no convergent eta
+    ([(1.0, False), (0.1, True)], 3.0, False, None),
+], ids=["first-convergent", "restart-below", "outside-window", "window-edge", "xent-whole-grid", "none"])
+def test_eta_conv_replays_the_authors_scan(cells: list, decades: float, whole: bool, want: float | None) -> None:
+    from gammadb.analysis.etas import convergent_indices
+    from gammadb.runners.eta_scan import replay
+
+    g, div, tried = _levels(*cells)
+    i = int(convergent_indices(g, div, tried, decades_below=decades, whole=whole)[0])
+    assert (None if i < 0 else float(g.etas[i])) == want
+    assert replay(cells, decades, whole) == want
+    assert replay(list(reversed(cells)), decades, whole) == want  # the order runs were trained in: irrelevant
+
+
+def test_eta_conv_per_bootstrap_row_skips_levels_with_no_seed_drawn() -> None:
+    """Bootstrap rows: a level whose seeds were not drawn is not a level of that row."""
+    from gammadb.analysis.etas import convergent_indices
+
+    g, _, _ = _levels((1.0, False), (0.1, False), (0.01, False))
+    div = np.array([[False, True, False], [False, True, False], [False, False, False]])  # ascending etas
+    tried = np.array([[True, True, True], [True, False, True], [True, True, True]])
+    got = convergent_indices(g, div, tried, decades_below=3.0)
+    # row 0: 0.1 diverged -> 0.01 (index 0); row 1: 0.1 not drawn -> 1.0; row 2: 1.0
+    assert got.tolist() == [0, 2, 2]
+
+
+def test_family_etas_reports_eta_conv() -> None:
+    runs = runs_frame()
+    fam = family_etas(runs, group_columns(runs)).sort("gamma")
+    # gamma 1: eta 10 has a diverged seed, 1 is the first convergent; nothing diverges below it
+    assert fam["eta_conv"].to_list() == [1.0, 3.0, 1.0]
+    assert fam["eta_conv"].to_list() == fam["eta_stable"].to_list()
+    low = runs.with_columns(pl.when((pl.col("gamma") == 1.0) & (pl.col("eta") == 0.1) & (pl.col("seed") == 1))
+                            .then(pl.lit(RunStatus.DIVERGED.value)).otherwise(pl.col("status")).alias("status"))
+    fam = family_etas(low, group_columns(low)).sort("gamma")
+    assert fam["eta_conv"].to_list()[0] == 0.01 and fam["eta_stable"].to_list()[0] == 1.0

@@ -192,6 +192,7 @@ def test_recovers_known_law(synth_store: Store) -> None:
     ratio = pts["eta_max"].to_numpy() / truth
     assert np.all((ratio > 4 / 10**0.25 * 0.97) & (ratio < 4.0 * 1.03))
     assert pts["eta_stable"].to_list() == pts["eta_max"].to_list()
+    assert pts["eta_conv"].to_list() == pts["eta_max"].to_list()  # no divergence below a convergent eta
     assert pts["n_seeds"].to_list() == [3] * len(GAMMAS)
     assert pts["eta_star_lo"].is_not_null().all() and (pts["eta_star_lo"] <= pts["eta_star_hi"]).all()
 
@@ -202,7 +203,7 @@ def test_recovers_known_law(synth_store: Store) -> None:
     assert large["exponent"] == pytest.approx(0.70, abs=0.05) and large["theory_exponent"] == pytest.approx(2 / 3)
     assert small["exponent_lo"] <= small["exponent"] <= small["exponent_hi"]
     assert (small["gamma_lo"], small["gamma_hi"], small["n_points"]) == (1e-3, 0.1, 5)
-    for target in ("eta_max",):
+    for target in ("eta_max", "eta_conv"):
         assert fits[target, "small_gamma"]["exponent"] == pytest.approx(2.0, abs=0.15)
         assert fits[target, "large_gamma"]["exponent"] == pytest.approx(2 / 3, abs=0.15)
     bpl = res.broken.row(0, named=True)
@@ -474,18 +475,20 @@ def test_groups_are_analysed_separately(edge_store: Store) -> None:
 
 def test_json_shape_is_exact(synth_store: Store) -> None:
     doc = olr.analyze(synth_store, "law", settings=olr.Settings(n_boot=50)).to_json()
-    assert set(doc) == {"sweep", "budget_step", "criterion", "groups"}
+    assert set(doc) == {"sweep", "budget_step", "criterion", "criterion_meaning", "scan_decades_below", "groups"}
     assert (doc["sweep"], doc["budget_step"], doc["criterion"]) == ("law", 30, "tail-mean")
+    assert doc["criterion_meaning"] == "the mean training loss over the last 10% of the steps up to the budget"
+    assert doc["scan_decades_below"] == 3.0  # an imported sweep: the authors' window
     g = doc["groups"][0]
     assert set(g) == {"group", "points", "fits", "broken_power_law"}
     assert set(g["group"]) == {"model", "dataset", "loss_fn", "optimizer", "depth", "width", "batch_size"}
-    assert set(g["points"][0]) == {"gamma", "eta_star", "eta_star_ci", "eta_max", "eta_stable", "eta_min",
-                                   "loss_at_eta_star", "n_seeds", "reason"}
+    assert set(g["points"][0]) == {"gamma", "eta_star", "eta_star_ci", "eta_max", "eta_stable", "eta_conv",
+                                   "eta_min", "loss_at_eta_star", "n_seeds", "reason"}
     assert set(g["fits"][0]) == {"target", "regime", "gamma_range", "exponent", "exponent_ci", "prefactor",
                                  "theory_exponent", "n_points", "reason"}
     assert [(f["target"], f["regime"]) for f in g["fits"]] == [
         ("eta_star", "small_gamma"), ("eta_star", "large_gamma"), ("eta_max", "small_gamma"),
-        ("eta_max", "large_gamma")]
+        ("eta_max", "large_gamma"), ("eta_conv", "small_gamma"), ("eta_conv", "large_gamma")]
     assert set(g["broken_power_law"]) == {"target", "slope_small", "slope_large", "knee_gamma", "reason"}
     assert isinstance(g["points"][0]["eta_star_ci"], list) and len(g["points"][0]["eta_star_ci"]) == 2
 
@@ -592,3 +595,73 @@ def test_an_unreadable_stored_config_is_an_analysis_error(store: Store) -> None:
         conn.execute(text("UPDATE runs SET config = :c"), {"c": '{"task": "teacher", "out_dim": "many"}'})
     with pytest.raises(AnalysisError, match="stored config that cannot be read: out_dim"):
         load_runs(store, "c10")
+
+
+# ---------------------------------------------------------------------- eta_conv and the criterion's name
+#: Per level, largest eta first: which seeds diverge (NaN from step 5). 10^2 and 10^1.5 diverge, 10
+#: and 10^0.5 converge, 1 diverges in seed 1 (the authors' scan restarts), 10^-0.5 converges and
+#: anchors the range, ..., 10^-4 (3.5 decades below the anchor: outside the authors' 3-decade
+#: window) diverges in seed 0, 10^-4.5 converges.
+SCAN_LEVELS = {2.0: (0, 1), 1.5: (0, 1), 1.0: (), 0.5: (), 0.0: (1,), -0.5: (), -1.0: (), -1.5: (), -2.0: (),
+               -2.5: (), -3.0: (), -3.5: (), -4.0: (0,), -4.5: ()}
+
+
+def scan_frame(gammas: Sequence[float], loss_fn: str) -> pl.DataFrame:
+    t = np.arange(11)
+    frames = []
+    for g in gammas:
+        for k, bad in SCAN_LEVELS.items():
+            for s in (0, 1):
+                loss = np.exp(-t.astype(float))
+                if s in bad:
+                    loss[5:] = np.nan
+                frames.append(pl.DataFrame({"gamma": g, "eta": 10.0**k, "seed": s, "step": t, "loss": loss,
+                                            "loss_fn": loss_fn, "model": "mlp", "depth": 3}))
+    return pl.concat(frames)
+
+
+def test_eta_conv_is_the_authors_scan_replayed_whatever_the_training_order(store: Store) -> None:
+    """A divergence below a convergent eta moves the authors' largest convergent eta below it (not
+    eta_max, not eta_stable); beyond the 3-decade window it does not, except with cross-entropy at
+    gamma < 1, whose scan has no window. The replay reads the stored runs, so the order they were
+    stored in (their run ids) changes nothing."""
+    df = pl.concat([scan_frame([0.5, 2.0], "xent"), scan_frame([0.5], "mse")])
+    import_frame(store, df, "scan")
+    import_frame(store, df.reverse(), "scan-reversed")  # the runs created (trained) the other way round
+
+    def points(sweep: str) -> dict:
+        res = olr.analyze(store, sweep, settings=olr.Settings(n_boot=30))
+        return {(r["loss_fn"], r["gamma"]): (r["eta_conv"], r["eta_stable"], r["eta_max"])
+                for r in res.points.iter_rows(named=True)}
+
+    got = points("scan")
+    assert got == points("scan-reversed")
+    a = pytest.approx
+    assert got[("mse", 0.5)] == (a(10**-0.5), a(10.0), a(10.0))
+    assert got[("xent", 2.0)] == (a(10**-0.5), a(10.0), a(10.0))
+    assert got[("xent", 0.5)] == (a(10**-4.5), a(10.0), a(10.0))  # the whole grid: the divergence at 1e-4 counts
+    # a narrower window (a sweep scanned 0.5 decades below its anchor) never reaches the divergence at 1
+    res = olr.analyze(store, "scan", settings=olr.Settings(n_boot=30, decades_below=0.5))
+    conv = {(r["loss_fn"], r["gamma"]): r["eta_conv"] for r in res.points.iter_rows(named=True)}
+    assert conv[("mse", 0.5)] == a(10.0) and conv[("xent", 0.5)] == a(10**-4.5)
+    assert res.to_json()["scan_decades_below"] == 0.5
+
+
+def test_eta_conv_window_is_the_sweeps_decades_below() -> None:
+    assert olr.scan_decades({"adaptive": True, "decades_below": 2.0}) == 2.0
+    assert olr.scan_decades({"source": "import", "imported": True}) == 3.0
+    assert olr.scan_decades({"decades_below": "x"}) == 3.0
+    with pytest.raises(InvalidSpecError, match="decades_below must be > 0"):
+        olr.Settings(decades_below=0.0).check()
+
+
+@pytest.mark.parametrize(("criterion", "meaning"), [
+    (Criterion.test, "the test loss at the last evaluation up to the budget: the paper's eta*"),
+    (Criterion.tail_mean, "the mean training loss over the last 10% of the steps up to the budget"),
+], ids=["test-is-the-papers", "tail-mean"])
+def test_the_output_names_the_criterion(synth_store: Store, criterion: Criterion, meaning: str) -> None:
+    res = olr.analyze(synth_store, "law", settings=olr.Settings(criterion=criterion, n_boot=20))
+    doc = res.to_json()
+    assert (doc["criterion"], doc["criterion_meaning"]) == (criterion.value, meaning)
+    title = olr.report_tables(res)[0][0]
+    assert f"criterion {criterion.value} ({meaning})" in title

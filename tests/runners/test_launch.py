@@ -363,9 +363,13 @@ def test_advance_adaptive_creates_each_next_level_once_its_ladder_allows(sqlite_
         assert advance_adaptive(store, "ad") == 2 and sorted(level(0.5)) == [1e3, 1e4]
         end(level(0.5)[1e3], RunStatus.COMPLETED, RunStatus.FAILED)  # no divergence: largest convergent
         assert advance_adaptive(store, "ad") == 2 and sorted(level(0.5)) == [100.0, 1e3, 1e4]
-        end(level(0.5)[100.0], RunStatus.DIVERGED, RunStatus.DIVERGED)  # within range: still scanned
-        assert advance_adaptive(store, "ad") == 0  # 10 < 1e3 / 10: the 0.5 ladder is done
-        assert sorted(level(0.5)) == [100.0, 1e3, 1e4] and sorted(level(2.0)) == [1e4]
+        end(level(0.5)[100.0], RunStatus.DIVERGED, RunStatus.DIVERGED)  # within range: the scan restarts
+        assert advance_adaptive(store, "ad") == 2 and sorted(level(0.5)) == [10.0, 100.0, 1e3, 1e4]
+        end(level(0.5)[10.0], RunStatus.COMPLETED, RunStatus.COMPLETED)  # the new anchor: down to 1
+        assert advance_adaptive(store, "ad") == 2
+        end(level(0.5)[1.0], RunStatus.COMPLETED, RunStatus.COMPLETED)
+        assert advance_adaptive(store, "ad") == 0  # 0.1 < 10 / 10: the 0.5 ladder is done
+        assert sorted(level(0.5)) == [1.0, 10.0, 100.0, 1e3, 1e4] and sorted(level(2.0)) == [1e4]
 
 
 @pytest.mark.parametrize("ensemble", [1, 4])

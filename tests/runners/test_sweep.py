@@ -17,6 +17,7 @@ import pytest
 from gammadb.records import RunStatus
 from gammadb.store import Store
 from gammadb.runners.config import RunConfig
+from gammadb.runners.eta_scan import replay
 from gammadb.runners.plan import SweepPlan, WorkOptions
 from gammadb.runners.sweep import run_sweep
 
@@ -126,11 +127,118 @@ def test_adaptive_scan_with_ensembles_stacks_each_ladder_and_finds_the_same_rang
                    or (math.isinf(u) and math.isinf(v)) for u, v in zip(got[2], losses)), key
     for gamma in (0.5, 2.0):
         diverging = {e for (g, e, _), (st, _, _) in solo.items() if g == gamma and st == "diverged"}
-        largest_convergent = max(e for (g, e, _) in solo if g == gamma and e not in diverging)
+        largest_convergent = replay([(e, e in diverging) for (g, e, _) in solo if g == gamma], 1.0)
         lowest_needed = largest_convergent / 10 * (1 - 1e-9)
         extra = [e for (g, e, _) in set(stacked) - set(solo) if g == gamma]
         assert all(e < lowest_needed for e in extra), (gamma, extra)
         assert {e for (g, e, _) in solo if g == gamma} == {e for e in etas if e >= lowest_needed}
+
+# ---------------------------------------------------------------------- the authors' restart rule
+SCAN_ETAS = (1e4, 1e3, 100.0, 10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
+
+
+def scan_spec(loss_fn: str) -> str:
+    task = "teacher_cls" if loss_fn == "xent" else "teacher"
+    return (f'name = "scan"\ngamma = [0.5, 2.0]\neta = {list(SCAN_ETAS)}\nseeds = 2\nsteps = 5\n'
+            f'adaptive = true\ndecades_below = 2\n[base]\nmodel = "mlp"\ntask = "{task}"\nloss_fn = "{loss_fn}"\n'
+            'depth = 2\nwidth = 8\nbatch_size = 4\ncadence = "none"\n')
+
+
+def scan_diverges(eta: float, seed: int) -> bool:
+    """The levels that end in a NaN: above 100; seed 1 at 1 (within 2 decades of the anchor 100: the
+    scan restarts and re-anchors at 0.1); seed 0 at 1e-4 (below 0.1's range, unless the scan has none)."""
+    return eta >= 1e3 or (eta == 1.0 and seed == 1) or (eta == 1e-4 and seed == 0)
+
+
+#: Per (loss, gamma), the levels the authors' scan visits: down to 2 decades below 0.1; with
+#: cross-entropy at gamma < 1 the whole grid (the restart after 1e-4 re-anchors at 1e-5).
+SCAN_VISITS = {("mse", 0.5): SCAN_ETAS[:8], ("mse", 2.0): SCAN_ETAS[:8],
+               ("xent", 0.5): SCAN_ETAS, ("xent", 2.0): SCAN_ETAS[:8]}
+
+
+def _finish_by_rule(store: Store, run) -> RunStatus:
+    status = RunStatus.DIVERGED if scan_diverges(run.eta, run.seed) else RunStatus.COMPLETED
+    store.finish_run(run.id, status, steps_done=1)
+    return status
+
+
+def _scanned(store: Store, sweep: str = "scan") -> dict[float, set[float]]:
+    out: dict[float, set[float]] = {}
+    for r in store.runs(sweep=sweep):
+        assert r.status in (RunStatus.COMPLETED, RunStatus.DIVERGED), r
+        out.setdefault(r.gamma, set()).add(r.eta)
+    return out
+
+
+@pytest.mark.parametrize("loss_fn", ["mse", "xent"])
+@pytest.mark.parametrize("path", ["one-process", "ensemble-rounds", "workers"])
+def test_adaptive_scan_restarts_below_a_later_divergence(sqlite_url: str, monkeypatch, loss_fn: str,
+                                                         path: str) -> None:
+    """The authors' rule on every path: a NaN in any seed below the largest convergent eta moves the
+    range below it (the scan goes on down to decades_below under the new anchor), and cross-entropy at
+    gamma < 1 scans the whole grid. Training is replaced by the divergence rule, so the three paths
+    see the same outcomes; the rounds may train levels below the final range, which move nothing."""
+    import gammadb.runners.adaptive as adaptive
+    from gammadb.runners.plan import plan_of
+    from gammadb.runners.spec import spec_from_toml
+
+    plan = plan_of(spec_from_toml(scan_spec(loss_fn)))
+    monkeypatch.setattr(adaptive, "train_claimed", lambda store, run, options, reporter: _finish_by_rule(store, run))
+
+    def drain(store, sweep_id, runs, options, reporter, started, total):
+        for run in runs:  # a round's levels together, as a stack would train them
+            claimed = store.claim_next(sweep_id, run_ids=[run.id])
+            yield claimed, _finish_by_rule(store, claimed)
+
+    monkeypatch.setattr(adaptive, "drain_ensembles", drain)
+    with Store.open(sqlite_url) as store:
+        if path == "workers":
+            from gammadb.runners.plan import prepare
+
+            prepare(store, plan)
+            while adaptive.advance_adaptive(store, "scan"):
+                for run in store.runs(sweep="scan"):
+                    if run.status == RunStatus.PENDING:
+                        _finish_by_rule(store, run)
+        else:
+            rep = run_sweep(store, plan, WorkOptions(device="cpu", ensemble=8 if path == "ensemble-rounds" else 1))
+            assert rep.total == 2 * len(SCAN_ETAS) * 2
+        scanned = _scanned(store)
+    for gamma in (0.5, 2.0):
+        want = set(SCAN_VISITS[(loss_fn, gamma)])
+        if path == "ensemble-rounds":  # extra levels, all below the final range
+            lowest = min(want)
+            assert want <= scanned[gamma] and all(e < lowest for e in scanned[gamma] - want), (gamma, scanned)
+        else:
+            assert scanned[gamma] == want, (gamma, sorted(scanned[gamma]))
+
+
+def test_adaptive_scan_restart_with_real_training(store: Store, monkeypatch) -> None:
+    """Real runs: seed 1 at eta 0.1 is made to diverge (trained at eta 1e6), below the largest
+    convergent 0.3; the scan restarts, anchors at 0.03 and trains down to 3e-3 (one decade), where the
+    old rule stopped at 0.03."""
+    import dataclasses
+
+    import gammadb.runners.train as train_module
+
+    real = train_module.train
+
+    def nan_at(config, sink, **kw):
+        if config.eta == 0.1 and config.seed == 1:
+            config = dataclasses.replace(config, eta=1e6)
+        return real(config, sink, **kw)
+
+    monkeypatch.setattr(train_module, "train", nan_at)
+    etas = (1e6, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3)
+    configs = [tiny(gamma=1.0, eta=e, seed=s, steps=5, cadence="none", ntk=False, sharpness=False)
+               for e in etas for s in (0, 1)]
+    rep = run_sweep(store, SweepPlan(name="restart", spec={}, configs=configs, adaptive=True, decades_below=1.0),
+                    WorkOptions(device="cpu"))
+    ran = {(r["eta"], r["seed"]): r["status"] for r in store.runs_frame("restart").iter_rows(named=True)}
+    assert {e for e, _ in ran} == {1e6, 0.3, 0.1, 0.03, 0.01, 3e-3}
+    assert ran[(0.1, 1)] == "diverged" and ran[(0.1, 0)] == "completed" and ran[(1e6, 0)] == "diverged"
+    assert (rep.not_needed, rep.diverged) == (2, 3)
+
 
 SCRIPT = textwrap.dedent("""
     import sys
