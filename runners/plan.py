@@ -28,7 +28,8 @@ class SweepPlan:
 
     With ``adaptive``, the paper's learning-rate scan: for each (group, gamma), etas are tried from
     large to small; the first eta at which no seed diverges is the largest convergent one; the scan
-    continues ``decades_below`` decades below it and stops (the remaining etas are never created).
+    continues ``decades_below`` decades below it and stops (the remaining etas are never created);
+    a NaN at a lower level moves the anchor below it (``gammadb.runners.eta_scan``, the authors' rule).
     """
 
     name: str

@@ -47,7 +47,8 @@ class SweepSpec:
 
     ``adaptive`` / ``decades_below`` describe the learning-rate scan the orchestrator runs (for each
     gamma, etas from high to low; after the first convergent eta, continue ``decades_below`` decades
-    down, then stop); ``expand`` always lists the full grid. ``ensemble`` is how many compatible
+    down, then stop; a later NaN moves the anchor below it, and cross-entropy at gamma < 1 scans the
+    whole grid: the authors' rule, ``gammadb.runners.eta_scan``); ``expand`` always lists the full grid. ``ensemble`` is how many compatible
     grid points the orchestrator and workers may stack into one model (1: one run at a time).
     """
 
