@@ -293,7 +293,10 @@ def select_runs(store: "Store", sweep: str, where: Sequence[str] = (),
     conds = [c for text in where for c in parse_where(text)]
     if conds:
         frag, params = where_sql(conds)
-        runs = runs.filter(pl.col("run_id").is_in(store.run_ids_where(sweep, frag, params)))
+        matched = runs.filter(pl.col("run_id").is_in(store.run_ids_where(sweep, frag, params)))
+        if matched.is_empty() and not runs.is_empty():
+            raise InvalidSpecError(_no_match(sweep, where, conds, runs))
+        runs = matched
     if run_ids:
         wanted = [int(r) for r in run_ids]
         missing = sorted(set(wanted) - set(runs["run_id"].to_list()))
@@ -301,6 +304,20 @@ def select_runs(store: "Store", sweep: str, where: Sequence[str] = (),
             raise InvalidSpecError(f"runs {', '.join(map(str, missing))} are not in sweep {sweep!r}")
         runs = runs.filter(pl.col("run_id").is_in(wanted))
     return runs
+
+
+def _no_match(sweep: str, where: Sequence[str], conds: Sequence[Condition], runs: pl.DataFrame) -> str:
+    """Why a --where found nothing: the values the sweep holds for each column it names."""
+    hints = []
+    for col in dict.fromkeys(c.column for c in conds):
+        if col not in runs.columns:
+            continue
+        values = runs[col].drop_nulls().unique().sort().to_list()
+        shown = [f"{v:.6g}" if isinstance(v, float) else str(v) for v in values[:12]]
+        more = f", ... ({len(values)} in all)" if len(values) > 12 else ""
+        hints.append(f"{col} values present: {', '.join(shown) or 'none'}{more}")
+    return (f"no run of sweep {sweep!r} matches {' and '.join(where)}"
+            + (f"; {'; '.join(hints)}" if hints else ""))
 
 
 # ---------------------------------------------------------------------------------------- curve bands

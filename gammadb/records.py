@@ -20,8 +20,9 @@ POINT_COLUMNS = (*RUN_COLUMNS, "gamma", "eta", "seed")
 
 #: Relative tolerance within which a stored float hyper-parameter (gamma, eta) matches a wanted one.
 #: Wide enough that a value typed back from a 6-significant-digit display of a grid value (``%g``:
-#: 0.00316228 for 10^-2.5) usually finds it, far narrower than any grid's spacing.
-REL_TOL = 1e-6
+#: 0.00316228 for 10^-2.5; rounding to 6 figures moves a value by up to 5e-6 relative when it starts
+#: with a 1) always finds it, far narrower than any grid's spacing.
+REL_TOL = 1e-5
 
 
 class RunStatus(str, enum.Enum):

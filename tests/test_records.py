@@ -22,9 +22,10 @@ def test_run_status_lives_in_records_and_the_schema_stores_it() -> None:
     (1.0 + 1.1 * REL_TOL, 1.0, False),    # just outside
     (1.0 - 1.1 * REL_TOL, 1.0, False),
     (10**-2.5, float(f"{10**-2.5:g}"), True),  # a grid value typed back from its display
+    (1.0000049, float(f"{1.0000049:g}"), True),  # the worst case of 6-figure rounding (5e-6 relative)
     (2e-9, 1e-9, False),                  # no absolute tolerance: tiny values stay distinct
     (-0.5, -0.5 * (1 + 0.5 * REL_TOL), True),
-], ids=["equal", "ulp", "inside", "outside-above", "outside-below", "displayed", "tiny", "negative"])
+], ids=["equal", "ulp", "inside", "outside-above", "outside-below", "displayed", "displayed-worst", "tiny", "negative"])
 def test_same_value_and_its_twins_agree(stored: float, wanted: float, same: bool) -> None:
     assert same_value(stored, wanted) is same
     lo, hi = value_bounds(wanted)

@@ -10,7 +10,7 @@ import typer
 
 from gammadb.analysis.charts_export import check_chart_path, save_chart
 from gammadb.analysis.etas import CONVERGED, LEFT_PLATEAU
-from gammadb.cli.common import JsonOpt, SweepOpt, UrlOpt, emit, new_app, print_json
+from gammadb.cli.common import JsonOpt, SweepOpt, UrlOpt, emit, new_app, print_json, wrote
 from gammadb.errors import InvalidSpecError
 
 app = new_app("Analyse sweeps: optimal learning rates, power-law fits, phase portraits.")
@@ -22,14 +22,25 @@ ThresholdOpt = Annotated[float, typer.Option(
     "--threshold", help="A run left the initial plateau when its loss at the budget is below this fraction "
                         "of its initial loss.")]
 ChartOpt = Annotated[Optional[Path], typer.Option(
-    "--chart", help="Save the chart: .html (self-contained), .json (Vega-Lite), .svg, .png or .pdf.",
+    "--out", "-o", help="Save the chart: .html (self-contained), .json (Vega-Lite), .svg, .png or .pdf.",
     show_default=False)]
+# the flag's former name, still accepted (every command that writes a file now calls it --out)
+ChartAliasOpt = Annotated[Optional[Path], typer.Option("--chart", hidden=True, show_default=False)]
 
 
-def _check_chart(path: Optional[Path]) -> None:
-    """Refuse a chart path before the analysis runs, not after."""
+def _chart_path(out: Optional[Path], chart: Optional[Path]) -> Optional[Path]:
+    """The chart file of --out (or its old name --chart), refused before the analysis runs, not after."""
+    if out is not None and chart is not None and out != chart:
+        raise InvalidSpecError("give the chart file once, with --out (--chart is its old name)")
+    path = out or chart
     if path is not None:
-        check_chart_path(path, "--chart")
+        check_chart_path(path, "--out")
+    return path
+
+
+def _save(chart, path: Path, json_: bool) -> None:
+    save_chart(chart, path, "--out")
+    wrote(path, err=json_)  # with --json, stdout holds exactly one JSON object
 
 
 def _print_tables(tables: list) -> None:
@@ -44,7 +55,7 @@ def optimal_lr(
     budget: BudgetOpt = None,
     criterion: Annotated[str, typer.Option(
         "--criterion", help="Loss that eta* minimises: final | tail-mean (last 10% of steps before the "
-                            "budget) | min | test.")] = "tail-mean",
+                            "budget) | min | test (the paper's: test loss at the last evaluation).")] = "tail-mean",
     converged: Annotated[float, typer.Option(
         "--converged", help="eta_max: the largest eta whose loss at the budget is at most this fraction of "
                             "the initial loss, with no seed diverged.")] = CONVERGED,
@@ -53,12 +64,13 @@ def optimal_lr(
     large_min: Annotated[float, typer.Option("--large-min", help="Large-gamma fit: gamma >= this.")] = 10.0,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the intervals.")] = 1000,
     json_: JsonOpt = False,
-    chart: ChartOpt = None,
+    out: ChartOpt = None,
+    chart: ChartAliasOpt = None,
 ) -> None:
     """Locate eta*, eta_max, eta_stable and eta_min per gamma, and fit their power laws in gamma
     (small side vs theory 2, large side vs 2/L), with bootstrap intervals over seeds.
 
-    Example: gammadb analyze optimal-lr --sweep toy --budget 2000 --json --chart toy.html
+    Example: gammadb analyze optimal-lr --sweep quick --json --out quick-lr.html
     """
     from gammadb.analysis import optimal_lr as olr
     from gammadb.analysis._common import Criterion
@@ -69,10 +81,10 @@ def optimal_lr(
     except ValueError:
         raise InvalidSpecError(
             f"--criterion {criterion!r}: use one of {', '.join(c.value for c in Criterion)}") from None
-    _check_chart(chart)
+    chart = _chart_path(out, chart)
     settings = olr.Settings(criterion=crit, converged=converged, threshold=threshold, small_max=small_max,
                             large_min=large_min, n_boot=n_boot)
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         result = olr.analyze(store, sweep, budget=budget, settings=settings)
     if json_:
         print_json(result.to_json())
@@ -81,7 +93,7 @@ def optimal_lr(
     if chart is not None:
         from gammadb.analysis.charts_lr import optimal_lr_chart
 
-        save_chart(optimal_lr_chart(result), chart, "--chart")
+        _save(optimal_lr_chart(result), chart, json_)
 
 
 @app.command("fit")
@@ -111,7 +123,7 @@ def fit(
         raise InvalidSpecError("give exactly one of --sql QUERY or --sweep NAME")
     if n_boot < 10:
         raise InvalidSpecError(f"--n-boot must be at least 10, got {n_boot}")
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         if sql is not None:
             from gammadb.sqlexec import run_sql
 
@@ -136,18 +148,19 @@ def phase(
         "--spike", help="Catapult: the loss rose above this factor times its initial value, then fell below "
                         "the initial value.")] = 2.0,
     json_: JsonOpt = False,
-    chart: ChartOpt = None,
+    out: ChartOpt = None,
+    chart: ChartAliasOpt = None,
 ) -> None:
     """Classify every (gamma, eta) cell as diverged, trained, under-trained or catapult; report the
     trainable band's edges and width (decades) per gamma, and the gamma where it closes.
 
-    Example: gammadb analyze phase --sweep toy --budget 2000 --chart phases.png
+    Example: gammadb analyze phase --sweep quick --out phases.png
     """
     from gammadb.analysis import phase as ph
     from gammadb.store import Store
 
-    _check_chart(chart)
-    with Store.open(url) as store:
+    chart = _chart_path(out, chart)
+    with Store.open(url, create=False) as store:
         result = ph.analyze(store, sweep, budget=budget, threshold=threshold, spike=spike)
     if json_:
         print_json(result.to_json())
@@ -156,4 +169,4 @@ def phase(
     if chart is not None:
         from gammadb.analysis.charts_lr import phase_chart
 
-        save_chart(phase_chart(result), chart, "--chart")
+        _save(phase_chart(result), chart, json_)

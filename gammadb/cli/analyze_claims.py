@@ -34,7 +34,7 @@ def claims(
     from gammadb.analysis.claims import verdict
     from gammadb.store import Store
 
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         rep = verdict(store, sweep, budget=budget, tolerance=tolerance, n_boot=n_boot, gamma_min=gamma_min)
     if json_:
         print_json(rep.to_json())

@@ -32,7 +32,9 @@ WhereOpt = Annotated[Optional[list[str]], typer.Option(
     "--where", "-w", help="Run filter 'column op value' (repeatable, ANDed), e.g. \"depth = 3\".")]
 RunOpt = Annotated[Optional[list[int]], typer.Option("--run", "-r", help="Only these run ids (repeatable).")]
 EtaOpt = Annotated[Optional[float], typer.Option(
-    "--eta", help="With --along/--family fixed: this eta (default: the eta shared by the most gammas).")]
+    "--eta", help="With --family fixed: this eta (default: the eta shared by the most gammas).")]
+AlongEtaOpt = Annotated[Optional[float], typer.Option(
+    "--eta", help="With --along fixed: this eta (default: the eta shared by the most gammas).")]
 GammaMinOpt = Annotated[float, typer.Option(
     "--gamma-min", help="Only gamma >= this (the rich regime, where the theory applies); 0 for all.")]
 
@@ -43,7 +45,7 @@ def plateaus(
     where: WhereOpt = None,
     along: Annotated[Family, typer.Option(
         "--along", help="Plateau-length scaling along eta*(gamma), eta_max(gamma), at a fixed eta, or over all runs.")] = Family.eta_star,
-    eta: EtaOpt = None,
+    eta: AlongEtaOpt = None,
     gamma_min: GammaMinOpt = 1.0,
     measure: Annotated[Measure, typer.Option(
         "--measure", help="Plateau length: the escape step (half-way down) or the first drop's start.")] = Measure.escape,
@@ -60,14 +62,14 @@ def plateaus(
 
     Works on a smoothed log loss in log time (see analysis/plateaus.py for the method and defaults).
 
-    Example: gammadb analyze plateaus --sweep toy-L3 --json
+    Example: gammadb analyze plateaus --sweep quick --json
     """
     from gammadb.analysis.plateaus import PlateauOptions, analyze_plateaus
     from gammadb.store import Store
 
     opts = PlateauOptions(per_decade=per_decade, bandwidth=bandwidth, min_samples=min_samples,
                           min_slope=min_slope, edge_slope=edge_slope, min_drop=min_drop)
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         rep = analyze_plateaus(store, sweep, run, opts=opts, along=along.value.replace("-", "_"), eta=eta,
                                gamma_min=gamma_min or None, where=where or (),
                                measure="escape_step" if measure == Measure.escape else "plateau_end_step")
@@ -133,13 +135,13 @@ def collapse(
     Reports the RMS distance to a reference curve before and after rescaling, each run's fitted time
     scale s (L_run(t) ~ L_ref(s t)) and a power-law fit of s vs gamma (and eta) beside theory (-1, +1).
 
-    Example: gammadb analyze collapse --sweep toy-L3 --family fixed --eta 0.1 --json
+    Example: gammadb analyze collapse --sweep quick --family fixed --eta 0.1 --json
     """
     from gammadb.analysis.collapse import CollapseOptions, analyze_collapse
     from gammadb.store import Store
 
     opts = CollapseOptions(per_decade=per_decade, levels=levels, transform=transform.value, tau_max=tau_max)
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         rep = analyze_collapse(store, sweep, metric=metric, along=family.value.replace("-", "_"), eta=eta,
                                gamma_min=gamma_min or None, reference=reference, run_ids=run,
                                where=where or (), opts=opts)

@@ -36,7 +36,7 @@ def current(url: UrlOpt = None) -> None:
     """
     from gammadb.store import Store
 
-    with Store.open(url, check=False) as store:
+    with Store.open(url, create=False, check=False) as store:
         echo(store.revision_status())
 
 
@@ -49,7 +49,7 @@ def downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g
     """
     from gammadb.store import Store
 
-    with Store.open(url, check=False) as store:
+    with Store.open(url, create=False, check=False) as store:
         store.downgrade(revision)
         echo(f"{store.display_url}: now at {store.current_revision() or 'base'}")
 
@@ -69,7 +69,7 @@ def reader_role(name: Annotated[str, typer.Argument(help="Name of the LOGIN role
     from gammadb.store import Store
     from gammadb.urls import mask
 
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         role = create_reader_role(store, name, password)
     echo(f"{'created' if role.created else 'updated'} reader role {role.name}: {mask(role.url)}")
 
@@ -83,5 +83,5 @@ def summarize(url: UrlOpt = None,
     """
     from gammadb.store import Store
 
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         echo(f"summarised {store.rebuild_summaries(sweep=sweep)} runs")

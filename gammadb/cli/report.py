@@ -23,12 +23,12 @@ def report(
     """Write one offline HTML report of a sweep: spec, phase portrait and eta* fits, curves,
     plateaus, collapse and per-step metrics, with their tables.
 
-    Example: gammadb report --sweep toy-L3 --out report.html
+    Example: gammadb report --sweep quick --out report.html
     """
     from gammadb.analysis.report import write_report
     from gammadb.store import Store
 
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         rep = write_report(store, sweep, out, static=static, gamma_min=gamma_min or None)
     if json_:
         print_json({"path": str(rep.path), "sweep": rep.sweep, "bytes": rep.bytes, "charts": rep.charts,

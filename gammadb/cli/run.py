@@ -130,7 +130,7 @@ def worker(
 ) -> None:
     """Claim pending runs of a sweep from a shared store, train them, exit when none are left.
 
-    Example: gammadb worker --sweep mnist --url postgresql+psycopg://user@db-host/gammadb --device cuda
+    Example: gammadb worker --sweep quick --url postgresql+psycopg://user@db-host/gammadb --device cuda
     """
     from gammadb.runners.launch import worker_main
 

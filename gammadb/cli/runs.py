@@ -15,6 +15,7 @@ sweeps_app = new_app("List and delete sweeps.")
 LS_COLUMNS = ["run_id", "sweep", "model", "dataset", "loss_fn", "depth", "width", "batch_size",
               "gamma", "eta", "seed", "status", "steps_done", "steps_planned", "diverged_at",
               "final_loss", "min_loss"]
+SHARED_COLUMNS = ["sweep", "model", "dataset", "loss_fn", "depth", "width", "batch_size", "steps_planned"]
 
 
 @runs_app.command("ls")
@@ -33,9 +34,20 @@ def ls(url: UrlOpt = None,
 
     if status is not None and status not in {s.value for s in RunStatus}:
         raise InvalidSpecError(f"unknown status {status!r}: use one of {', '.join(s.value for s in RunStatus)}")
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         df = store.runs_frame(sweep=sweep, status=status)
-    emit(df.select([c for c in LS_COLUMNS if c in df.columns]) if fmt == Format.table else df, fmt, out)
+    if fmt != Format.table:
+        emit(df, fmt, out)
+        return
+    df = df.select([c for c in LS_COLUMNS if c in df.columns])
+    # a terminal is narrow: what every listed run shares goes into the title, not into a column
+    shared = [c for c in SHARED_COLUMNS if c in df.columns and df.height > 1 and df[c].n_unique() == 1]
+    title = ", ".join(f"{c} {_cell(df[c][0])}" for c in shared) or None
+    emit(df.drop(shared), fmt, out, title=title)
+
+
+def _cell(v: object) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 @runs_app.command("show")
@@ -49,7 +61,7 @@ def show(run_id: Annotated[int, typer.Argument(help="Run id (see `gammadb runs l
 
     from gammadb.store import Store
 
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         run = store.get_run(run_id)
         summary = store.summaries([run_id]).get(run_id)
     doc = dataclasses.asdict(run)
@@ -70,7 +82,7 @@ def requeue(url: UrlOpt = None,
     """
     from gammadb.store import Store
 
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         ids = store.requeue(sweep, stale_after_s=grace if stale else None, failed=failed)
     echo(f"requeued {len(ids)} runs" + (f": {', '.join(map(str, ids))}" if ids else ""))
 
@@ -83,7 +95,7 @@ def sweeps_ls(url: UrlOpt = None, fmt: FormatOpt = Format.table, out: OutOpt = N
     """
     from gammadb.store import Store
 
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         emit(store.sweeps_frame(), fmt, out)
 
 
@@ -98,5 +110,5 @@ def sweeps_rm(name: Annotated[str, typer.Argument(help="Sweep name.")], url: Url
 
     if not yes:
         typer.confirm(f"delete sweep {name!r} and all its runs?", abort=True)
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         echo(f"deleted sweep {name!r} ({store.delete_sweep(name)} runs)")

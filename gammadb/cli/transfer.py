@@ -49,6 +49,6 @@ def export(sweep: SweepOpt,
     from gammadb.store import Store
     from gammadb.transfer import export_sweep
 
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:
         n = export_sweep(store, sweep, out)
-    echo(f"wrote {n} rows to {out}")
+    echo(f"wrote {out}: {n} rows")

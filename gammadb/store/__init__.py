@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gammadb.errors import GammadbError
+from gammadb.errors import GammadbError, NotFoundError
 from gammadb.metrics import MetricKey
 from gammadb.records import RunSpec
 from gammadb.store.analysis_reads import AnalysisReadsMixin
@@ -45,7 +45,7 @@ from gammadb.store.reads import ReadsMixin
 from gammadb.store.summaries import TAIL_FRACTION, SummariesMixin, summarize_losses
 from gammadb.store.sweeps import SweepsMixin
 from gammadb.store.versioning import VersioningMixin, head_revision, migrations_dir
-from gammadb.urls import parse_url, resolve_url
+from gammadb.urls import parse_url, resolve_url, sqlite_path
 
 if TYPE_CHECKING:
     from gammadb.store.imports import ImportResult
@@ -55,6 +55,13 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS", "TAIL_FRACTION", "Store", "head_revision", "migrations_dir",
     "summarize_losses", "utcnow", "worker_id",
 ]
+
+
+def _missing_file(url: URL) -> bool:
+    """An SQLite store file that does not exist in a folder that does (a missing folder has its own
+    error, from the engine)."""
+    path = sqlite_path(url)
+    return path.parent.is_dir() and not path.exists()
 
 
 class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsMixin, SummariesMixin):
@@ -77,6 +84,14 @@ class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsM
         writes, nothing is created, and on SQLite reads take no write lock (dashboards, readers).
         """
         parsed = parse_url(resolve_url(url))
+        if not (create and not read_only) and parsed.get_backend_name() == "sqlite" and _missing_file(parsed):
+            # without this SQLite would leave an empty file behind (in whatever folder this ran in)
+            shown = parsed.render_as_string(hide_password=True)
+            raise NotFoundError(
+                f"no gammadb store at {sqlite_path(parsed).resolve()} ({shown}): create it with "
+                f"`gammadb run` or `gammadb db upgrade --url {shown}`, or point --url (or $GAMMADB_URL) "
+                "at an existing store"
+            )
         store = cls(parsed, _make_engine(parsed, read_only=read_only))
         if check:
             store._check_schema(create=create and not read_only)

@@ -110,11 +110,11 @@ def import_runs(store: Any, sweep: str, sweep_spec: Mapping[str, Any], specs: Se
 
 
 def _sweep_id(s: Session, name: str, spec: Mapping[str, Any]) -> int:
-    from gammadb import __version__
+    from gammadb import code_version
 
     sweep_id = s.scalar(select(Sweep.id).where(Sweep.name == name))
     if sweep_id is None:
-        row = Sweep(name=name, spec=dict(spec), code_version=__version__)
+        row = Sweep(name=name, spec=dict(spec), code_version=code_version())
         s.add(row)
         s.flush()
         sweep_id = row.id

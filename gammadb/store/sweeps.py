@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from gammadb import __version__
+from gammadb import code_version as current_code_version
 from gammadb.errors import GammadbError, InvalidSpecError, NotFoundError
 from gammadb.records import RunRecord, RunSpec, RunStatus, SweepRecord
 from gammadb.schema import MetricValue, Run, RunSummary, Sweep
@@ -18,8 +18,9 @@ from gammadb.store.engine import _chunks
 class SweepsMixin:
     """Sweeps and runs of :class:`gammadb.store.Store`."""
 
-    def ensure_sweep(self, name: str, spec: Mapping[str, Any], code_version: str = __version__) -> SweepRecord:
-        """The sweep called ``name``, created with ``spec`` if it does not exist yet."""
+    def ensure_sweep(self, name: str, spec: Mapping[str, Any], code_version: str | None = None) -> SweepRecord:
+        """The sweep called ``name``, created with ``spec`` if it does not exist yet (``code_version``
+        defaults to :func:`gammadb.code_version`: the version and, from a git checkout, the commit)."""
         if not name or len(name) > 200:
             raise InvalidSpecError("a sweep name must have 1 to 200 characters")
         for attempt in range(2):
@@ -27,7 +28,7 @@ class SweepsMixin:
                 with self.session_scope() as s:
                     row = s.scalar(select(Sweep).where(Sweep.name == name))
                     if row is None:
-                        row = Sweep(name=name, spec=dict(spec), code_version=code_version)
+                        row = Sweep(name=name, spec=dict(spec), code_version=code_version or current_code_version())
                         s.add(row)
                         s.flush()
                     return _sweep_record(row)

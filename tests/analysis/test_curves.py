@@ -157,7 +157,8 @@ def test_select_runs_binds_values(store):
     import_frame(store, family_frame([10.0, 100.0, 1000.0], [0.1], T=50), "w")
     assert select_runs(store, "w", ["gamma >= 100"])["gamma"].to_list() == [100.0, 1000.0]
     assert select_runs(store, "w", ["gamma = 100"])["gamma"].to_list() == [100.0]
-    assert select_runs(store, "w", ["model = \"toy' OR '1'='1\""]).is_empty()
+    with pytest.raises(InvalidSpecError, match="no run of sweep 'w' matches model"):  # bound as a value
+        select_runs(store, "w", ["model = \"toy' OR '1'='1\""])
     assert store.runs_frame("w").height == 3  # nothing was dropped or changed
 
 

@@ -96,13 +96,15 @@ def table_rows(text: str) -> list[list[str]]:
     return rows
 
 
-def test_optimal_lr_table_and_converged_threshold(cli_store: Store) -> None:
+def test_optimal_lr_table_and_converged_threshold(cli_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # a terminal wide enough for no header to wrap
     res = invoke("optimal-lr", "--url", url_of(cli_store), "--sweep", "law", "--n-boot", "20",
                  "--converged", "0.02", "--threshold", "0.05")
     assert res.exit_code == 0, res.output
-    assert "per gamma, budget step 30, criterion tail-mean" in res.stdout
-    assert "power laws of eta* and eta_max vs gamma" in res.stdout
-    assert "smoothly broken power law of eta*" in res.stdout
+    words = " ".join(res.stdout.split())  # titles wrap at the terminal's width
+    assert "per gamma, budget step 30, criterion tail-mean" in words
+    assert "power laws of eta*" in words and "vs gamma" in words
+    assert "smoothly broken power law of eta*" in words
     strict = olr.analyze(cli_store, "law", settings=olr.Settings(converged=0.02, threshold=0.05, n_boot=20)).points
     loose = olr.analyze(cli_store, "law", settings=olr.Settings(n_boot=20)).points
     # The options move the edges: "trained" needs loss <= 2% of the initial loss (eta_max drops a grid
@@ -110,11 +112,13 @@ def test_optimal_lr_table_and_converged_threshold(cli_store: Store) -> None:
     assert (strict["eta_max"] <= loose["eta_max"]).all() and (strict["eta_max"] < loose["eta_max"]).sum() >= 4
     assert (strict["eta_min"] > loose["eta_min"]).all()
     assert strict["eta_stable"].to_list() == loose["eta_stable"].to_list()
-    per_gamma = {float(r[0]): r for r in table_rows(res.stdout) if len(r) == 10}
+    # the per-gamma table: gamma, eta_star, ci_lo, ci_hi, eta_max, eta_stable, eta_conv, eta_min, ... (the
+    # fits table has 11 columns too, and a name first)
+    per_gamma = {float(r[0]): r for r in table_rows(res.stdout) if len(r) == 11 and r[0][0].isdigit()}
     assert sorted(per_gamma) == pytest.approx(strict["gamma"].to_list())
     for p in strict.iter_rows(named=True):
         row = per_gamma[min(per_gamma, key=lambda g: abs(g - p["gamma"]))]
-        shown = dict(zip(("eta_star", "eta_max", "eta_stable", "eta_min"), map(float, (row[1], *row[4:7]))))
+        shown = dict(zip(("eta_star", "eta_max", "eta_stable", "eta_min"), map(float, (row[1], row[4], row[5], row[7]))))
         assert shown == pytest.approx({k: p[k] for k in shown}, rel=1e-5), p["gamma"]
 
 
@@ -123,9 +127,12 @@ def test_optimal_lr_chart_files(cli_store: Store, tmp_path: Path, suffix: str) -
     if "postgresql" in url_of(cli_store):
         pytest.skip("rendering is backend-independent: once is enough")
     out = tmp_path / f"chart.{suffix}"
+    flag = "--chart" if suffix == "svg" else "--out"  # --chart: the old name, still accepted
     res = invoke("optimal-lr", "--url", url_of(cli_store), "--sweep", "law", "--n-boot", "20", "--json",
-                 "--chart", str(out))
+                 flag, str(out))
     assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["sweep"] == "law"  # stdout stays one JSON object; the file is on stderr
+    assert res.stderr.strip() == f"wrote {out}"
     text = out.read_text()
     if suffix == "html":  # self-contained: the Vega libraries are inlined, nothing is fetched
         assert "<html" in text and "vegaEmbed" in text and "cdn.jsdelivr.net" not in text
@@ -141,8 +148,9 @@ def test_phase_renders_a_png(cli_store: Store, tmp_path: Path) -> None:
     if "postgresql" in url_of(cli_store):
         pytest.skip("rendering is backend-independent: once is enough")
     out = tmp_path / "phases.png"
-    res = invoke("phase", "--url", url_of(cli_store), "--sweep", "law", "--chart", str(out))
+    res = invoke("phase", "--url", url_of(cli_store), "--sweep", "law", "--out", str(out))
     assert res.exit_code == 0, res.output
+    assert res.stdout.rstrip().endswith(f"wrote {out}")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert "trainable band per gamma" in res.stdout
 
@@ -161,9 +169,10 @@ def test_single_gamma_is_reported_not_failed(cli_store: Store) -> None:
     (["--sweep", "one-gamma", "--criterion", "median"], 2, "--criterion 'median': use one of final, tail-mean, min, test"),
     (["--sweep", "one-gamma", "--criterion", "test"], 2, "no test-loss series"),
     (["--sweep", "one-gamma", "--chart", "out.gif"], 2, "use one of .html, .json, .svg, .png, .pdf"),
+    (["--sweep", "one-gamma", "--out", "a.html", "--chart", "b.html"], 2, "give the chart file once"),
     (["--sweep", "one-gamma", "--converged", "0.95"], 2, "--converged (0.95) must be below --threshold (0.9)"),
     (["--sweep", "nope"], 3, "no sweep named 'nope'"),
-], ids=["all-diverged", "missing-budget", "bad-criterion", "no-test-loss", "bad-chart", "bad-fraction",
+], ids=["all-diverged", "missing-budget", "bad-criterion", "no-test-loss", "bad-chart", "two-chart-files", "bad-fraction",
         "unknown-sweep"])
 def test_optimal_lr_errors_are_one_line(cli_store: Store, args: list[str], code: int, text: str) -> None:
     one_line_error(invoke("optimal-lr", "--url", url_of(cli_store), *args), code, text)
@@ -269,11 +278,14 @@ def test_phase_portrait_spec(result: olr.OptimalLr) -> None:
     assert n_div > 0 and len(_data(spec, div)) == n_div
     assert layers[2]["mark"]["shape"] == "cross" and len(_data(spec, layers[2])) == n_div
     # eta* points, the fitted lines (solid) and theory guides (dashed)
-    marks = [(layer["mark"]["type"], layer["mark"].get("strokeDash")) for layer in layers]
-    assert ("line", None) in marks and ("line", [6, 4]) in marks
-    lines = _data(spec, layers[-1])
+    line_layers = [la for la in layers if la["mark"]["type"] == "line"]
+    dash = line_layers[0]["encoding"]["strokeDash"]
+    assert dash["field"] == "kind" and dict(zip(dash["scale"]["domain"], dash["scale"]["range"])) == {
+        "fit": [1, 0], "theory": [6, 4]}
+    lines = _data(spec, line_layers[-1])
     assert {r["line"] for r in lines if r["kind"] == "theory"} == {
-        "theory, small gamma: slope 2.00", "theory, large gamma: slope 0.67"}
+        "eta_star theory small gamma", "eta_star theory large gamma"}
+    assert {r["label"] for r in lines if r["kind"] == "theory"} == {"theory 2", "theory 0.667"}
 
 
 def test_eta_vs_gamma_spec(result: olr.OptimalLr) -> None:

@@ -50,8 +50,9 @@ def test_every_command_has_help_and_is_in_readme(path: str, cmd: Any) -> None:
 
 
 def test_db_lifecycle_and_listing(sqlite_url: str) -> None:
-    r = runner.invoke(app, ["db", "current", "--url", sqlite_url])
-    assert r.exit_code == 0 and r.output.startswith("none")
+    r = runner.invoke(app, ["db", "current", "--url", sqlite_url])  # a read: it creates no store
+    assert r.exit_code == 3 and r.output.startswith("error: no gammadb store at")
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
     r = runner.invoke(app, ["db", "upgrade", "--url", sqlite_url])
     assert r.exit_code == 0 and "-> 0003" in r.output
     r = runner.invoke(app, ["sweeps", "ls", "--url", sqlite_url, "--format", "json"])
@@ -88,6 +89,7 @@ def test_import_ls_show_export_sql(store_url: str, tmp_path: Path) -> None:
     (["export", "--sweep", "nope", "--out", "x.parquet"], 3, "no sweep"),
 ], ids=["run", "sweep", "status", "sql", "export"])
 def test_errors_are_one_line_with_exit_codes(sqlite_url: str, args: list[str], code: int, text: str) -> None:
+    assert runner.invoke(app, ["db", "upgrade", "--url", sqlite_url]).exit_code == 0
     r = runner.invoke(app, [*args, "--url", sqlite_url])
     assert r.exit_code == code, r.output
     assert text in r.output and "Traceback" not in r.output

@@ -119,9 +119,7 @@ def test_a_read_only_store_reads_without_a_write_lock_and_refuses_writes(store_u
 
 
 def test_a_read_only_store_is_never_created(tmp_path: Path) -> None:
-    from gammadb.errors import StoreUnavailableError
-
     path = tmp_path / "none.sqlite"
-    with pytest.raises(StoreUnavailableError):
+    with pytest.raises(NotFoundError, match="no gammadb store at"):
         Store.open(f"sqlite:///{path}", read_only=True)
     assert not path.exists()
