@@ -56,11 +56,11 @@ LR = "tests/analysis/test_optimal_lr.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ---------------------------------------------------------------- optimal-lr
-    Mutation("eta-max-absolute", "analysis/optimal_lr.py",
-             "trained = ok & (check <= s.converged * init)", "trained = ok & (check <= s.converged)",
+    Mutation("eta-max-absolute", "analysis/etas.py",
+             "trained = ok & (check <= converged * init)", "trained = ok & (check <= converged)",
              (GAPS,), "'trained' compared with an absolute loss, not a fraction of the initial loss"),
-    Mutation("eta-min-absolute", "analysis/optimal_lr.py",
-             "left = ok & (check < s.threshold * init)", "left = ok & (check < s.threshold)",
+    Mutation("eta-min-absolute", "analysis/etas.py",
+             "left = ok & (check < threshold * init)", "left = ok & (check < threshold)",
              (GAPS,), "'left the plateau' compared with an absolute loss"),
     Mutation("bootstrap-zero-width", "analysis/optimal_lr.py",
              "w = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=s.n_boot).astype(float)",
@@ -69,9 +69,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("parabola-vertex", "analysis/optimal_lr.py",
              "vertex = np.clip(-bb / (2 * a), xl, xr)", "vertex = np.clip(-bb / a, xl, xr)",
              (LR, "-k", "golden or refine_argmin"), "the parabola's vertex off by a factor 2"),
-    Mutation("eta-max-smallest", "analysis/optimal_lr.py",
-             'le_max = _extreme_eta(st["trained"][None, :], g.log_eta, top=True)[0]',
-             'le_max = _extreme_eta(st["trained"][None, :], g.log_eta, top=False)[0]',
+    Mutation("eta-max-smallest", "analysis/etas.py",
+             'max_index=_index(st["trained"], top=True)',
+             'max_index=_index(st["trained"], top=False)',
              (LR, "-k", "golden"), "eta_max taken as the smallest eta that trained"),
     Mutation("fit-prefactor-ln", "analysis/fits.py", "percentile_ci(slopes), 10**icpt,",
              "percentile_ci(slopes), np.exp(icpt),", ("tests/analysis/test_fits.py",),
