@@ -14,7 +14,6 @@ divergence (the run's ``diverged_at`` says where).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ import polars as pl
 from gammadb.analysis.clock import tau_expr
 from gammadb.errors import InvalidSpecError
 from gammadb.metrics import MetricKey
-from gammadb.records import RUN_COLUMNS, value_bounds
+from gammadb.records import RUN_COLUMNS, WHERE_COLUMNS, Condition
 
 if TYPE_CHECKING:
     from gammadb.store import Store
@@ -141,35 +140,7 @@ def _check_per_decade(per_decade: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------- run selection
-#: Columns of the ``run_overview`` view a ``--where`` condition may name, with their kinds.
-WHERE_COLUMNS: dict[str, type] = {
-    "run_id": int, "gamma": float, "eta": float, "seed": int, "depth": int, "width": int,
-    "batch_size": int, "steps_planned": int, "steps_done": int, "diverged_at": int,
-    "initial_loss": float, "final_loss": float, "min_loss": float, "tail_mean_loss": float,
-    "model": str, "dataset": str, "loss_fn": str, "optimizer": str, "status": str,
-}
 _OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "IN"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Condition:
-    """One parsed ``column op value`` condition; values are kept typed, never as SQL text."""
-
-    column: str
-    op: str  # SQL operator from _OPS
-    values: tuple[Any, ...]
-
-    def sql(self) -> tuple[str, list[Any]]:
-        col = self.column  # from WHERE_COLUMNS only, so safe to name
-        kind = WHERE_COLUMNS[col]
-        if self.op == "IN":
-            return f"{col} IN ({', '.join('?' * len(self.values))})", list(self.values)
-        v = self.values[0]
-        if kind is float and self.op in ("=", "<>"):  # gamma = 0.1 finds 0.1000000000001
-            lo, hi = value_bounds(v)
-            neg = "NOT " if self.op == "<>" else ""
-            return f"{neg}({col} BETWEEN ? AND ?)", [lo, hi]
-        return f"{col} {self.op} ?", [v]
 
 
 def _split_and(text: str) -> list[str]:
@@ -276,24 +247,13 @@ def _typed(col: str, raw: str) -> Any:
     return v
 
 
-def where_sql(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
-    """AND of the conditions as SQL with ``?`` placeholders, and the parameters to bind."""
-    parts, params = [], []
-    for c in conditions:
-        s, p = c.sql()
-        parts.append(s)
-        params.extend(p)
-    return " AND ".join(parts), params
-
-
 def select_runs(store: "Store", sweep: str, where: Sequence[str] = (),
                 run_ids: Optional[Sequence[int]] = None) -> pl.DataFrame:
     """The sweep's runs frame (``Store.runs_frame``) restricted by ``--where`` texts and run ids."""
     runs = store.runs_frame(sweep)
     conds = [c for text in where for c in parse_where(text)]
     if conds:
-        frag, params = where_sql(conds)
-        matched = runs.filter(pl.col("run_id").is_in(store.run_ids_where(sweep, frag, params)))
+        matched = runs.filter(pl.col("run_id").is_in(store.run_ids_where(sweep, conds)))
         if matched.is_empty() and not runs.is_empty():
             raise InvalidSpecError(_no_match(sweep, where, conds, runs))
         runs = matched

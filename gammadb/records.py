@@ -142,3 +142,24 @@ class SummaryRecord:
     tail_mean_loss: Optional[float]
     diverged: bool
     steps_logged: int
+
+
+#: Columns of the ``run_overview`` view a ``--where`` condition may name, with their kinds.
+WHERE_COLUMNS: dict[str, type] = {
+    "run_id": int, "gamma": float, "eta": float, "seed": int, "depth": int, "width": int,
+    "batch_size": int, "steps_planned": int, "steps_done": int, "diverged_at": int,
+    "initial_loss": float, "final_loss": float, "min_loss": float, "tail_mean_loss": float,
+    "model": str, "dataset": str, "loss_fn": str, "optimizer": str, "status": str,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """One ``column op value`` condition on a run (parsed from ``--where`` by the analysis, rendered
+    as SQL by the store): ``column`` from :data:`WHERE_COLUMNS`, ``op`` one of = <> < <= > >= IN,
+    ``values`` typed (one value, or several for IN), always bound as parameters, never SQL text."""
+
+    column: str
+    op: str
+    values: tuple[Any, ...]
+

@@ -16,7 +16,7 @@ import polars as pl
 
 from gammadb.errors import GammadbError
 from gammadb.metrics import LOSS, TEST_LOSS, MetricKey
-from gammadb.records import RUN_COLUMNS, RunStatus
+from gammadb.records import RUN_COLUMNS, WHERE_COLUMNS, Condition, RunStatus, value_bounds
 from gammadb.schema import Run
 from gammadb.store.engine import _chunks
 
@@ -226,13 +226,41 @@ class AnalysisReadsMixin:
         return df.select([pl.col(c).cast(t) for c, t in BUCKET_COLUMNS.items()])
 
     # ------------------------------------------------------------------ run selection
-    def run_ids_where(self, sweep: str, where: str, params: Sequence[Any] = ()) -> list[int]:
-        """Ids (ascending) of the runs of ``sweep`` whose ``run_overview`` row satisfies ``where``: a
-        boolean expression over the view's columns with ``?`` placeholders for ``params``, built from
-        typed conditions by :func:`gammadb.analysis.downsample.where_sql` (never from user text)."""
+    def run_ids_where(self, sweep: str, conditions: Sequence[Condition]) -> list[int]:
+        """Ids (ascending) of the runs of ``sweep`` whose ``run_overview`` row satisfies every one of
+        ``conditions`` (typed :class:`gammadb.records.Condition`; rendered by :func:`where_sql`)."""
+        where, params = where_sql(conditions)
         ids = self.read(f"SELECT run_id FROM run_overview WHERE sweep = ? AND {where} ORDER BY run_id",
                         [sweep, *params])
         return [int(r) for r in ids["run_id"].to_list()]
+
+
+_SQL_OPS = frozenset({"=", "<>", "<", "<=", ">", ">=", "IN"})
+
+
+def where_sql(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
+    """AND of the conditions as SQL over ``run_overview`` with ``?`` placeholders, and the parameters
+    to bind. Columns and operators come from fixed sets (anything else is refused), values are always
+    parameters; '=' and '<>' on a float column match within :data:`gammadb.records.REL_TOL`."""
+    if not conditions:
+        raise ValueError("where_sql needs at least one condition")
+    parts: list[str] = []
+    params: list[Any] = []
+    for c in conditions:
+        kind = WHERE_COLUMNS.get(c.column)
+        if kind is None or c.op not in _SQL_OPS or not c.values:
+            raise ValueError(f"not a run condition: {c!r}")
+        if c.op == "IN":
+            parts.append(f"{c.column} IN ({', '.join('?' * len(c.values))})")
+            params.extend(c.values)
+        elif kind is float and c.op in ("=", "<>"):  # gamma = 0.1 finds 0.1000000000001
+            lo, hi = value_bounds(c.values[0])
+            parts.append(f"{'NOT ' if c.op == '<>' else ''}({c.column} BETWEEN ? AND ?)")
+            params.extend([lo, hi])
+        else:
+            parts.append(f"{c.column} {c.op} ?")
+            params.append(c.values[0])
+    return " AND ".join(parts), params
 
 
 def _run_column_type(name: str) -> pl.DataType:

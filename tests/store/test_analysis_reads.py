@@ -10,7 +10,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from gammadb.analysis.downsample import bucket_frame, parse_where, where_sql
+from gammadb.analysis.downsample import bucket_frame, parse_where
+from gammadb.records import Condition
+from gammadb.store.analysis_reads import where_sql
 from gammadb.metrics import MetricKey
 from gammadb.records import RunSpec
 from gammadb.store import Store
@@ -183,7 +185,7 @@ def test_run_ids_where(store: Store) -> None:
     ids = tiny(store)
 
     def where(text: str) -> list[int]:
-        return store.run_ids_where("tiny", *where_sql(parse_where(text)))
+        return store.run_ids_where("tiny", parse_where(text))
 
     assert where("eta > 0.15") == sorted([ids["b"], ids["c"], ids["d"]])
     assert where("eta = 0.1") == [ids["a"]]  # not the other sweep's run with the same eta
@@ -192,5 +194,27 @@ def test_run_ids_where(store: Store) -> None:
     assert where("status = pending") == [ids["d"]]
     assert where("diverged_at >= 19") == [ids["c"]]
     assert where("model = \"x' OR '1'='1\"") == []  # a quoted value is bound, never SQL
-    assert store.run_ids_where("tiny", "eta < ?", [0.15]) == [ids["a"]]
-    assert store.run_ids_where("no-such-sweep", "eta > ?", [0.0]) == []
+    assert store.run_ids_where("tiny", [Condition("eta", "<", (0.15,))]) == [ids["a"]]
+    assert store.run_ids_where("no-such-sweep", [Condition("eta", ">", (0.0,))]) == []
+
+
+@pytest.mark.parametrize("conditions,sql,params", [
+    ([Condition("gamma", ">", (10.0,))], "gamma > ?", [10.0]),
+    ([Condition("depth", "=", (3,)), Condition("eta", "<=", (0.1,))], "depth = ? AND eta <= ?", [3, 0.1]),
+    ([Condition("model", "IN", ("mlp", "toy"))], "model IN (?, ?)", ["mlp", "toy"]),
+    ([Condition("status", "<>", ("diverged",))], "status <> ?", ["diverged"]),
+    ([Condition("eta", "=", (0.1,))], "(eta BETWEEN ? AND ?)", [0.1 * (1 - 1e-5), 0.1 * (1 + 1e-5)]),
+    ([Condition("eta", "<>", (0.1,))], "NOT (eta BETWEEN ? AND ?)", [0.1 * (1 - 1e-5), 0.1 * (1 + 1e-5)]),
+], ids=["gt", "and", "in", "ne", "float-eq", "float-ne"])
+def test_where_sql_renders_typed_conditions(conditions, sql, params) -> None:
+    got_sql, got_params = where_sql(conditions)
+    assert got_sql == sql
+    assert got_params == pytest.approx(params, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [
+    Condition("value; DROP TABLE runs", "=", (1,)), Condition("gamma", "OR", (1.0,)), Condition("gamma", "=", ()),
+], ids=["column", "operator", "no-value"])
+def test_where_sql_refuses_anything_but_a_run_condition(bad: Condition) -> None:
+    with pytest.raises(ValueError):
+        where_sql([bad])
