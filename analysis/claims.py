@@ -27,7 +27,7 @@ on the best gamma is >= 1 (the sweep cannot rule it out). Otherwise it is *incon
 *not testable here* when the analysis cannot produce the measurement (too few gammas in the regime,
 an estimate at the edge of the eta grid, curves still on the plateau at the budget, no theory value
 for this model or loss); the row then says why and gives a ``gammadb run`` command line that adds
-what is missing (gammas, etas, seeds or steps).
+what is missing (gammas, etas, seeds or steps), built by :mod:`gammadb.analysis.claims_plan`.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
 import polars as pl
 
+from gammadb.analysis.claims_plan import Needs, SweepGrid
 from gammadb.errors import AnalysisError, InvalidSpecError
 
 TOLERANCE = 0.15
@@ -161,7 +161,7 @@ def verdict(store: Any, sweep: str, *, budget: Optional[int] = None, tolerance: 
     settings = olr.Settings(small_max=small_max, large_min=large_min, n_boot=n_boot, seed=seed,
                             decades_below=olr.scan_decades(sweep_rec.spec))
     settings.check()
-    grid = _SweepGrid.read(store, sweep, sweep_rec.spec)
+    grid = SweepGrid.read(store, sweep, sweep_rec.spec)
     rows: list[ClaimRow] = []
     budget_step: Optional[int] = None
     try:
@@ -228,7 +228,7 @@ def _lr_row_defs(largest: str) -> list[tuple[str, str, str, str]]:
     return [(k, largest if t == "eta_max" else t, r, c.replace("eta_max", largest)) for k, t, r, c in _LR_ROWS]
 
 
-def _lr_rows(lr: Any, grid: "_SweepGrid", settings: Any, tol: float, largest: str = "eta_max") -> list[ClaimRow]:
+def _lr_rows(lr: Any, grid: "SweepGrid", settings: Any, tol: float, largest: str = "eta_max") -> list[ClaimRow]:
     rows = []
     labels = _group_labels(lr.groups)
     for g in lr.groups.iter_rows(named=True):
@@ -262,8 +262,8 @@ def _lr_rows(lr: Any, grid: "_SweepGrid", settings: Any, tol: float, largest: st
     return rows
 
 
-def _lr_needs(need: "_Needs", pts: pl.DataFrame, cells: pl.DataFrame, target: str, regime: str,
-              settings: Any, depth: Optional[int]) -> "_Needs":
+def _lr_needs(need: "Needs", pts: pl.DataFrame, cells: pl.DataFrame, target: str, regime: str,
+              settings: Any, depth: Optional[int]) -> "Needs":
     """What a missing power-law fit of ``target`` in ``regime`` needs: gammas in the regime, etas
     past the edges where the estimate was censored, seeds for an interval, steps when nothing trained."""
     need = need.cover_regime(regime, settings, depth)
@@ -284,7 +284,7 @@ def _lr_needs(need: "_Needs", pts: pl.DataFrame, cells: pl.DataFrame, target: st
     return need
 
 
-def _best_gamma_rows(lr: Any, table: Any, grid: "_SweepGrid", settings: Any) -> list[ClaimRow]:
+def _best_gamma_rows(lr: Any, table: Any, grid: "SweepGrid", settings: Any) -> list[ClaimRow]:
     """(f): per group, the gamma whose best loss over eta is lowest, with a bootstrap interval."""
     from gammadb.analysis.optimal_lr import with_value
 
@@ -352,7 +352,7 @@ def best_gamma_interval(runs: pl.DataFrame, n_boot: int, seed: int = 0,
     return (float(10**lo), float(10**hi)), int(seeds.size)
 
 
-def _plateau_rows(store: Any, sweep: str, grid: "_SweepGrid", gamma_min: float, tol: float) -> list[ClaimRow]:
+def _plateau_rows(store: Any, sweep: str, grid: "SweepGrid", gamma_min: float, tol: float) -> list[ClaimRow]:
     """(d): plateaus.analyze_plateaus' scaling along eta*(gamma), one row per group."""
     need = grid.needs().cover_gammas(gamma_min, 100 * gamma_min, grid.depth)
     try:
@@ -387,7 +387,7 @@ def _plateau_rows(store: Any, sweep: str, grid: "_SweepGrid", gamma_min: float, 
     return rows
 
 
-def _collapse_rows(store: Any, sweep: str, grid: "_SweepGrid", gamma_min: float, tol: float) -> list[ClaimRow]:
+def _collapse_rows(store: Any, sweep: str, grid: "SweepGrid", gamma_min: float, tol: float) -> list[ClaimRow]:
     """(e): collapse.analyze_collapse at one eta over gamma >= gamma_min (the sweep's largest group)."""
     need = grid.needs().cover_gammas(gamma_min, 100 * gamma_min, grid.depth)
     try:
@@ -418,144 +418,3 @@ def _collapse_rows(store: Any, sweep: str, grid: "_SweepGrid", gamma_min: float,
             f"{rep.rms_after_theory:.3g} after rescaling by tau" + ("" if shrink else " (no smaller: no collapse)"))
     return [_judged("e", _CLAIM_E, 4, label, theory, text, f["exponent_gamma"], f["exponent_gamma_ci"], ok, note)]
 
-
-# ---------------------------------------------------------------------- what to run instead
-@dataclasses.dataclass(frozen=True)
-class _SweepGrid:
-    """The sweep as it stands: its stored spec and the grid its runs cover."""
-
-    name: str
-    spec: Mapping[str, Any]
-    gammas: tuple[float, ...]
-    etas: tuple[float, ...]
-    n_seeds: int
-    steps: int
-    runs: pl.DataFrame  # one row per run: the run columns
-
-    @classmethod
-    def read(cls, store: Any, sweep: str, spec: Mapping[str, Any]) -> "_SweepGrid":
-        runs = store.runs_frame(sweep)
-        gammas = tuple(sorted(set(runs["gamma"].to_list()))) if runs.height else tuple(spec.get("gamma", ()))
-        etas = tuple(sorted(set(runs["eta"].to_list()))) if runs.height else tuple(spec.get("eta", ()))
-        n_seeds = runs["seed"].n_unique() if runs.height else len(spec.get("seeds", ())) or 1
-        planned = runs["steps_planned"].drop_nulls() if runs.height else pl.Series([], dtype=pl.Int64)
-        steps = int(spec.get("steps") or (planned.max() if planned.len() else 0) or 1000)
-        return cls(sweep, dict(spec), gammas, etas, int(n_seeds), steps, runs)
-
-    @property
-    def depth(self) -> Optional[int]:
-        if "depth" in self.runs.columns and self.runs["depth"].drop_nulls().n_unique() == 1:
-            return int(self.runs["depth"].drop_nulls()[0])
-        # No runs yet (an adaptive scan creates them level by level): the spec's base says.
-        base = self.spec.get("base")
-        depth = base.get("depth") if isinstance(base, Mapping) else None
-        return int(depth) if isinstance(depth, int) and not self.runs.height else None
-
-    def needs(self, group: Optional[Mapping[str, Any]] = None) -> "_Needs":
-        g_lo, g_hi = (min(self.gammas), max(self.gammas)) if self.gammas else (1.0, 1.0)
-        e_lo, e_hi = (min(self.etas), max(self.etas)) if self.etas else (1e-3, 1.0)
-        return _Needs(self, dict(group or {}), g_lo, g_hi, e_lo, e_hi, self.n_seeds, self.steps, {})
-
-
-def _per_decade(values: Sequence[float], floor: int = 2) -> int:
-    """Points per decade of a log grid (at least ``floor``, at most 8)."""
-    if len(values) < 2:
-        return floor
-    span = math.log10(max(values) / min(values))
-    return int(min(8, max(floor, round((len(values) - 1) / span)))) if span > 0 else floor
-
-
-def _log_grid(lo: float, hi: float, per_decade: int) -> str:
-    """'lo:hi:n' with lo, hi on whole decades, so the points coincide with any 10^(k/per_decade) grid."""
-    a, b = math.floor(math.log10(lo) + 1e-9), math.ceil(math.log10(hi) - 1e-9)
-    b = max(b, a + 1)
-    return f"1e{a}:1e{b}:{(b - a) * per_decade + 1}"
-
-
-_FLAGS = {"model": "--model", "task": "--task", "depth": "--depth", "width": "--width",
-          "batch_size": "--batch-size", "loss_fn": "--loss", "optimizer": "--optimizer", "dtype": "--dtype",
-          "cadence": "--cadence", "data_dir": "--data-dir"}
-
-
-@dataclasses.dataclass(frozen=True)
-class _Needs:
-    """The grid a claim needs, grown from the sweep's own; ``command`` renders it as `gammadb run`."""
-
-    grid: _SweepGrid
-    group: dict[str, Any]
-    gamma_lo: float
-    gamma_hi: float
-    eta_lo: float
-    eta_hi: float
-    seeds: int
-    steps: int
-    overrides: dict[str, Any]
-
-    def cover_gammas(self, lo: float, hi: float, depth: Optional[int]) -> "_Needs":
-        """Reach gammas ``lo``..``hi``; the eta grid follows eta* into the new gammas (gamma^2 below,
-        gamma^(2/L) above the present range) so that the new points have an eta* inside it."""
-        new_lo, new_hi = min(self.gamma_lo, lo), max(self.gamma_hi, hi)
-        down = math.log10(self.gamma_lo / new_lo)
-        up = math.log10(new_hi / self.gamma_hi)
-        slope_up = 2.0 / depth if depth else 1.0
-        return dataclasses.replace(self, gamma_lo=new_lo, gamma_hi=new_hi,
-                                   eta_lo=self.eta_lo / 10 ** (2 * down), eta_hi=self.eta_hi * 10 ** (slope_up * up),
-                                   seeds=max(self.seeds, 3))
-
-    def cover_regime(self, regime: str, settings: Any, depth: Optional[int]) -> "_Needs":
-        """Two decades of gammas on one side (5 on a half-decade grid): down to small_max / 100 or up
-        to large_min * 100."""
-        if regime == "small_gamma":
-            return self.cover_gammas(settings.small_max / 100, self.gamma_hi, depth)
-        return self.cover_gammas(self.gamma_lo, settings.large_min * 100, depth)
-
-    def widen_eta(self, low: float = 0.0, high: float = 0.0) -> "_Needs":
-        return dataclasses.replace(self, eta_lo=self.eta_lo / 10**low, eta_hi=self.eta_hi * 10**high)
-
-    def more_steps(self, factor: int) -> "_Needs":
-        return dataclasses.replace(self, steps=self.grid.steps * factor)
-
-    def override(self, **fields: Any) -> "_Needs":
-        return dataclasses.replace(self, overrides={**self.overrides, **fields})
-
-    def command(self) -> str:
-        spec = self.grid.spec
-        base = spec.get("base") if isinstance(spec.get("base"), Mapping) else None
-        parts = ["gammadb", "run"]
-        if base is not None:
-            from gammadb.runners.spec import preset
-
-            # flags start from the quick preset (what `gammadb run` starts from): give what differs
-            quick = preset("quick").base.to_dict()
-            same_runs = self.steps == self.grid.steps and not self.overrides
-            parts += ["--name", self.grid.name if same_runs else f"{self.grid.name}-claims"]
-            fields = {k: v for k, v in base.items() if k != "steps"}
-            fields.update(self.overrides)
-            for k, v in fields.items():
-                if v is None or (not isinstance(v, list) and quick.get(k) == v):
-                    continue
-                text = ",".join(_flag_text(x) for x in v) if isinstance(v, list) else _flag_text(v)
-                parts += [_FLAGS[k], text] if k in _FLAGS else ["--set", f"{k}={text}"]
-            if spec.get("adaptive"):
-                parts += ["--adaptive", "--decades-below", f"{spec.get('decades_below', 3.0):g}"]
-        else:  # an imported sweep: a gammadb sweep of the same shape, from the closest preset
-            g = {**self.group, **self.overrides}
-            model = g.get("model", self.grid.runs["model"][0] if self.grid.runs.height else None)
-            parts += ["--preset", "toy" if model == "toy" else "quick", "--name", f"{self.grid.name}-claims"]
-            depth = g.get("depth", self.grid.depth)
-            if depth is not None:
-                parts += ["--depth", str(depth)]
-            for k in ("model", "task", "loss_fn", "optimizer"):
-                if k in self.overrides:
-                    parts += [_FLAGS[k], str(self.overrides[k])]
-        g_pd = _per_decade(self.grid.gammas)
-        e_pd = _per_decade(self.grid.etas)
-        parts += ["--gamma", _log_grid(self.gamma_lo, self.gamma_hi, g_pd),
-                  "--eta", _log_grid(self.eta_lo, self.eta_hi, e_pd),
-                  "--seeds", str(self.seeds), "--steps", str(self.steps)]
-        return " ".join(shlex.quote(p) for p in parts)
-
-
-def _flag_text(value: Any) -> str:
-    """A config value as `gammadb run` parses it back (booleans as true/false)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)

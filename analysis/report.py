@@ -11,10 +11,8 @@ rest of the report is still written.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import html
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
 
-from gammadb import __version__
+from gammadb.analysis.report_html import Page, Section, fmt, render
 from gammadb.errors import GammadbError, InvalidSpecError
 from gammadb.metrics import (
     FEATURE_ALIGNMENT,
@@ -38,18 +36,7 @@ from gammadb.records import FINISHED
 if TYPE_CHECKING:
     from gammadb.store import Store
 
-MAX_TABLE_ROWS = 400
 REPORT_METRICS = (WEIGHT_CHANGE, FEATURE_ALIGNMENT, NTK_ALIGNMENT, NTK_DISTANCE, SHARPNESS, TEST_LOSS)
-
-
-@dataclasses.dataclass
-class Section:
-    id: str
-    title: str
-    blocks: list[str] = dataclasses.field(default_factory=list)  # html fragments
-    notes: list[str] = dataclasses.field(default_factory=list)
-    charts: int = 0
-    ok: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,84 +48,8 @@ class ReportSummary:
     sections: list[dict[str, Any]]  # id, title, ok, charts, notes
 
 
-class _Page:
-    """Collects sections; charts become either vega-embed specs or inline SVGs."""
-
-    def __init__(self, static: bool) -> None:
-        self.static = static
-        self.specs: list[tuple[str, dict[str, Any]]] = []
-        self.sections: list[Section] = []
-
-    def section(self, sid: str, title: str) -> Section:
-        s = Section(sid, title)
-        self.sections.append(s)
-        return s
-
-    def chart(self, sec: Section, chart: Any, caption: str = "") -> None:
-        from gammadb.analysis.charts_export import chart_spec
-
-        spec = chart_spec(chart)
-        cap = f"<p class='caption'>{html.escape(caption)}</p>" if caption else ""
-        if self.static:
-            import vl_convert as vlc
-
-            svg = vlc.vegalite_to_svg(spec)
-            sec.blocks.append(f"<figure class='chart'>{svg}{cap}</figure>")
-        else:
-            div = f"chart-{len(self.specs)}"
-            self.specs.append((div, spec))
-            sec.blocks.append(f"<figure class='chart'><div id='{div}' class='vis'></div>{cap}</figure>")
-        sec.charts += 1
-
-    def table(self, sec: Section, df: pl.DataFrame, title: str = "", max_rows: int = MAX_TABLE_ROWS,
-              folded: bool = True) -> None:
-        """A table; ``folded`` (the default) puts it in a closed <details> with its title and size, so
-        the page reads as charts and findings, the numbers one click away."""
-        t = html_table(df, "" if folded else title, max_rows)
-        if folded:
-            t = (f"<details class='table'><summary>{html.escape(title or 'table')} "
-                 f"({df.height} row{'s' if df.height != 1 else ''})</summary>{t}</details>")
-        sec.blocks.append(t)
-
-    def text(self, sec: Section, text: str, cls: str = "") -> None:
-        c = f" class='{cls}'" if cls else ""
-        sec.blocks.append(f"<p{c}>{html.escape(text)}</p>")
-
-    def note(self, sec: Section, text: str) -> None:
-        sec.notes.append(text)
-
-
 # ---------------------------------------------------------------------------------------- helpers
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
-    return str(v)
-
-
-def html_table(df: pl.DataFrame, title: str = "", max_rows: int = MAX_TABLE_ROWS) -> str:
-    """An escaped HTML table (at most ``max_rows`` rows, the rest counted)."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = []
-    for row in df.head(max_rows).iter_rows():
-        cells = "".join(
-            f"<td class='{'num' if isinstance(v, (int, float)) and not isinstance(v, bool) else ''}'>"
-            f"{html.escape(_fmt(v))}</td>" for v in row)
-        body.append(f"<tr>{cells}</tr>")
-    more = (f"<p class='more'>{df.height - max_rows} more rows not shown (use the CLI's --json for all)</p>"
-            if df.height > max_rows else "")
-    cap = f"<caption>{html.escape(title)}</caption>" if title else ""
-    return f"<div class='tablewrap'><table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}</div>"
-
-
-def _guard(page: _Page, sec: Section, what: str, fn: Callable[[], None]) -> None:
+def _guard(page: Page, sec: Section, what: str, fn: Callable[[], None]) -> None:
     """Run one part of a section; a failure becomes a note in the page, not a crash."""
     try:
         fn()
@@ -153,7 +64,7 @@ def _guard(page: _Page, sec: Section, what: str, fn: Callable[[], None]) -> None
 
 
 # ---------------------------------------------------------------------------------------- sections
-def _spec_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -> None:
+def _spec_section(page: Page, store: "Store", sweep: str, runs: pl.DataFrame) -> None:
     from gammadb.analysis.etas import group_columns
 
     sec = page.section("spec", "What was run")
@@ -174,7 +85,7 @@ def _spec_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -
     sec.blocks.append(f"<details><summary>sweep spec (JSON)</summary><pre>{html.escape(spec)}</pre></details>")
 
 
-def _summary_section(page: _Page, store: "Store", sweep: str, include_lr: bool) -> None:
+def _summary_section(page: Page, store: "Store", sweep: str, include_lr: bool) -> None:
     """First on the page: the claims verdict, eta* against gamma with its slopes, the U-curves."""
     sec = page.section("summary", "Summary: the claims, eta* and the learning-rate U-curves")
 
@@ -243,7 +154,7 @@ def broken_law_text(res: Any, group_idx: int) -> str:
     return f"Smoothly broken power law of eta*: {b['reason'] or why}."
 
 
-def _lr_sections(page: _Page, store: "Store", sweep: str) -> None:
+def _lr_sections(page: Page, store: "Store", sweep: str) -> None:
     sec = page.section("optimal-lr", "Learning rate: phase portrait and eta* fits")
     try:
         from gammadb.analysis import charts_lr, optimal_lr
@@ -283,7 +194,7 @@ def _lr_sections(page: _Page, store: "Store", sweep: str) -> None:
     _guard(page, psec, "phase analysis", ph)
 
 
-def _curves_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame, family_ids: list[int],
+def _curves_section(page: Page, store: "Store", sweep: str, runs: pl.DataFrame, family_ids: list[int],
                     fixed_eta: Optional[float], fixed_ids: list[int],
                     plateau_tables: tuple[pl.DataFrame, pl.DataFrame], group_label: str = "") -> None:
     from gammadb.analysis.charts_curves import curves_chart, left_out_note, plateau_marks, split_diverged
@@ -316,7 +227,7 @@ def _curves_section(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame,
         page.note(sec, "no finished run to plot")
 
 
-def _plateau_section(page: _Page, rep: Any, error: Optional[str]) -> None:
+def _plateau_section(page: Page, rep: Any, error: Optional[str]) -> None:
     sec = page.section("plateaus", "Plateaus and staircases")
     if rep is None:
         page.note(sec, f"plateau analysis: {error}")
@@ -325,7 +236,7 @@ def _plateau_section(page: _Page, rep: Any, error: Optional[str]) -> None:
     _guard(page, sec, "plateaus", lambda: _plateau_body(page, sec, rep))
 
 
-def _plateau_body(page: _Page, sec: Section, rep: Any) -> None:
+def _plateau_body(page: Page, sec: Section, rep: Any) -> None:
     from gammadb.analysis.charts_curves import scaling_chart
 
     o = rep.options
@@ -340,7 +251,7 @@ def _plateau_body(page: _Page, sec: Section, rep: Any) -> None:
                                "with the fitted power law")
     rows = []
     for g in sc["groups"]:
-        rows.append({"group": _fmt(g["group"]) or "all runs", "exponent": g["exponent"],
+        rows.append({"group": fmt(g["group"]) or "all runs", "exponent": g["exponent"],
                      "ci_lo": g["exponent_ci"][0] if g["exponent_ci"] else None,
                      "ci_hi": g["exponent_ci"][1] if g["exponent_ci"] else None,
                      "theory 1-2/L": g["theory_exponent"], "r2": g["r2"], "runs": g["n_points"],
@@ -356,7 +267,7 @@ def _plateau_body(page: _Page, sec: Section, rep: Any) -> None:
     page.table(sec, t, "per run")
 
 
-def _collapse_section(page: _Page, store: "Store", sweep: str, gamma_min: Optional[float]) -> None:
+def _collapse_section(page: Page, store: "Store", sweep: str, gamma_min: Optional[float]) -> None:
     from gammadb.analysis.charts_curves import collapse_figure
     from gammadb.analysis.collapse import analyze_collapse
 
@@ -366,7 +277,7 @@ def _collapse_section(page: _Page, store: "Store", sweep: str, gamma_min: Option
         rep = analyze_collapse(store, sweep, along="fixed", gamma_min=gamma_min)
         fam = rep.family
         page.chart(sec, collapse_figure(rep),
-                   f"runs at eta = {_fmt(fam.get('eta'))}, gamma >= {_fmt(gamma_min)}: raw steps, the theory's tau, "
+                   f"runs at eta = {fmt(fam.get('eta'))}, gamma >= {fmt(gamma_min)}: raw steps, the theory's tau, "
                    f"and each run's fitted time scale (reference run {rep.reference['run_id']})")
         f = rep.fit
         summary = pl.DataFrame([{
@@ -382,7 +293,7 @@ def _collapse_section(page: _Page, store: "Store", sweep: str, gamma_min: Option
     _guard(page, sec, "collapse", go)
 
 
-def _metric_sections(page: _Page, store: "Store", sweep: str, family_ids: list[int]) -> None:
+def _metric_sections(page: Page, store: "Store", sweep: str, family_ids: list[int]) -> None:
     from gammadb.analysis.charts_curves import metric_figure
 
     known = set(store.metric_keys()["name"].to_list())
@@ -412,7 +323,7 @@ def build_report(store: "Store", sweep: str, *, static: bool = False, gamma_min:
     from gammadb.analysis.plateaus import analyze_plateaus
 
     runs = store.runs_frame(sweep)
-    page = _Page(static)
+    page = Page(static)
     _LR_CACHE.clear()
     _summary_section(page, store, sweep, include_lr)
     _spec_section(page, store, sweep, runs)
@@ -448,7 +359,7 @@ def build_report(store: "Store", sweep: str, *, static: bool = False, gamma_min:
     _collapse_section(page, store, sweep, gamma_min)
     _metric_sections(page, store, sweep, family_ids)
     _LR_CACHE.clear()
-    return _render(page, store, sweep, runs), page.sections
+    return render(page, store, sweep, runs), page.sections
 
 
 def write_report(store: "Store", sweep: str, out: Path, *, static: bool = False,
@@ -466,51 +377,3 @@ def write_report(store: "Store", sweep: str, out: Path, *, static: bool = False,
     return ReportSummary(out, sweep, len(text.encode()), sum(s.charts for s in sections),
                          [{"id": s.id, "title": s.title, "ok": s.ok, "charts": s.charts, "notes": s.notes}
                           for s in sections])
-
-
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1f2328;background:#fff}
-header{background:#24292f;color:#fff;padding:18px 32px}header h1{margin:0 0 4px 0;font-size:22px}
-header p{margin:0;color:#c9d1d9;font-size:13px}nav{padding:8px 32px;border-bottom:1px solid #d0d7de;font-size:14px}
-nav a{margin-right:16px;color:#0969da;text-decoration:none}main{padding:0 32px 40px 32px;max-width:1300px}
-main,section{box-sizing:border-box;min-width:0}
-.vis svg,figure.chart>svg{max-width:100%;height:auto}details.table{margin:8px 0;max-width:100%;overflow-x:auto}
-details.table>summary{cursor:pointer;font-size:13px;color:#0969da}.verdict{font-size:15px}
-section{margin-top:28px}h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;font-size:19px}
-figure.chart{margin:12px 0 18px 0;max-width:100%}.caption{font-size:12px;color:#57606a;margin:4px 0}
-.note{background:#fff8c5;border:1px solid #d4a72c;padding:8px 12px;border-radius:6px;font-size:14px;margin:8px 0}
-.method{font-size:13px;color:#57606a}.tablewrap{overflow-x:auto;max-width:100%;margin:10px 0 16px 0}
-table{border-collapse:collapse;font-size:12px}caption{text-align:left;font-weight:600;padding:4px 0;font-size:13px}
-th,td{border:1px solid #d0d7de;padding:3px 7px;white-space:nowrap}th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.more{font-size:12px;color:#57606a}pre{background:#f6f8fa;padding:10px;font-size:12px;overflow-x:auto}
-"""
-
-
-def _render(page: _Page, store: "Store", sweep: str, runs: pl.DataFrame) -> str:
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    nav = "".join(f"<a href='#{s.id}'>{html.escape(s.title)}</a>" for s in page.sections)
-    body = []
-    for s in page.sections:
-        notes = "".join(f"<div class='note'>{html.escape(n)}</div>" for n in s.notes)
-        body.append(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>{notes}{''.join(s.blocks)}</section>")
-    script = ""
-    if page.specs and not page.static:
-        from gammadb.analysis.charts_export import script_json, vega_bundle
-
-        bundle = vega_bundle()
-        specs = script_json({div: spec for div, spec in page.specs})
-        script = (f"<script type='text/javascript'>{bundle}</script>\n"
-                  f"<script type='text/javascript'>\nconst SPECS = {specs};\n"
-                  "for (const [id, spec] of Object.entries(SPECS)) {\n"
-                  "  vegaEmbed('#' + id, spec, {renderer: 'svg', actions: false}).catch(err => {\n"
-                  "    const el = document.getElementById(id);\n"
-                  "    el.classList.add('failed'); el.textContent = 'chart failed to render: ' + err; });\n}\n"
-                  "</script>")
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>gammadb report: {html.escape(sweep)}</title>"
-        f"<style>{_CSS}</style></head><body>"
-        f"<header><h1>gammadb report: sweep {html.escape(sweep)}</h1>"
-        f"<p>{runs.height} runs &middot; store {html.escape(store.display_url)} &middot; gammadb {__version__} &middot; {now}</p></header>"
-        f"<nav>{nav}</nav><main>{''.join(body)}</main>{script}</body></html>\n"
-    )

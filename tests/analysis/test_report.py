@@ -13,7 +13,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from gammadb.analysis.report import html_table, write_report
+from gammadb.analysis.report import write_report
+from gammadb.analysis.report_html import html_table
 from gammadb.cli.common import new_app
 from gammadb.cli.report import report
 from gammadb.store import Store
