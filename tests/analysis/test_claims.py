@@ -172,7 +172,7 @@ def test_too_few_gammas_is_not_testable_with_a_command_that_fixes_it(claims_stor
 
 def test_a_sweep_of_the_quick_preset_not_yet_trained_names_the_grid_to_add(store: Store) -> None:
     from gammadb.runners.plan import plan_of, prepare
-    from gammadb.runners.spec import preset
+    from gammadb.runners.presets import preset
 
     prepare(store, plan_of(preset("quick")))
     rows = rows_of(verdict(store, "quick", n_boot=50))
@@ -190,7 +190,7 @@ def test_the_command_for_a_gammadb_sweep_keeps_its_config_and_grid_points(store:
     """Its flags rebuild the stored spec's runs exactly (so rerunning skips them) and add the new ones."""
     from gammadb.runners import dryrun
     from gammadb.runners.plan import plan_of, prepare, run_spec
-    from gammadb.runners.spec import preset
+    from gammadb.runners.presets import preset
 
     spec = preset("mlp-depth3")
     prepare(store, plan_of(spec))

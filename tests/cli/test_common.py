@@ -132,10 +132,10 @@ def test_where_matches_the_values_the_tables_show_and_a_miss_lists_them(store) -
     10^-0.5) selects those runs; a value that is not in the grid says which are."""
     from gammadb.analysis.downsample import select_runs
     from gammadb.errors import InvalidSpecError
-    from gammadb.runners import spec as specs
+    from gammadb.runners import presets
     from gammadb.runners.plan import plan_of, run_spec
 
-    plan = plan_of(specs.preset("quick"))
+    plan = plan_of(presets.preset("quick"))
     sweep = store.ensure_sweep("quick", dict(plan.spec))
     store.ensure_runs(sweep.id, [run_spec(c) for c in plan.configs])
     etas = sorted({c.hyper_params()["eta"] for c in plan.configs})

@@ -11,7 +11,8 @@ import torch
 from gammadb.errors import InvalidSpecError, NotFoundError
 from gammadb.runners import datafiles
 from gammadb.runners.config import RunConfig
-from gammadb.runners.data import DataStream, make_task, normalise_cifar, normalise_mnist
+from gammadb.runners.data import DataStream, make_task
+from gammadb.runners.file_tasks import normalise_cifar, normalise_mnist
 
 SYNTHETIC = {
     "teacher": RunConfig(task="teacher", batch_size=8),

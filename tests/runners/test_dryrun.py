@@ -13,7 +13,8 @@ from gammadb.cli import app
 from gammadb.runners.dryrun import HOUR, estimate
 from gammadb.runners.launch import LaunchOptions
 from gammadb.runners.plan import plan_of
-from gammadb.runners.spec import preset, spec_from_flags
+from gammadb.runners.presets import preset
+from gammadb.runners.spec import spec_from_flags
 from gammadb.store import Store
 
 runner = CliRunner()

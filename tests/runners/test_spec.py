@@ -9,13 +9,12 @@ import pytest
 from gammadb.errors import InvalidSpecError, NotFoundError
 from gammadb.runners.config import RunConfig
 from gammadb.runners.datafiles import DataNotFoundError
+from gammadb.runners.presets import list_presets, preset
 from gammadb.runners.spec import (
     SweepSpec,
-    list_presets,
     load_spec,
     parse_grid,
     parse_seeds,
-    preset,
     spec_from_dict,
     spec_from_flags,
     spec_from_toml,
