@@ -74,7 +74,9 @@ def load_runs(store: "Store", sweep: str, *, budget: Optional[int] = None, want_
     runs = _cast_runs(_with_initial_loss(runs))
     runs = runs.with_columns(
         (pl.col("status").eq(RunStatus.DIVERGED.value) | pl.col("diverged_at").is_not_null()
-         | pl.col("max_step").is_null() | ~_finite("initial_loss")).alias("diverged"),
+         | pl.col("max_step").is_null() | ~_finite("initial_loss")
+         # the stored summary saw a NaN/inf at some step (one written in place, with no diverged_at)
+         | pl.col("s_diverged").cast(pl.Boolean).fill_null(False)).alias("diverged"),
     )
     ok = runs.filter(~pl.col("diverged"))
     if ok.is_empty():
@@ -117,7 +119,8 @@ def load_runs(store: "Store", sweep: str, *, budget: Optional[int] = None, want_
     if want_test:
         agg = agg.join(_test_values(store, ok_ids, budget), on="run_id", how="left")
     frame = (
-        runs.drop("s_final_step", "s_steps", "s_final", "s_min", "s_tail", "max_step", "status", "diverged_at")
+        runs.drop("s_final_step", "s_steps", "s_final", "s_min", "s_tail", "s_diverged", "max_step", "status",
+                  "diverged_at")
         .join(agg, on="run_id", how="left")
     )
     if want_test:  # on the training loss's scale, so runs with different test reductions compare

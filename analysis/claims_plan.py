@@ -113,6 +113,10 @@ class Needs:
     def more_steps(self, factor: int) -> "Needs":
         return dataclasses.replace(self, steps=self.grid.steps * factor)
 
+    def more_seeds(self, n: int = 3) -> "Needs":
+        """At least ``n`` seeds: enough for a bootstrap interval over seeds."""
+        return dataclasses.replace(self, seeds=max(self.seeds, n))
+
     def override(self, **fields: Any) -> "Needs":
         return dataclasses.replace(self, overrides={**self.overrides, **fields})
 
@@ -146,12 +150,18 @@ class Needs:
             for k in ("model", "task", "loss_fn", "optimizer"):
                 if k in self.overrides:
                     parts += [_FLAGS[k], str(self.overrides[k])]
+        return " ".join(shlex.quote(p) for p in parts + self._grid_parts())
+
+    def flags(self) -> str:
+        """The grid part of :meth:`command`: '--gamma lo:hi:n --eta lo:hi:n --seeds N --steps N'."""
+        return " ".join(shlex.quote(p) for p in self._grid_parts())
+
+    def _grid_parts(self) -> list[str]:
         g_pd = _per_decade(self.grid.gammas)
         e_pd = _per_decade(self.grid.etas)
-        parts += ["--gamma", _log_grid(self.gamma_lo, self.gamma_hi, g_pd),
-                  "--eta", _log_grid(self.eta_lo, self.eta_hi, e_pd),
-                  "--seeds", str(self.seeds), "--steps", str(self.steps)]
-        return " ".join(shlex.quote(p) for p in parts)
+        return ["--gamma", _log_grid(self.gamma_lo, self.gamma_hi, g_pd),
+                "--eta", _log_grid(self.eta_lo, self.eta_hi, e_pd),
+                "--seeds", str(self.seeds), "--steps", str(self.steps)]
 
 
 def _flag_text(value: Any) -> str:

@@ -46,6 +46,7 @@ from gammadb.analysis._common import (
     percentile_ci,
     theory_exponent,
 )
+from gammadb.analysis.claims_plan import SweepGrid
 from gammadb.analysis.etas import (
     CONVERGED,
     LEFT_PLATEAU,
@@ -181,17 +182,21 @@ def analyze(store: Any, sweep: str, *, budget: Optional[int] = None, settings: S
         settings = dataclasses.replace(settings, decades_below=scan_decades(store.get_sweep(sweep).spec))
     table = load_runs(store, sweep, budget=budget, want_min=settings.criterion == Criterion.min,
                       want_test=settings.criterion == Criterion.test)
-    return analyze_runs(table, sweep, settings)
+    return analyze_runs(table, sweep, settings, grid=SweepGrid.read(store, sweep, store.get_sweep(sweep).spec))
 
 
-def analyze_runs(table: RunTable, sweep: str, settings: Settings = Settings()) -> OptimalLr:
-    """The analysis of a per-run table (see :class:`gammadb.analysis._common.RunTable`)."""
+def analyze_runs(table: RunTable, sweep: str, settings: Settings = Settings(),
+                 grid: Optional[SweepGrid] = None) -> OptimalLr:
+    """The analysis of a per-run table (see :class:`gammadb.analysis._common.RunTable`). With the
+    sweep's ``grid``, the reason of a missing fit or interval ends with the flags that would fill it."""
     settings.check()
     runs = with_value(table.frame, settings.criterion)
     groups, runs = index_groups(runs)
     cells, points, boots = optimal_points(runs, settings)
     fits = power_law_fits(points, boots, groups, settings)
     broken = broken_fits(points, fits, groups)
+    if grid is not None:
+        points, fits = with_fills(points, fits, cells, groups, grid, settings)
     return OptimalLr(sweep, table.budget_step, settings, table.source, groups, cells, points, fits, broken)
 
 
@@ -299,6 +304,34 @@ def _point(g: EtaGrid, st: dict[str, np.ndarray], s: Settings, whole: bool) -> d
 def _grid_eta(g: EtaGrid, i: int) -> Optional[float]:
     """The grid eta at index ``i`` as reported (10^log10 eta), None for -1."""
     return None if i < 0 else float(10 ** g.log_eta[i])
+
+
+# ---------------------------------------------------------------------- what would fill a gap
+def with_fills(points: pl.DataFrame, fits: pl.DataFrame, cells: pl.DataFrame, groups: pl.DataFrame,
+               grid: SweepGrid, s: Settings) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """points and fits with each missing fit's reason, and each one-seed point's, ending in
+    '; to fill it: <flags>': the grid that the claims verdict would run (``claims._lr_needs``)."""
+    from gammadb.analysis.claims import _lr_needs
+
+    def fill(need: Any) -> str:
+        return f"; to fill it: {need.flags()}"
+
+    by_group = {g["group_idx"]: g for g in groups.iter_rows(named=True)}
+    fit_reasons = []
+    for f in fits.iter_rows(named=True):
+        reason, g = f["reason"], by_group[f["group_idx"]]
+        if f["exponent"] is None and reason is not None:
+            mine = pl.col("group_idx") == f["group_idx"]
+            need = _lr_needs(grid.needs(g), points.filter(mine), cells.filter(mine), f["target"], f["regime"], s,
+                             g.get("depth"))
+            reason += fill(need)
+        fit_reasons.append(reason)
+    point_reasons = [
+        p["reason"] + fill(grid.needs(by_group[p["group_idx"]]).more_seeds(3))
+        if p["n_seeds"] == 1 and p["reason"] is not None else p["reason"]
+        for p in points.iter_rows(named=True)]
+    return (points.with_columns(pl.Series("reason", point_reasons, dtype=pl.String)),
+            fits.with_columns(pl.Series("reason", fit_reasons, dtype=pl.String)))
 
 
 # ---------------------------------------------------------------------- fits against gamma

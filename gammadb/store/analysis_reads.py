@@ -61,7 +61,8 @@ class AnalysisReadsMixin:
 
         Columns: run_id, the run columns (:data:`gammadb.records.RUN_COLUMNS`), gamma, eta, seed,
         status, diverged_at; from ``run_summaries`` (null without one) s_final_step, s_steps
-        (steps_logged), s_final, s_min, s_tail (final, min and tail-mean loss); first_step and
+        (steps_logged), s_final, s_min, s_tail (final, min and tail-mean loss), s_diverged (a NaN or
+        inf at any stored step); first_step and
         max_step (the first and last logged loss step, null without any); initial_test (the logged
         test loss at the first loss step, null where not measured: not rescaled), initial_train (the
         loss at the first step; null for a NaN on SQLite, which stores NaN as NULL) and config (the
@@ -75,7 +76,7 @@ class AnalysisReadsMixin:
         runs = self.read(
             f"SELECT r.id AS run_id, {cols}, r.gamma, r.eta, r.seed, r.status, r.diverged_at, "
             "u.final_step AS s_final_step, u.steps_logged AS s_steps, u.final_loss AS s_final, "
-            "u.min_loss AS s_min, u.tail_mean_loss AS s_tail, "
+            "u.min_loss AS s_min, u.tail_mean_loss AS s_tail, u.diverged AS s_diverged, "
             "(SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS first_step, "
             "(SELECT MAX(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS max_step, "
             "(SELECT t.value FROM metric_values t WHERE t.run_id = r.id AND t.metric_id = ? AND t.step = "

@@ -404,7 +404,8 @@ def test_single_gamma_reports_null_fits_with_reasons(edge_store: Store) -> None:
     assert res.points.height == 1 and res.points["eta_star"][0] == pytest.approx(law(1.0), rel=0.15)
     assert res.fits["exponent"].is_null().all()
     reasons = res.fits["reason"].to_list()
-    assert reasons[0] == "0 distinct x value(s) with a usable eta_star (need >= 3) in gamma <= 0.1"
+    assert reasons[0] == ("0 distinct x value(s) with a usable eta_star (need >= 3) in gamma <= 0.1; to fill it: "
+                          "--gamma 1e-3:1e0:7 --eta 1e-8:1e1:37 --seeds 3 --steps 30")
     assert all(r is not None and "need >= 3" in r for r in reasons)
     bpl = res.to_json()["groups"][0]["broken_power_law"]
     assert bpl["slope_small"] is None and bpl["reason"] == "1 distinct gamma value(s) (a broken power law needs >= 5)"
@@ -414,7 +415,8 @@ def test_two_gammas_in_a_regime_is_not_a_fit(edge_store: Store) -> None:
     res = olr.analyze(edge_store, "two-small", settings=olr.Settings(n_boot=50))
     row = res.fits.filter((pl.col("target") == "eta_star") & (pl.col("regime") == "small_gamma")).row(0, named=True)
     assert row["exponent"] is None and row["exponent_lo"] is None and row["prefactor"] is None
-    assert row["reason"] == "2 distinct x value(s) with a usable eta_star (need >= 3) in gamma <= 0.1"
+    assert row["reason"] == ("2 distinct x value(s) with a usable eta_star (need >= 3) in gamma <= 0.1; to fill it: "
+                             "--gamma 1e-3:1e3:13 --eta 1e-8:1e3:45 --seeds 3 --steps 30")
     assert row["n_points"] == 2 and (row["gamma_lo"], row["gamma_hi"]) == (1e-3, 1e-2)
     large = res.fits.filter((pl.col("target") == "eta_star") & (pl.col("regime") == "large_gamma")).row(0, named=True)
     # gamma 10, 100, 1000: the law's local slope 2 - (4/3) g/(1+g) runs from 0.79 to 0.67 there
@@ -665,3 +667,51 @@ def test_the_output_names_the_criterion(synth_store: Store, criterion: Criterion
     assert (doc["criterion"], doc["criterion_meaning"]) == (criterion.value, meaning)
     title = olr.report_tables(res)[0][0]
     assert f"criterion {criterion.value} ({meaning})" in title
+
+
+# ---------------------------------------------------------------------- what would fill a missing fit
+def _fill_flags(reason: str) -> dict[str, str]:
+    """The '--flag value' pairs after '; to fill it: ', which must end the reason."""
+    head, sep, tail = reason.rpartition("; to fill it: ")
+    assert sep and head, reason
+    words = tail.split()
+    assert len(words) % 2 == 0 and all(w.startswith("--") for w in words[::2]), tail
+    return dict(zip(words[::2], words[1::2]))
+
+
+def test_a_missing_fit_ends_with_the_flags_that_fill_it(edge_store: Store) -> None:
+    from gammadb.runners.spec import spec_from_flags
+
+    res = olr.analyze(edge_store, "two-small", settings=olr.Settings(n_boot=50))
+    missing = res.fits.filter(pl.col("exponent").is_null())
+    assert sorted(missing["target"]) == ["eta_conv", "eta_max", "eta_star"]
+    assert set(missing["regime"]) == {"small_gamma"}
+    for reason in missing["reason"]:
+        flags = _fill_flags(reason)
+        spec = spec_from_flags(gamma=flags["--gamma"], eta=flags["--eta"], seeds=flags["--seeds"],
+                               steps=flags["--steps"])
+        small = [g for g in spec.gammas if g <= 0.1 * (1 + 1e-9)]
+        assert len(small) >= 3 and min(small) == pytest.approx(1e-3), spec.gammas
+        assert len(spec.seeds) == 3 and spec.base.steps == 30
+        # the etas reach eta* at the new small gammas (eta* ~ gamma^2): 0.5e-6 at gamma = 1e-3
+        assert min(spec.etas) <= law(1e-3) / 10 and max(spec.etas) >= 4 * law(1000.0)
+    # the fits that were made carry no suggestion
+    assert res.fits.filter(pl.col("exponent").is_not_null())["reason"].is_null().all()
+
+
+def test_a_one_seed_interval_reason_suggests_three_seeds(edge_store: Store) -> None:
+    res = olr.analyze(edge_store, "one-seed", settings=olr.Settings(n_boot=50))
+    for reason in res.points["reason"]:
+        assert "1 seed: no bootstrap interval on eta*; to fill it: " in reason
+        flags = _fill_flags(reason)
+        assert flags["--seeds"] == "3"
+        # the same gammas: the sweep's own grid, rerun with more seeds
+        assert flags["--gamma"] == "1e-3:1e-1:5", reason  # GAMMAS[:5]: 1e-3 .. 0.1, 2 a decade
+
+
+def test_the_pure_path_suggests_nothing() -> None:
+    """Without a store (a frame through analyze_runs) there is no stored grid to grow: plain reasons."""
+    res = olr.analyze_runs(reference_table(synth(gammas=[1e-2, 1.0], seeds=(0,)), 30), "frame",
+                           olr.Settings(n_boot=20))
+    assert res.fits["exponent"].is_null().all()
+    assert all("to fill it" not in r for r in res.fits["reason"].to_list() + res.points["reason"].to_list())

@@ -70,6 +70,23 @@ def test_bootstrap_interval_contains_eta_star_and_has_width() -> None:
     assert math.log10(p["eta_star_hi"] / p["eta_star_lo"]) > 0.1  # a tenth of a decade wide
 
 
+def test_a_nan_before_the_tail_window_is_a_divergence_on_both_read_paths(store: Store) -> None:
+    """A NaN stored at step 5 (outside the tail window) of a run with no diverged_at: its summary
+    says diverged, and so do both read paths of the analysis (it used to come back healthy)."""
+    rows = [dict(gamma=1.0, eta=eta, seed=0, step=step, loss=1.0 / (1 + eta * step))
+            for eta in (0.1, 0.2) for step in range(41)]
+    import_frame(store, pl.DataFrame(rows), "nan-early")
+    healthy, bad = store.runs_frame("nan-early").sort("eta")["run_id"].to_list()
+    with store.writer(background=False) as w:
+        w.log(bad, 5, {MetricKey(LOSS): math.nan})
+    store.rebuild_summaries("nan-early")
+    assert store.get_run(bad).diverged_at is None and store.summaries([bad])[bad].diverged
+    for table in (load_runs(store, "nan-early"), load_runs(store, "nan-early", force_sql=True)):
+        assert table.frame.sort("run_id")["diverged"].to_list() == [False, True], table.source
+    cells = olr.analyze(store, "nan-early", settings=olr.Settings(n_boot=20)).cells
+    assert cells.sort("eta")["diverged"].to_list() == [False, True]
+
+
 def test_a_nan_in_the_tail_window_is_a_divergence_on_both_read_paths(store: Store) -> None:
     """A NaN stored inside the tail window of a run whose row has no diverged_at (a NaN written in
     place after an import): the stored summary and the SQL aggregation both call the run diverged."""

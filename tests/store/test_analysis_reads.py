@@ -66,7 +66,9 @@ def test_finished_runs_with_loss_ends(store: Store) -> None:
     df = store.finished_runs_with_loss_ends("tiny")
     assert df.columns == ["run_id", "model", "dataset", "loss_fn", "optimizer", "depth", "width", "batch_size",
                           "gamma", "eta", "seed", "status", "diverged_at", "s_final_step", "s_steps", "s_final",
-                          "s_min", "s_tail", "first_step", "max_step", "initial_test", "initial_train", "config"]
+                          "s_min", "s_tail", "s_diverged", "first_step", "max_step", "initial_test", "initial_train",
+                          "config"]
+    assert df["s_diverged"].cast(pl.Boolean).to_list() == [False, False, True]
     # the pending run d and the other sweep's run are not there
     assert df["run_id"].to_list() == [ids["a"], ids["b"], ids["c"]]
     got = df.select("status", "diverged_at", "s_final_step", "s_steps", "s_final", "s_min", "s_tail", "first_step",
