@@ -6,6 +6,7 @@ cell or point (a few thousand rows at most).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -367,3 +368,91 @@ def lr_curve_figure(store: Any, sweep: str, *, budget: Optional[int] = None,
 def _largest_group(res: "OptimalLr") -> int:
     sizes = res.cells.group_by("group_idx").agg(pl.len().alias("n")).sort(["n", "group_idx"], descending=[True, False])
     return int(sizes["group_idx"][0])
+
+
+# ---------------------------------------------------------------------- comparing sweeps
+#: One colour per compared sweep, in the order given (Tableau 10).
+SWEEP_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+                "#9c755f", "#bab0ac")
+
+
+def slope_text(result: "OptimalLr", group_idx: Optional[int] = None) -> str:
+    """The fitted eta* exponents of a sweep's largest group (or ``group_idx``), one per regime, as
+    "eta* slope 1.98 [1.9, 2.1] (small gamma), 0.51 (large gamma)"; "no eta* fit" when none fitted."""
+    gi = _largest_group(result) if group_idx is None else group_idx
+    fits = result.fits.filter((pl.col("group_idx") == gi) & (pl.col("target") == "eta_star")
+                              & pl.col("exponent").is_not_null())
+    parts = [f"{f['exponent']:.3g}{_ci_text(f['exponent_lo'], f['exponent_hi'])} ({f['regime'].replace('_', ' ')})"
+             for f in fits.iter_rows(named=True)]
+    return "eta* slope " + ", ".join(parts) if parts else "no eta* fit"
+
+
+def compare_tables(results: "Mapping[str, OptimalLr]") -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """What :func:`compare_chart` draws, from each sweep's largest group of comparable runs: eta* per
+    (sweep, gamma) (uncensored or a bound), the fitted eta* lines per sweep, and the U-curve cells
+    (sweep, gamma, eta, loss; diverged cells left out)."""
+    stars, lines, curves = [], [], []
+    for name, res in results.items():
+        gi = _largest_group(res)
+        pts = res.points.filter((pl.col("group_idx") == gi) & pl.col("eta_star").is_not_null())
+        stars.append(pts.select(pl.lit(name).alias("sweep"), "gamma", pl.col("eta_star").alias("eta"),
+                                pl.col("eta_star_censored").alias("censored")).with_columns(_point_kind("censored")))
+        fl = fit_lines(res.fits.filter(pl.col("group_idx") == gi), "eta_star").filter(pl.col("kind") == "fit")
+        lines.append(fl.select(pl.lit(name).alias("sweep"), "gamma", "eta",
+                               (pl.lit(name + " ") + pl.col("line")).alias("line"), "label"))
+        cells = res.cells.filter((pl.col("group_idx") == gi) & ~pl.col("diverged") & pl.col("value").is_not_null()
+                                 & (pl.col("value") > 0))
+        curves.append(cells.select(pl.lit(name).alias("sweep"), "gamma", "eta", pl.col("value").alias("loss")))
+    return (pl.concat(stars, how="diagonal_relaxed"), pl.concat(lines, how="diagonal_relaxed"),
+            pl.concat(curves, how="diagonal_relaxed"))
+
+
+def compare_chart(results: "Mapping[str, OptimalLr]") -> "alt.HConcatChart":
+    """Two or more sweeps overlaid, one colour per sweep: eta* against gamma (log-log, fitted power laws
+    solid, the fitted slopes in the legend) beside the learning-rate U-curves (loss at the budget
+    against eta, one line per (sweep, gamma)). Each sweep contributes its largest group of runs."""
+    from gammadb.errors import AnalysisError
+
+    alt = _alt()
+    if not results:
+        raise AnalysisError("no sweep to compare")
+    names = list(results)
+    stars, lines, curves = compare_tables(results)
+    labels = [f"{n}: {slope_text(results[n])}" for n in names]
+    legend = {n: lab for n, lab in zip(names, labels)}
+    palette = [SWEEP_COLORS[i % len(SWEEP_COLORS)] for i in range(len(names))]
+    # label expression: the legend shows each sweep with its fitted slopes
+    expr = " : ".join(f"datum.value === {_js(n)} ? {_js(legend[n])}" for n in names) + " : datum.value"
+    color = alt.Color("sweep:N", title="sweep").scale(domain=names, range=palette).legend(
+        labelExpr=expr, labelLimit=600, orient="bottom", direction="vertical")
+    x, y = _axes(alt)
+    tip = [alt.Tooltip("sweep:N"), alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", format=".3g")]
+    dots = alt.Chart(stars).mark_point(filled=True, size=60).encode(
+        x=x, y=y, color=color, **_bound_shape(alt, stars, "censored"), tooltip=tip)
+    joined = alt.Chart(stars).mark_line(strokeWidth=0.8, opacity=0.5, strokeDash=[2, 2]).encode(
+        x=x, y=y, color=color, detail=alt.Detail("sweep:N"))
+    layers: list[Any] = [joined, dots]
+    if not lines.is_empty():
+        layers.append(alt.Chart(lines).mark_line(strokeWidth=2).encode(
+            x=x, y=y, color=color, detail=alt.Detail("line:N"), tooltip=[alt.Tooltip("sweep:N"), alt.Tooltip("label:N")]))
+    budgets = ", ".join(f"{n} {results[n].budget_step}" for n in names)
+    left = alt.layer(*layers).properties(
+        title=alt.Title("eta* against gamma", subtitle=["solid: fitted power law; dotted: joins the points",
+                                                        f"budget step: {budgets}"]),
+        width=340, height=300)
+    ex = alt.X("eta:Q", title=ETA_TITLE).scale(type="log").axis(format=".0e")
+    ly = alt.Y("loss:Q", title=f"loss ({next(iter(results.values())).settings.criterion.value}) at the budget").scale(type="log")
+    right = alt.Chart(curves).mark_line(point=alt.OverlayMarkDef(size=18, filled=True), strokeWidth=1.4).encode(
+        x=ex, y=ly, color=color, detail=alt.Detail("gamma:N"),
+        tooltip=[*tip, alt.Tooltip("loss:Q", format=".4g")]).properties(
+        title=alt.Title("loss at the budget against eta", subtitle="one line per (sweep, gamma); diverged etas left out"),
+        width=340, height=300)
+    return alt.hconcat(left, right).resolve_scale(color="shared").properties(
+        title=f"sweeps compared: {', '.join(names)}")
+
+
+def _js(s: str) -> str:
+    """A string literal for a Vega expression."""
+    import json
+
+    return json.dumps(s)

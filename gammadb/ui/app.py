@@ -17,6 +17,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import quote
 
 from gammadb.errors import AnalysisError, GammadbError, InvalidSpecError, NotFoundError, StoreUnavailableError
 from gammadb.ui import views
@@ -129,6 +130,19 @@ def create_app(url: Optional[str] = None, *, store: Optional["Store"] = None) ->
             doc = {"spec": None, "caption": str(exc)}
         return JSONResponse(_jsonable(doc))
 
+    def _compared(request: "Request") -> tuple[list[str], dict[str, Any], dict[str, str]]:
+        names = views.compare_names(request.query_params.getlist("sweep"))
+        key = ("compare", views.compare_fingerprint(st, names))  # NotFoundError (404) for an unknown sweep
+        return names, *cache.get(key, lambda: views.compare_analyses(st, names))
+
+    def compare_page(request: "Request") -> "Response":
+        names, results, failed = _compared(request)
+        return page(request, "compare.html", title="Compare " + ", ".join(names),
+                    p=views.compare_page(results, failed), query="&".join(f"sweep={quote(n)}" for n in names))
+
+    def api_compare_chart(request: "Request") -> "Response":
+        return JSONResponse(_jsonable(views.compare_chart(*_compared(request)[1:])))
+
     def api_run(request: "Request") -> "Response":
         return JSONResponse(_jsonable(views.run_progress(st, request.path_params["run_id"])))
 
@@ -178,6 +192,8 @@ def create_app(url: Optional[str] = None, *, store: Optional["Store"] = None) ->
         Route("/sweeps/{name}", sweep_page, name="sweep"),
         Route("/sweeps/{name}/claims", claims_fragment, name="claims"),
         Route("/runs/{run_id:int}", run_page, name="run"),
+        Route("/compare", compare_page, name="compare"),
+        Route("/api/compare/chart", api_compare_chart),
         Route("/api/sweeps", api_sweeps),
         Route("/api/sweeps/{name}", api_sweep),
         Route("/api/sweeps/{name}/charts/{kind}", api_sweep_chart),

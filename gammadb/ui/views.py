@@ -273,3 +273,56 @@ def claims_table(store: "Store", sweep: str) -> dict[str, Any]:
     doc = rep.to_json()
     return {"available": True, "columns": table.columns, "rows": table.rows(), "lines": rep.lines(),
             "rule": rep.rule, "counts": doc["counts"], "budget_step": rep.budget_step}
+
+
+# ---------------------------------------------------------------------------------------- compare
+def compare_names(names: Sequence[str]) -> list[str]:
+    """The sweeps to compare, in the order given, each once: at least two (InvalidSpecError)."""
+    out = list(dict.fromkeys(n for n in names if n))
+    if len(out) < 2:
+        raise InvalidSpecError("compare needs at least two sweeps: pick them on the sweeps page "
+                               "(/compare?sweep=a&sweep=b)")
+    return out
+
+
+def compare_fingerprint(store: "Store", names: Sequence[str]) -> tuple[Any, ...]:
+    """The cache key of a comparison: each sweep's :func:`fingerprint` (NotFoundError for an unknown one)."""
+    return tuple((n, fingerprint(store, n)) for n in names)
+
+
+def compare_analyses(store: "Store", names: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each sweep's :func:`gammadb.analysis.optimal_lr.analyze` ({name: OptimalLr}, in order) and the
+    sweeps it could not analyse ({name: reason})."""
+    from gammadb.analysis import optimal_lr
+    from gammadb.errors import AnalysisError
+
+    results: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            results[name] = optimal_lr.analyze(store, name)
+        except (AnalysisError, InvalidSpecError) as exc:
+            failed[name] = str(exc)
+    return results, failed
+
+
+def compare_page(results: dict[str, Any], failed: dict[str, str]) -> dict[str, Any]:
+    """The compare page's table: per sweep analysed, its budget step, gammas, and fitted eta* slopes;
+    and the sweeps left out with their reasons."""
+    from gammadb.analysis.charts_lr import slope_text
+
+    rows = [{"sweep": n, "budget_step": r.budget_step, "gammas": r.points["gamma"].n_unique(),
+             "slopes": slope_text(r)} for n, r in results.items()]
+    return {"rows": rows, "failed": failed}
+
+
+def compare_chart(results: dict[str, Any], failed: dict[str, str]) -> dict[str, Any]:
+    """The compare chart: {"spec": Vega-Lite or None, "caption": text}."""
+    from gammadb.analysis import charts_lr
+
+    left_out = "; ".join(f"{n} left out: {why}" for n, why in failed.items())
+    if len(results) < 1:
+        return {"spec": None, "caption": left_out or "no sweep to compare"}
+    spec = _spec(charts_lr.compare_chart(results), zoom=False)
+    caption = "one colour per sweep (its largest group of comparable runs); the legend gives each sweep's fitted eta* slopes"
+    return {"spec": spec, "caption": caption + (f". {left_out}" if left_out else "")}

@@ -324,3 +324,67 @@ def test_sweep_page_draws_its_charts_in_a_browser(live_server: str, tmp_path: Pa
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000, out.stderr[-2000:]
     if os.environ.get("GAMMADB_UI_SCREENSHOT"):  # refresh the README's picture: GAMMADB_UI_SCREENSHOT=docs/ui-sweep.png
         shutil.copy(shot, ROOT / os.environ["GAMMADB_UI_SCREENSHOT"])
+
+
+@pytest.fixture
+def compare_client(ui_url: str) -> Iterator[TestClient]:
+    """``syn`` plus ``syn-deep`` (the same grid, squared losses) and ``tiny`` (one pending run: no
+    finished run to analyse)."""
+    import polars as pl
+
+    with Store.open(ui_url) as store:
+        deep = synthetic().with_columns(pl.lit(5).alias("depth"), (pl.col("loss") ** 2).alias("loss"))
+        import_frame(store, deep, "syn-deep")
+        tiny = store.ensure_sweep("tiny", {"source": "test"})
+        store.ensure_runs(tiny.id, [RunSpec(model="mlp", dataset="teacher", loss_fn="mse", optimizer="sgd", depth=3,
+                                            width=8, batch_size=4, gamma=1.0, eta=0.1, seed=0, dtype="float32",
+                                            steps_planned=100, config={})])
+    with TestClient(create_app(ui_url)) as c:
+        yield c
+
+
+def test_compare_overlays_two_sweeps(compare_client: TestClient) -> None:
+    home = compare_client.get("/").text
+    assert 'action="/compare"' in home and home.count('type="checkbox" name="sweep"') == 3
+
+    r = compare_client.get("/compare", params=[("sweep", SWEEP), ("sweep", "syn-deep")])
+    assert r.status_code == 200
+    assert f'data-compared="{SWEEP}"' in r.text and 'data-compared="syn-deep"' in r.text
+    assert "left out" not in r.text
+    assert f'data-chart-src="/api/compare/chart?sweep={SWEEP}&amp;sweep=syn-deep"' in r.text
+
+    doc = compare_client.get("/api/compare/chart", params=[("sweep", SWEEP), ("sweep", "syn-deep")]).json()
+    spec = doc["spec"]
+    assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
+    left, right = spec["hconcat"]
+    colours = [lay["encoding"]["color"] for lay in left["layer"]] + [right["encoding"]["color"]]
+    assert all(c["field"] == "sweep" for c in colours)
+    assert colours[0]["scale"]["domain"] == [SWEEP, "syn-deep"] and len(set(colours[0]["scale"]["range"])) == 2
+    assert "eta* slope" in colours[0]["legend"]["labelExpr"] or "no eta* fit" in colours[0]["legend"]["labelExpr"]
+    rows = [row for ds in spec["datasets"].values() for row in ds]
+    curves = [row for row in rows if "loss" in row]
+    # 3 gammas x 2 etas per sweep, minus the diverged cell (gamma 10, eta 0.1)
+    assert sorted({row["sweep"] for row in curves}) == [SWEEP, "syn-deep"] and len(curves) == 10
+    assert {row["sweep"] for row in rows if "loss" not in row and "eta" in row} == {SWEEP, "syn-deep"}
+    deep = {(row["gamma"], row["eta"]): row["loss"] for row in curves if row["sweep"] == "syn-deep"}
+    syn = {(row["gamma"], row["eta"]): row["loss"] for row in curves if row["sweep"] == SWEEP}
+    assert deep.keys() == syn.keys() and all(deep[k] < syn[k] for k in syn)
+
+
+def test_compare_names_a_sweep_it_cannot_analyse(compare_client: TestClient) -> None:
+    r = compare_client.get("/compare", params=[("sweep", SWEEP), ("sweep", "tiny")])
+    assert r.status_code == 200
+    assert f'data-compared="{SWEEP}"' in r.text and 'data-left-out="tiny"' in r.text
+    reason = re.search(r'data-left-out="tiny">.*?left out: ([^<]+)</td>', r.text, re.S)
+    assert reason and "no finished (completed or diverged) runs" in reason.group(1)
+    doc = compare_client.get("/api/compare/chart", params=[("sweep", SWEEP), ("sweep", "tiny")]).json()
+    assert doc["spec"]["hconcat"][0]["layer"][0]["encoding"]["color"]["scale"]["domain"] == [SWEEP]
+    assert "tiny left out:" in doc["caption"]
+
+
+def test_compare_unknown_or_single_sweep(compare_client: TestClient) -> None:
+    r = compare_client.get("/compare", params=[("sweep", SWEEP), ("sweep", "nope")])
+    assert r.status_code == 404 and "nope" in r.text and "Not found" in r.text
+    assert compare_client.get("/api/compare/chart", params=[("sweep", "nope"), ("sweep", SWEEP)]).status_code == 404
+    r = compare_client.get("/compare", params=[("sweep", SWEEP)])
+    assert r.status_code == 400 and "at least two sweeps" in r.text
