@@ -22,10 +22,11 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from gammadb.errors import GammadbError, InvalidSpecError
-from gammadb.metrics import LOSS, MetricKey, kind_of
+from gammadb.metrics import LOSS, MetricKey
 from gammadb.records import RunSpec, RunStatus
 from gammadb.schema import Metric, MetricValue, Run, Sweep
 from gammadb.store.engine import _chunks, _one_line, _unavailable, utcnow
+from gammadb.store.reads import ensure_metric_ids
 from gammadb.store.summaries import _replace_summaries, summarize_losses
 
 # Stage columns: the file's row (for messages), then the metric_values key and value. Fixed SQL
@@ -149,13 +150,7 @@ def _ids_by_key(s: Session, sweep_id: int, keys: Sequence[str]) -> dict[str, int
 
 def _metric_ids(s: Session, keys: Sequence[MetricKey]) -> dict[MetricKey, int]:
     """Ids of the series, created inside the import's transaction (so a failed import adds none)."""
-    known = {MetricKey(n, l): i for n, l, i in s.execute(select(Metric.name, Metric.layer, Metric.id))}
-    for k in keys:
-        if k not in known:
-            m = Metric(name=k.name, layer=k.layer, kind=kind_of(k.name).value)
-            s.add(m)
-            s.flush()
-            known[k] = m.id
+    known = ensure_metric_ids(s, keys)
     return {k: known[k] for k in keys}
 
 

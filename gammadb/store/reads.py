@@ -11,6 +11,7 @@ from typing import Any
 
 import polars as pl
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from gammadb.errors import GammadbError, StoreUnavailableError
 from gammadb.metrics import LOSS, MetricKey, kind_of
@@ -59,14 +60,7 @@ class ReadsMixin:
             for attempt in range(3):
                 try:
                     with self.session_scope() as s:
-                        rows = s.execute(select(Metric.name, Metric.layer, Metric.id)).all()
-                        known = {MetricKey(n, l): i for n, l, i in rows}
-                        for k in missing:
-                            if k not in known:
-                                m = Metric(name=k.name, layer=k.layer, kind=kind_of(k.name).value)
-                                s.add(m)
-                                s.flush()
-                                known[k] = m.id
+                        known = ensure_metric_ids(s, missing)
                     self._metric_ids.update(known)
                     break
                 except GammadbError:
@@ -186,3 +180,16 @@ def _dollar_params(sql: str) -> str:
 def _empty_series() -> pl.DataFrame:
     return pl.DataFrame(schema={"run_id": pl.Int64, "metric": pl.String, "layer": pl.Int64,
                                 "step": pl.Int64, "value": pl.Float64})
+
+
+def ensure_metric_ids(s: Session, keys: Iterable[MetricKey]) -> dict[MetricKey, int]:
+    """Every series id the store knows, with ``keys`` created inside the session's transaction where
+    missing (so a transaction that fails adds none)."""
+    known = {MetricKey(n, l): i for n, l, i in s.execute(select(Metric.name, Metric.layer, Metric.id))}
+    for k in keys:
+        if k not in known:
+            m = Metric(name=k.name, layer=k.layer, kind=kind_of(k.name).value)
+            s.add(m)
+            s.flush()
+            known[k] = m.id
+    return known
