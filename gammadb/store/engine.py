@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
+from sqlalchemy.pool import QueuePool
 
 from gammadb.errors import GammadbError, StoreUnavailableError
 from gammadb.urls import libpq_uri, mask, sqlite_path
@@ -52,7 +53,10 @@ def _make_engine(url: URL, *, read_only: bool = False) -> Engine:
                 return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                        timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
 
-            engine = create_engine("sqlite://", creator=_connect_ro)
+            # The pool a file URL gets: "sqlite://" alone means :memory: to SQLAlchemy, whose
+            # SingletonThreadPool closes a connection another thread is using once more than five
+            # threads read (the dashboard's request threads): errors, or a segfault in sqlite3.
+            engine = create_engine("sqlite://", creator=_connect_ro, poolclass=QueuePool)
 
             @event.listens_for(engine, "connect")
             def _on_connect_ro(dbapi_conn, _record):  # pragma: no cover - exercised by the ro tests

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 POLL_MS = 3000  # how often an open page asks for progress
 CACHE_ENTRIES = 64
+# Browsers ask every page's site for /favicon.ico; a 404 there is an error in each page's console.
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><text x="3" y="13" font-size="14" '
+           'font-family="serif">&#947;</text></svg>')
 
 
 class _Cache:
@@ -158,6 +161,9 @@ def create_app(url: Optional[str] = None, *, store: Optional["Store"] = None) ->
         return Response(vega_bundle(), media_type="text/javascript",
                         headers={"Cache-Control": "public, max-age=86400"})
 
+    def favicon(request: "Request") -> "Response":
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
+
     def _api(request: "Request") -> bool:
         return request.url.path.startswith("/api/")
 
@@ -200,6 +206,7 @@ def create_app(url: Optional[str] = None, *, store: Optional["Store"] = None) ->
         Route("/api/runs/{run_id:int}", api_run),
         Route("/api/runs/{run_id:int}/charts", api_run_charts),
         Route("/static/vega.js", vega_js),
+        Route("/favicon.ico", favicon),
         Mount("/static", app=StaticFiles(packages=[("gammadb.ui", "static")]), name="static"),
     ]
     handlers = {NotFoundError: not_found, GammadbError: gammadb_error, HTTPException: http_error}

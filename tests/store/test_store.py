@@ -118,6 +118,34 @@ def test_a_read_only_store_reads_without_a_write_lock_and_refuses_writes(store_u
         assert [s for s in again.sweeps_frame()["name"].to_list()] == ["ro"]
 
 
+def test_a_read_only_store_reads_from_many_threads_at_once(sqlite_url: str) -> None:
+    """The dashboard answers from a pool of request threads: more than five reading at once must not
+    close each other's SQLite connections (SQLAlchemy's SingletonThreadPool did: errors, segfaults)."""
+    import threading
+
+    with Store.open(sqlite_url) as rw:
+        rw.ensure_runs(rw.ensure_sweep("ro", {}).id, [spec(0.1, 1.0)])
+    ro = Store.open(sqlite_url, read_only=True)
+    failures: list[str] = []
+
+    def read() -> None:
+        try:
+            for _ in range(50):
+                assert [r.gamma for r in ro.runs("ro")] == [0.1]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=read) for _ in range(12)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        ro.close()
+    assert failures == [] and not any(t.is_alive() for t in threads), failures[:3]
+
+
 def test_a_read_only_store_is_never_created(tmp_path: Path) -> None:
     path = tmp_path / "none.sqlite"
     with pytest.raises(NotFoundError, match="no gammadb store at"):
