@@ -4,9 +4,8 @@ A sweep can hold thousands of runs of 10^5 steps; neither the curve analyses nor
 10^8 rows. Every curve is cut into buckets of equal width in log10(step) (``per_decade`` buckets a
 decade, shared by all curves, so curves of different lengths land on the same grid) and each bucket
 keeps its count, mean, min, max (spikes stay visible), the mean of ln(value) (what the log-loss
-analyses smooth) and the geometric mean of its steps. The reduction runs inside the database
-(:meth:`gammadb.store.Store.bucketed_series`); a SQLite without math functions falls back to the
-same reduction in polars over the raw rows.
+analyses smooth) and the geometric mean of its steps. The store reads the series as whole chunks
+decoded in numpy (:meth:`gammadb.store.Store.values_frame`) and the reduction runs here, in polars.
 
 Only finite values at step >= 1 are bucketed: step 0 has no place on a log axis, NaN/inf mark a
 divergence (the run's ``diverged_at`` says where).
@@ -30,8 +29,8 @@ if TYPE_CHECKING:
     from gammadb.store import Store
 
 DEFAULT_PER_DECADE = 40  # 0.025 decades a bucket: finer than any smoothing the analyses apply
-_EPS = 1e-9  # keeps FLOOR stable at exact decade boundaries (10, 100, ...); the store's BUCKET_EPS
-_CHUNK = 500  # run ids per series read of the polars fallback
+_EPS = 1e-9  # keeps FLOOR stable at exact decade boundaries (10, 100, ...)
+_CHUNK = 500  # run ids per series read
 
 BUCKET_SCHEMA = {
     "run_id": pl.Int64, "bucket": pl.Int64, "step_lo": pl.Int64, "step_hi": pl.Int64,
@@ -78,27 +77,17 @@ def bucket_frame(series: pl.DataFrame | pl.LazyFrame, per_decade: int = DEFAULT_
 
 def bucketed_series(store: "Store", run_ids: Sequence[int], metric: MetricKey | str,
                     per_decade: int = DEFAULT_PER_DECADE, max_step: Optional[int] = None) -> pl.DataFrame:
-    """:func:`bucket_frame` of one metric series of ``run_ids``, computed in the database
-    (:meth:`gammadb.store.Store.bucketed_series`, every value bound as a parameter), or here from the
-    raw rows where the database lacks the math functions."""
+    """:func:`bucket_frame` of one metric series of ``run_ids`` (layer 0 where ``metric`` is a name),
+    read ``_CHUNK`` runs at a time, so memory holds one slice of the raw values at once."""
     _check_per_decade(per_decade)
     key = metric if isinstance(metric, MetricKey) else MetricKey(metric, 0)
     ids = [int(r) for r in run_ids]
-    if not ids:
+    metric_id = store.metric_id(key.name, key.layer)
+    if not ids or metric_id is None:
         return empty_buckets()
-    out = store.bucketed_series(ids, key, per_decade, max_step)
-    if out is None:
-        frames = [_bucketed_python(store, ids[i : i + _CHUNK], key, per_decade, max_step)
-                  for i in range(0, len(ids), _CHUNK)]
-        out = pl.concat(frames)
-    return out.select([pl.col(c).cast(t) for c, t in BUCKET_SCHEMA.items()]).sort("run_id", "bucket")
-
-
-def _bucketed_python(store: "Store", run_ids: list[int], key: MetricKey, per_decade: int,
-                     max_step: Optional[int]) -> pl.DataFrame:
-    raw = store.series(run_ids, metrics=[key.name], max_step=max_step)
-    raw = raw.filter(pl.col("layer") == key.layer).select("run_id", "step", "value")
-    return bucket_frame(raw, per_decade)
+    frames = [bucket_frame(store.values_frame(ids[i:i + _CHUNK], metric_id, lo=1, hi=max_step), per_decade)
+              for i in range(0, len(ids), _CHUNK)]
+    return pl.concat(frames).select([pl.col(c).cast(t) for c, t in BUCKET_SCHEMA.items()]).sort("run_id", "bucket")
 
 
 def seed_bands(buckets: pl.DataFrame, runs: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:

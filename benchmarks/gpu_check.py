@@ -12,10 +12,11 @@ and the script goes on.
     cadence 'none'), impl 'bmm' and 'vmap': member-steps per second and the ratio to K sequential solo
     runs, the sequential time estimated from one solo train() run's step time. Target: >= 20x at K = 64,
     width 256.
-(c) the store's writer at the largest K: the K = 256 ensemble at width 256 logging every member's
-    values into an SQLite file through gammadb's ``MetricWriter`` (a bare-sqlite3 shim of the store, so
-    the GPU machine needs no sqlalchemy/polars); the writer's largest backlog (rows queued
-    and not yet committed), its commit rate, and the step rate against (b)'s rate without a store.
+(c) the store's writer against training, K = 1, 8, 64, 256 at width 256: each ensemble logs every
+    member's values into an SQLite file through gammadb's ``MetricWriter`` (a bare-sqlite3 shim of the
+    store with the chunked layout, so the GPU machine needs no sqlalchemy/polars); per K the step rate
+    with the writer against (b)'s rate without a store (1.00 = training never waits), the seconds
+    training waited on the full queue, the writer's largest backlog and its commit rate.
 (d) would a CNN ensemble pay? The CNN's conv front end for K = 8 and 32 members at widths 16 and 64 as
     one grouped convolution against K stacks in turn (benchmarks/bench_grouped_conv.py; on 2 CPU
     cores grouped was 0.47 - 0.61x, i.e. slower).
@@ -249,7 +250,7 @@ def part_b(device: str, smoke: bool, deadline: Deadline) -> dict[tuple[int, int,
 
 
 class _BareSqliteStore:
-    """Just what MetricWriter needs from a store, on a bare SQLite file with gammadb's metric_values
+    """Just what MetricWriter needs from a store, on a bare SQLite file with gammadb's metric_chunks
     layout: for GPU machines whose Python lacks sqlalchemy/alembic/polars (the writer itself needs
     only the sqlite3 driver, so this measures the very code path a sweep uses)."""
 
@@ -262,8 +263,9 @@ class _BareSqliteStore:
         self.display_url = f"sqlite:///{path}"
         conn = sqlite3.connect(path)
         conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, steps_done INTEGER, heartbeat_at TEXT)")
-        conn.execute("CREATE TABLE metric_values (run_id INTEGER NOT NULL, metric_id INTEGER NOT NULL, "
-                     "step INTEGER NOT NULL, value REAL, PRIMARY KEY (run_id, metric_id, step)) WITHOUT ROWID")
+        conn.execute("CREATE TABLE metric_chunks (run_id INTEGER NOT NULL, metric_id INTEGER NOT NULL, "
+                     "first_step INTEGER NOT NULL, n INTEGER NOT NULL, vals BLOB NOT NULL, "
+                     "PRIMARY KEY (run_id, metric_id, first_step)) WITHOUT ROWID")
         conn.commit()
         conn.close()
         self._ids: dict = {}
@@ -294,7 +296,7 @@ class _BareSqliteStore:
         import sqlite3
 
         conn = sqlite3.connect(self.path)
-        n = conn.execute("SELECT COUNT(*) FROM metric_values").fetchone()[0]
+        n = conn.execute("SELECT COALESCE(SUM(n), 0) FROM metric_chunks").fetchone()[0]
         conn.close()
         return int(n)
 
@@ -302,31 +304,35 @@ class _BareSqliteStore:
 def part_c(device: str, smoke: bool, deadline: Deadline, rates: dict[tuple[int, int, str], float]) -> None:
     from gammadb.store.writer import MetricWriter
 
-    say("== (c) writer backlog at the largest K")
-    k, width, steps = (4, 16, 20) if smoke else (256, 256, 300)
-    path = Path("/tmp/gpu.sqlite")
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    configs = _ensemble_configs(width, k, steps)
-    store = _BareSqliteStore(path)
-    run_ids = store.add_runs(k)
-    writer = MetricWriter(store)
-    sinks = WriterSinks(WriterSink(writer, r) for r in run_ids)
-    step, _, done = _ensemble_step(configs, device, "bmm", deadline, sinks)
-    t0 = time.perf_counter()
-    writer.close()
-    drain = time.perf_counter() - t0
-    stored = store.count()
-    per_member = 1 + configs[0].depth + (1 if configs[0].feature_alignment else 0)  # rows per member-step
-    produced = k * done * per_member
-    say(f"K {k}, width {width}, {done} steps: {k / step:.1f} member-steps/s with the writer "
-        f"({rates.get((width, k, 'bmm'), float('nan')):.1f} without a store in (b)); "
-        f"{k * per_member / step:.0f} rows/s produced", summary=True)
-    say(f"writer: max backlog {writer.max_backlog} rows ({writer.max_backlog / max(k * per_member, 1):.0f} steps of the "
-        f"ensemble), rows written {writer.rows_written} (stored {stored}, expected {produced}), seconds in db "
-        f"{writer.seconds_in_db:.2f}, commit rate {writer.rows_written / max(writer.seconds_in_db, 1e-9):.0f} rows/s, "
-        f"training waited {writer.seconds_waiting:.2f} s on the full queue (limit {writer.max_backlog_rows} rows), "
-        f"final drain {drain:.2f} s", summary=True)
+    say("== (c) the writer against training, K = 1 .. 256")
+    width, steps = (16, 20) if smoke else (256, 300)
+    for k in ((1, 4) if smoke else (1, 8, 64, 256)):
+        if deadline.left() <= 0:
+            say(f"K {k}: skipped, no time left")
+            continue
+        path = Path(f"/tmp/gpu_{k}.sqlite")
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        configs = _ensemble_configs(width, k, steps)
+        store = _BareSqliteStore(path)
+        run_ids = store.add_runs(k)
+        writer = MetricWriter(store)
+        sinks = WriterSinks(WriterSink(writer, r) for r in run_ids)
+        step, _, done = _ensemble_step(configs, device, "bmm", Deadline(deadline.left() / 2), sinks)
+        t0 = time.perf_counter()
+        writer.close()
+        drain = time.perf_counter() - t0
+        stored = store.count()
+        per_member = 1 + configs[0].depth + (1 if configs[0].feature_alignment else 0)  # values per member-step
+        produced = k * done * per_member
+        bare = rates.get((width, k, "bmm"), float("nan"))
+        say(f"K {k}, width {width}, {done} steps: {k / step:.1f} member-steps/s with the writer, {bare:.1f} without "
+            f"a store in (b): ratio {(k / step) / bare:.2f} (1.00: training never waits); "
+            f"{k * per_member / step:,.0f} values/s produced; training waited {writer.seconds_waiting:.2f} s", summary=True)
+        say(f"  writer: max backlog {writer.max_backlog} values ({writer.max_backlog / max(k * per_member, 1):.0f} steps), "
+            f"written {writer.rows_written} (stored {stored}, expected {produced}), seconds in db "
+            f"{writer.seconds_in_db:.2f}, commit rate {writer.rows_written / max(writer.seconds_in_db, 1e-9):,.0f} values/s, "
+            f"final drain {drain:.2f} s")
 
 
 def part_d(device: str, smoke: bool) -> None:

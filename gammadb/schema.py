@@ -1,8 +1,10 @@
 """ORM models: tables only. The store (gammadb.store) is the only code that opens a Session.
 
 Layout, and why:
-- ``metric_values`` holds every per-step value, keyed by integers ``(run_id, metric_id, step)`` so one
-  series is one range scan (SQLite: a clustered ``WITHOUT ROWID`` table, ~20 bytes a value).
+- ``metric_chunks`` holds every per-step value, a blob of float64 per (run, metric, run of up to 1,024
+  consecutive steps), keyed by integers ``(run_id, metric_id, first_step)``, so one series is one range
+  scan and about 8.5 bytes a value (see :mod:`gammadb.store.chunks`); the view ``metric_values``
+  decodes it to one row per value.
 - ``metrics`` is the dictionary of series names: (name, layer), layer 0 = whole model.
 - ``run_summaries`` caches per-run aggregates so sweep-wide questions need not scan every step.
 """
@@ -21,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -118,20 +121,40 @@ class Metric(Base):
     kind: Mapped[str] = mapped_column(String(16))  # gammadb.metrics.MetricKind value
 
 
-class MetricValue(Base):
-    """One value of one series at one step. value NULL encodes NaN: SQLite cannot store a NaN
-    (it turns it into NULL), and a row exists only when a value was logged, so NULL is never
-    'missing'. +-inf are stored as they are on both backends."""
+class MetricChunk(Base):
+    """Consecutive steps ``first_step .. first_step + n - 1`` of one series, as one blob of
+    little-endian float64 (NaN and +-inf as they are), never crossing an aligned window of
+    :data:`gammadb.store.chunks.CHUNK_STEPS` steps. The view ``metric_values`` decodes them to one
+    row per value (run_id, metric_id, step, value) for hand-written SQL."""
 
-    __tablename__ = "metric_values"
+    __tablename__ = "metric_chunks"
     __table_args__ = ({"sqlite_with_rowid": False},)
 
     run_id: Mapped[int] = mapped_column(
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     )
     metric_id: Mapped[int] = mapped_column(SmallInteger, ForeignKey("metrics.id"), primary_key=True)
-    step: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    value: Mapped[Optional[float]] = mapped_column(Double)
+    first_step: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    n: Mapped[int]
+    vals: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ChunkOffset(Base):
+    """0 .. CHUNK_STEPS - 1: the offsets the ``metric_values`` view expands a chunk into (constant)."""
+
+    __tablename__ = "chunk_offsets"
+
+    i: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+
+class FloatScale(Base):
+    """2^(max(e, 1) - 1075) for each float64 exponent e (0..2047): the view's decoder multiplies the mantissa by
+    it (constant; plain SQL has no power function on every SQLite build)."""
+
+    __tablename__ = "float_scales"
+
+    e: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    scale: Mapped[float] = mapped_column(Double)
 
 
 class RunSummary(Base):

@@ -204,7 +204,9 @@ def train_ensemble(
         torch.where(finite, losses, 0).sum().backward()
         model.sgd_step(finite)
         parts.insert(0, detached.unsqueeze(1))
-        rows = torch.cat(parts, dim=1).tolist()  # the one device -> host transfer of the step
+        # The one device -> host transfer of the step: a (members x metrics) float64 array, handed to
+        # the writer as it is (log_block stores it without a Python loop over values).
+        rows = torch.cat(parts, dim=1).cpu().to(torch.float64).numpy()
         if final:  # theta_T of the members whose last loss was finite (a diverged one logs none)
             extra = [e if math.isfinite(row[0]) else {} for e, row in zip(model.cadence(step, stream), rows)]
         if block is not None and not extra:

@@ -51,7 +51,7 @@ class WorkOptions:
     checkpoint_every_steps: Optional[int] = None
     checkpoint_every_seconds: Optional[float] = 300.0
     flush_seconds: float = 2.0
-    batch_rows: int = 20_000
+    batch_rows: int = 500_000  # values a commit (the writer's default): chunks are rewritten per commit
     ensemble: int = 1  # train up to this many compatible grid points as one stacked model
 
 

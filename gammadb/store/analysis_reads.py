@@ -1,37 +1,27 @@
 """The reads the analyses need, as typed polars frames: the metric catalogue, finished runs with the
 ends of their loss series, loss aggregates at a budget step, log-bucketed series and run selection.
 
-Every per-step reduction runs in the database (``GROUP BY`` over a range of the (run_id, metric_id,
-step) key), so a sweep of millions of steps arrives as one row per run or per bucket; the maths
-on those rows (tail means, NaN rules, scales) stays in :mod:`gammadb.analysis`.
+Per-step values are read as whole chunks over a range of the (run_id, metric_id, first_step) key and
+decoded with numpy (:func:`gammadb.store.chunks.read_series`: tens of millions of values a second), so
+only the steps a question needs are read (a tail window, the steps up to a budget); the reductions
+here are vectorised polars, and the maths on their results (tail means, NaN rules, scales) stays in
+:mod:`gammadb.analysis`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Optional
 
 import polars as pl
 
-from gammadb.errors import GammadbError
 from gammadb.metrics import LOSS, TEST_LOSS, MetricKey
 from gammadb.records import RUN_COLUMNS, WHERE_COLUMNS, Condition, RunStatus, value_bounds
 from gammadb.schema import Run
+from gammadb.store import chunks
 from gammadb.store.engine import _chunks
 
 _IN_CHUNK = 900  # bound parameters per IN (...) list: under SQLite's and PostgreSQL's limits
-_BUCKET_CHUNK = 500  # run ids per IN (...) list of the bucketed read
-#: Keeps FLOOR stable at exact decade boundaries (10, 100, ...); the polars reduction
-#: (:func:`gammadb.analysis.downsample.bucket_index`) adds the same epsilon.
-BUCKET_EPS = 1e-9
-_FINITE_BOUND = 1e308  # |value| below this excludes +-inf (and PostgreSQL's NaN, which sorts above inf)
-
-BUCKET_COLUMNS: dict[str, pl.DataType] = {
-    "run_id": pl.Int64(), "bucket": pl.Int64(), "step_lo": pl.Int64(), "step_hi": pl.Int64(),
-    "step": pl.Float64(), "n": pl.Int64(), "mean": pl.Float64(), "min": pl.Float64(), "max": pl.Float64(),
-    "mean_log": pl.Float64(),
-}
 
 
 class AnalysisReadsMixin:
@@ -69,7 +59,6 @@ class AnalysisReadsMixin:
         run's stored config as JSON text). An unknown sweep gives an empty frame.
         """
         loss_id = self.metric_id(LOSS)
-        loss_id = -1 if loss_id is None else loss_id
         test_id = self.metric_id(TEST_LOSS)
         finished = (RunStatus.COMPLETED.value, RunStatus.DIVERGED.value)
         cols = ", ".join(f"r.{c}" for c in RUN_COLUMNS)
@@ -77,17 +66,25 @@ class AnalysisReadsMixin:
             f"SELECT r.id AS run_id, {cols}, r.gamma, r.eta, r.seed, r.status, r.diverged_at, "
             "u.final_step AS s_final_step, u.steps_logged AS s_steps, u.final_loss AS s_final, "
             "u.min_loss AS s_min, u.tail_mean_loss AS s_tail, u.diverged AS s_diverged, "
-            "(SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS first_step, "
-            "(SELECT MAX(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?) AS max_step, "
-            "(SELECT t.value FROM metric_values t WHERE t.run_id = r.id AND t.metric_id = ? AND t.step = "
-            "  (SELECT MIN(v.step) FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ?)) AS initial_test, "
-            "(SELECT v.value FROM metric_values v WHERE v.run_id = r.id AND v.metric_id = ? "
-            "  ORDER BY v.step LIMIT 1) AS initial_train, CAST(r.config AS TEXT) AS config "
+            "CAST(r.config AS TEXT) AS config "
             "FROM runs r JOIN sweeps s ON s.id = r.sweep_id LEFT JOIN run_summaries u ON u.run_id = r.id "
             "WHERE s.name = ? AND r.status IN (?, ?) ORDER BY r.id",
-            [loss_id, loss_id, test_id or -1, loss_id, loss_id, sweep, *finished],
+            [sweep, *finished],
         )
-        return runs.with_columns(
+        ids = [int(r) for r in runs["run_id"].to_list()] if not runs.is_empty() else []
+        ends = self._series_ends(ids, loss_id)
+        runs = runs.with_columns(pl.col("run_id").cast(pl.Int64)).join(ends, on="run_id", how="left")
+        if test_id is not None and ids and not ends.is_empty():
+            first = ends.drop_nulls("first_step")
+            test = self.values_frame(ids, test_id, hi=int(first["first_step"].max()))
+            initial_test = (test.join(first.select("run_id", pl.col("first_step").alias("step")), on=["run_id", "step"])
+                            .select("run_id", pl.col("value").alias("initial_test")))
+        else:
+            initial_test = pl.DataFrame(schema={"run_id": pl.Int64, "initial_test": pl.Float64})
+        runs = runs.join(initial_test, on="run_id", how="left")
+        tail = ["first_step", "max_step", "initial_test", "initial_train", "config"]
+        order = [c for c in runs.columns if c not in tail] + tail
+        return runs.select(order).with_columns(
             *(pl.col(c).cast(_run_column_type(c)) for c in RUN_COLUMNS),
             *(pl.col(c).cast(pl.Int64) for c in ("run_id", "seed", "diverged_at", "s_final_step", "s_steps",
                                                   "first_step", "max_step")),
@@ -95,6 +92,41 @@ class AnalysisReadsMixin:
                                                     "initial_train")),
             pl.col("status").cast(pl.String), pl.col("config").cast(pl.String),
         )
+
+    # ------------------------------------------------------------------ chunk reads
+    def values_frame(self, run_ids: Sequence[int], metric: int | MetricKey, *, lo: Optional[int] = None,
+                     hi: Optional[int] = None) -> pl.DataFrame:
+        """One series of ``run_ids`` (a metric id, or a key: none stored reads as empty) with
+        ``lo <= step <= hi``: run_id, step (Int64), value (Float64, NaN as NaN), sorted by run_id, step."""
+        metric_id = metric if isinstance(metric, int) else self.metric_id(metric.name, metric.layer)
+        if metric_id is None or not run_ids:
+            return pl.DataFrame(schema={"run_id": pl.Int64, "step": pl.Int64, "value": pl.Float64})
+        conn = self.raw_connection(read_only=True)
+        try:
+            got = chunks.read_series(self.backend, conn, run_ids, [metric_id], lo=lo, hi=hi)
+        finally:
+            conn.close()
+        return pl.DataFrame({"run_id": got["run_id"], "step": got["step"], "value": got["value"]})
+
+    def _series_ends(self, run_ids: Sequence[int], metric_id: Optional[int]) -> pl.DataFrame:
+        """Per run: first_step and max_step of one series (from the chunk keys) and initial_train, its
+        value at the first step (NaN as null, as SQLite always stored it)."""
+        schema = {"run_id": pl.Int64, "first_step": pl.Int64, "max_step": pl.Int64, "initial_train": pl.Float64}
+        if metric_id is None or not run_ids:
+            return pl.DataFrame(schema=schema)
+        parts = []
+        for chunk in _chunks([int(r) for r in run_ids], _IN_CHUNK):
+            parts.append(self.read(
+                "SELECT run_id, MIN(first_step) AS first_step, MAX(first_step + n - 1) AS max_step "
+                f"FROM metric_chunks WHERE metric_id = ? AND run_id IN ({', '.join('?' * len(chunk))}) GROUP BY run_id",
+                [metric_id, *chunk]))
+        ends = pl.concat(parts, how="diagonal_relaxed").select(pl.col(c).cast(pl.Int64) for c in ("run_id", "first_step", "max_step"))
+        if ends.is_empty():
+            return pl.DataFrame(schema=schema)
+        heads = self.values_frame(ends["run_id"].to_list(), metric_id, hi=int(ends["first_step"].max()))
+        first = (heads.join(ends.select("run_id", pl.col("first_step").alias("step")), on=["run_id", "step"])
+                 .select("run_id", pl.col("value").fill_nan(None).alias("initial_train")))
+        return ends.join(first, on="run_id", how="left").select(pl.col(c).cast(t) for c, t in schema.items())
 
     def loss_aggregates(self, run_ids: Sequence[int], budget: int, *, tail_after: int, want_min: bool = False,
                         want_max: bool = False) -> pl.DataFrame:
@@ -109,122 +141,54 @@ class AnalysisReadsMixin:
         asked min_loss, max_loss. One row per id of an existing run (the others have none).
         """
         loss_id = self.metric_id(LOSS)
-        loss_id = -1 if loss_id is None else loss_id
         extremes = [c for c, w in (("min_loss", want_min), ("max_loss", want_max)) if w]
-        parts = []
-        for chunk in _chunks([int(r) for r in run_ids], _IN_CHUNK):
-            marks = ", ".join("?" * len(chunk))
-            last = self.read(
-                "SELECT r.id AS run_id, "
-                "(SELECT f.step FROM metric_values f WHERE f.run_id = r.id AND f.metric_id = ? AND f.step <= ? "
-                " ORDER BY f.step DESC LIMIT 1) AS last_step, "
-                "(SELECT f.value FROM metric_values f WHERE f.run_id = r.id AND f.metric_id = ? AND f.step <= ? "
-                " ORDER BY f.step DESC LIMIT 1) AS final_loss "
-                f"FROM runs r WHERE r.id IN ({marks})",
-                [loss_id, budget, loss_id, budget, *chunk],
-            )
-            tail = self.read(
-                "SELECT v.run_id, SUM(v.value) AS tail_sum, COUNT(v.value) AS tail_n, COUNT(*) AS tail_rows "
-                f"FROM metric_values v WHERE v.metric_id = ? AND v.step > ? AND v.step <= ? AND v.run_id IN ({marks}) "
-                "GROUP BY v.run_id",
-                [loss_id, tail_after, budget, *chunk],
-            )
-            part = _cast_ints(last, "run_id", "last_step").join(
-                _cast_ints(tail, "run_id", "tail_n", "tail_rows"), on="run_id", how="left")
-            if extremes:
-                # Only the aggregates asked for: this pass reads every step up to the budget. No NaN
-                # check here: a run's values are finite before its diverged_at, which the importer and
-                # the runners record (and the tail window above re-checks).
-                wanted = [f"{f}(v.value) AS {f.lower()}_loss" for f, w in (("MIN", want_min), ("MAX", want_max)) if w]
-                ext = self.read(
-                    f"SELECT v.run_id, {', '.join(wanted)} "
-                    f"FROM metric_values v WHERE v.metric_id = ? AND v.step <= ? AND v.run_id IN ({marks}) "
-                    "GROUP BY v.run_id",
-                    [loss_id, budget, *chunk],
-                )
-                part = part.join(_cast_ints(ext, "run_id"), on="run_id", how="left")
-            parts.append(part)
         schema = {"run_id": pl.Int64, "last_step": pl.Int64, "final_loss": pl.Float64, "tail_sum": pl.Float64,
                   "tail_n": pl.Int64, "tail_rows": pl.Int64, **{c: pl.Float64 for c in extremes}}
-        if not parts:
+        ids = self._existing_runs(run_ids)
+        if not ids:
             return pl.DataFrame(schema=schema)
-        agg = pl.concat(parts, how="diagonal_relaxed")
-        return agg.select(pl.col(c).cast(t) for c, t in schema.items())
+        lo = None if extremes else tail_after + 1
+        values = self.values_frame(ids, loss_id if loss_id is not None else -1, lo=lo, hi=budget)
+        not_nan = pl.col("value").filter(~pl.col("value").is_nan())
+        tail = (values.filter(pl.col("step") > tail_after).group_by("run_id")
+                .agg(not_nan.sum().alias("tail_sum"), not_nan.len().cast(pl.Int64).alias("tail_n"),
+                     pl.len().cast(pl.Int64).alias("tail_rows")))
+        last = values.group_by("run_id").agg(pl.col("step").last().alias("last_step"),
+                                             pl.col("value").last().fill_nan(None).alias("final_loss"))
+        missing = sorted(set(ids) - set(last["run_id"].to_list()))
+        if missing:  # nothing in the tail window: the last step before it
+            before = self.values_frame(missing, loss_id if loss_id is not None else -1, hi=budget)
+            last = pl.concat([last, before.group_by("run_id").agg(
+                pl.col("step").last().alias("last_step"), pl.col("value").last().fill_nan(None).alias("final_loss"))])
+        out = pl.DataFrame({"run_id": ids}, schema={"run_id": pl.Int64}).join(last, on="run_id", how="left")
+        out = out.join(tail, on="run_id", how="left")
+        if extremes:
+            ext = values.group_by("run_id").agg(
+                *([not_nan.min().alias("min_loss")] if want_min else []),
+                *([not_nan.max().alias("max_loss")] if want_max else []))
+            out = out.join(ext, on="run_id", how="left")
+        return out.select(pl.col(c).cast(t) for c, t in schema.items())
+
+    def _existing_runs(self, run_ids: Sequence[int]) -> list[int]:
+        ids = sorted({int(r) for r in run_ids})
+        found: list[int] = []
+        for chunk in _chunks(ids, _IN_CHUNK):
+            df = self.read(f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            if not df.is_empty():
+                found.extend(int(i) for i in df["id"].to_list())
+        return sorted(found)
 
     def test_loss_at(self, run_ids: Sequence[int], budget: int) -> pl.DataFrame:
         """The logged test loss (metric 'test_loss', layer 0, as stored: not rescaled) at the last
         test evaluation at or before step ``budget``. Columns: run_id, test_loss (null where none; a
         NaN is null on SQLite). One row per id of an existing run."""
         test_id = self.metric_id(TEST_LOSS)
-        test_id = -1 if test_id is None else test_id
-        parts = []
-        for chunk in _chunks([int(r) for r in run_ids], _IN_CHUNK):
-            parts.append(self.read(
-                "SELECT r.id AS run_id, (SELECT v.value FROM metric_values v WHERE v.run_id = r.id "
-                " AND v.metric_id = ? AND v.step <= ? ORDER BY v.step DESC LIMIT 1) AS test_loss "
-                f"FROM runs r WHERE r.id IN ({', '.join('?' * len(chunk))})",
-                [test_id, budget, *chunk],
-            ))
-        if not parts:
-            return pl.DataFrame(schema={"run_id": pl.Int64, "test_loss": pl.Float64})
-        return pl.concat(parts, how="diagonal_relaxed").select(
-            pl.col("run_id").cast(pl.Int64), pl.col("test_loss").cast(pl.Float64))
-
-    # ------------------------------------------------------------------ log-bucketed series
-    def bucketed_series(self, run_ids: Sequence[int], metric: MetricKey | str, per_decade: int,
-                        max_step: Optional[int] = None) -> Optional[pl.DataFrame]:
-        """One metric series of ``run_ids`` reduced in the database to one row per (run_id, bucket),
-        bucket = floor(per_decade * log10(step) + 1e-9), over the finite values at 1 <= step
-        (<= ``max_step``). None when the database cannot (a SQLite built without LN / FLOOR / EXP):
-        the caller reduces :meth:`series` itself.
-
-        Columns (:data:`BUCKET_COLUMNS`), sorted by run_id, bucket: run_id, bucket, step_lo, step_hi,
-        step (geometric mean of the bucket's steps), n, mean, min, max, mean_log (mean of ln(value)
-        over the positive values; null when none is positive).
-
-        The SQL binds every value (run ids, metric name and layer, the log scale); nothing is
-        formatted into it but the number of ``?`` placeholders.
-        """
-        key = MetricKey(metric) if isinstance(metric, str) else MetricKey(*metric)
-        frames = []
-        for chunk in _chunks([int(r) for r in run_ids], _BUCKET_CHUNK):
-            try:
-                frames.append(self._bucketed_chunk(chunk, key, per_decade, max_step))
-            except GammadbError as exc:
-                if "no such function" not in str(exc).lower():
-                    raise
-                return None
-        if not frames:
-            return pl.DataFrame(schema=BUCKET_COLUMNS)
-        return pl.concat(frames).sort("run_id", "bucket")
-
-    def _bucketed_chunk(self, run_ids: Sequence[int], key: MetricKey, per_decade: int,
-                        max_step: Optional[int]) -> pl.DataFrame:
-        # The bucket is computed in a subquery so GROUP BY names it (no repeated parameterised expression).
-        lstep = "LN(CAST(v.step AS DOUBLE PRECISION))"
-        inner = (
-            f"SELECT v.run_id AS run_id, v.step AS step, v.value AS value, {lstep} AS lstep, "
-            f"CAST(FLOOR({lstep} * ? + ?) AS BIGINT) AS bucket "
-            "FROM metric_values v JOIN metrics m ON m.id = v.metric_id "
-            "WHERE m.name = ? AND m.layer = ? AND v.step >= 1 AND v.value > ? AND v.value < ? "
-            f"AND v.run_id IN ({', '.join('?' * len(run_ids))})"
-        )
-        params: list[object] = [per_decade / math.log(10), BUCKET_EPS, key.name, int(key.layer),
-                                -_FINITE_BOUND, _FINITE_BOUND, *run_ids]
-        if max_step is not None:
-            inner += " AND v.step <= ?"
-            params.append(int(max_step))
-        sql = (
-            "SELECT run_id, bucket, MIN(step) AS step_lo, MAX(step) AS step_hi, EXP(AVG(lstep)) AS step, "
-            "COUNT(*) AS n, AVG(value) AS v_mean, MIN(value) AS v_min, MAX(value) AS v_max, "
-            "AVG(CASE WHEN value > 0 THEN LN(value) END) AS mean_log "
-            f"FROM ({inner}) b GROUP BY run_id, bucket"
-        )
-        df = self.read(sql, params)
-        if df.is_empty():
-            return pl.DataFrame(schema=BUCKET_COLUMNS)
-        df = df.rename({"v_mean": "mean", "v_min": "min", "v_max": "max"})
-        return df.select([pl.col(c).cast(t) for c, t in BUCKET_COLUMNS.items()])
+        ids = self._existing_runs(run_ids)
+        frame = pl.DataFrame({"run_id": ids}, schema={"run_id": pl.Int64})
+        values = self.values_frame(ids, test_id if test_id is not None else -1, hi=budget)
+        last = values.group_by("run_id").agg(pl.col("value").last().fill_nan(None).alias("test_loss"))
+        return frame.join(last, on="run_id", how="left").select(pl.col("run_id").cast(pl.Int64),
+                                                                 pl.col("test_loss").cast(pl.Float64))
 
     # ------------------------------------------------------------------ run selection
     def run_ids_where(self, sweep: str, conditions: Sequence[Condition]) -> list[int]:

@@ -1,54 +1,36 @@
 """The store's all-or-nothing import: one transaction writes an import's sweep, runs, metric names,
 values, run statuses and summaries, so a failed or killed import leaves the store as it was.
 
-Called through :meth:`gammadb.store.Store.import_runs`. Runs are found by their point key (the
-digest of hyper-parameters and seed, :meth:`gammadb.records.RunSpec.point_key`), so a later file
-extends the runs an earlier one created. Values of runs created by this import go straight into
-``metric_values`` through the driver's bulk path (sqlite3 ``executemany`` / PostgreSQL ``COPY``);
-values of runs that existed go first into a temporary staging table in the same transaction, where
-one join against ``metric_values`` finds every (run, metric, step) stored with another value before
-anything is merged.
+Called through :meth:`gammadb.store.Store.import_runs` (one frame) or :func:`import_batches` (a
+stream of batches, written as they come: memory is bounded by a batch). Runs are found by their
+point key (the digest of hyper-parameters and seed, :meth:`gammadb.records.RunSpec.point_key`), so a
+later file extends the runs an earlier one created. Each batch's values are merged into
+``metric_chunks`` (:func:`gammadb.store.chunks.write_series`); a (run, metric, step) stored before
+the import with another value is found before that batch is written, and fails the import.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional
 
+import numpy as np
 import polars as pl
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from gammadb.errors import GammadbError, InvalidSpecError
 from gammadb.metrics import LOSS, MetricKey
 from gammadb.records import RunSpec, RunStatus
-from gammadb.schema import Metric, MetricValue, Run, Sweep
+from gammadb.schema import Metric, Run, Sweep
+from gammadb.store import chunks
 from gammadb.store.engine import _chunks, _one_line, _unavailable, utcnow
 from gammadb.store.reads import ensure_metric_ids
 from gammadb.store.summaries import _replace_summaries, summarize_losses
 
-# Stage columns: the file's row (for messages), then the metric_values key and value. Fixed SQL
-# text, no user input: every value is a bound parameter or goes through COPY.
-_STAGE = {
-    "sqlite": ("CREATE TEMP TABLE import_stage "
-               "(file_row INTEGER, run_id INTEGER, metric_id INTEGER, step INTEGER, value REAL)"),
-    "postgresql": ("CREATE TEMP TABLE import_stage "
-                   "(file_row int8, run_id int4, metric_id int2, step int8, value float8) ON COMMIT DROP"),
-}
-_JOIN = ("FROM import_stage s JOIN metric_values v "
-         "ON v.run_id = s.run_id AND v.metric_id = s.metric_id AND v.step = s.step ")
-# A stored value differs from the file's: NaN equals NaN (SQLite holds NaN as NULL; PostgreSQL's
-# float8 NaN = NaN is true, and a NULL there also means NaN).
-_DIFFERS = {"sqlite": "WHERE s.value IS NOT v.value ",
-            "postgresql": "WHERE COALESCE(v.value, 'NaN') IS DISTINCT FROM COALESCE(s.value, 'NaN') "}
-# (SQLite needs the WHERE to parse an upsert of a SELECT.)
-_MERGE = ("INSERT INTO metric_values (run_id, metric_id, step, value) SELECT run_id, metric_id, step, value "
-          "FROM import_stage WHERE true ORDER BY run_id, metric_id, step ON CONFLICT (run_id, metric_id, step) ")
-_REPLACE = {"sqlite": "DO UPDATE SET value = excluded.value", "postgresql": "DO UPDATE SET value = EXCLUDED.value"}
-_PARAM = {"sqlite": "?", "postgresql": "%s"}
-_BATCH = 100_000
+FINISH_VALUES = 500_000  # loss values read at a time to summarise the runs at the end
 
 
 class ValueConflictError(InvalidSpecError):
@@ -58,6 +40,17 @@ class ValueConflictError(InvalidSpecError):
         self.row, self.key, self.step, self.stored, self.incoming, self.count = row, key, step, stored, incoming, count
         super().__init__(f"row {row}: {key.name} (layer {key.layer}) at step {step} is {stored!r} in the store "
                          f"and {incoming!r} in the file ({count} such values)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportBatch:
+    """One slice of an import, in the order of the file. ``specs`` and ``keys`` are the runs and
+    series first met in this batch: they continue the import's numbering (``run_idx``, ``key_idx``)
+    after those of the batches before. ``values`` as in :func:`import_runs`."""
+
+    specs: Sequence[RunSpec]
+    keys: Sequence[MetricKey]
+    values: pl.DataFrame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,26 +72,51 @@ def import_runs(store: Any, sweep: str, sweep_spec: Mapping[str, Any], specs: Se
     unless ``replace``. The runs' status, steps and summaries are recomputed over all their stored
     steps, so a file of later steps extends runs.
     """
+    return import_batches(store, sweep, sweep_spec, [ImportBatch(specs, keys, values)], replace=replace)
+
+
+def import_batches(store: Any, sweep: str, sweep_spec: Mapping[str, Any], batches: Iterable[ImportBatch], *,
+                   replace: bool = False) -> ImportResult:
+    """:func:`import_runs` of a stream: each batch is written as it comes (memory: one batch, not
+    the import), all of them in one transaction, which also rolls back whatever the stream raises
+    (its validation errors, a KeyboardInterrupt). The batches must not give a (run, metric, step)
+    twice: a later one would merge over the first.
+
+    After a batch that holds values differing from stored ones, the rest is still read (and the
+    transaction rolled back at the end), so the ValueConflictError names the first such row of the
+    whole import and counts all of them, unless the stream raises another error first.
+    """
     if not sweep or len(sweep) > 200:
         raise InvalidSpecError("a sweep name must have 1 to 200 characters")
     with store.session_scope() as s:
         sweep_id = _sweep_id(s, sweep, sweep_spec)
-        run_ids, new_ids = _run_ids(s, sweep_id, specs)
-        metric_ids = _metric_ids(s, keys)
-        staged = values.select(
-            pl.col("row").cast(pl.Int64),
-            pl.col("run_idx").replace_strict(list(range(len(run_ids))), run_ids, return_dtype=pl.Int64).alias("run_id"),
-            pl.col("key_idx").replace_strict(list(range(len(keys))), [metric_ids[k] for k in keys],
-                                             return_dtype=pl.Int64).alias("metric_id"),
-            pl.col("step").cast(pl.Int64), pl.col("value").cast(pl.Float64),
-        )
         raw = s.connection().connection.dbapi_connection
+        run_ids: list[int] = []
+        key_ids: list[int] = []
+        keys: list[MetricKey] = []
+        new_runs = values = replaced = differing = 0
+        first: Optional[tuple[int, chunks.Conflict]] = None
         try:
-            fresh = staged.filter(pl.col("run_id").is_in(new_ids))
-            if not fresh.is_empty():  # runs created just now hold nothing that could differ
-                _insert(store.backend, raw, fresh.drop("row").sort("run_id", "metric_id", "step"))
-            replaced = _merge(store.backend, raw, staged.filter(~pl.col("run_id").is_in(new_ids)), keys,
-                              metric_ids, replace=replace)
+            for batch in batches:
+                if batch.specs:
+                    ids, new = _run_ids(s, sweep_id, batch.specs)
+                    run_ids += ids
+                    new_runs += len(new)
+                if batch.keys:
+                    by_key = _metric_ids(s, batch.keys)
+                    keys += batch.keys
+                    key_ids += [by_key[k] for k in batch.keys]
+                staged = _staged(batch.values, run_ids, key_ids)
+                values += staged.height
+                n, conflict, count = _write(store.backend, raw, staged, replace=replace)
+                replaced += n
+                differing += count
+                if conflict is not None and first is None:  # batches come in file order
+                    first = conflict
+            if first is not None:
+                row, c = first
+                key = keys[key_ids.index(c.metric_id)]
+                raise ValueConflictError(row, key, c.step, c.stored, c.incoming, differing)
             diverged = _finish(s, store.backend, raw, run_ids)
         except GammadbError:
             raise
@@ -106,8 +124,7 @@ def import_runs(store: Any, sweep: str, sweep_spec: Mapping[str, Any], specs: Se
             if "operational" in type(exc).__name__.lower():
                 raise _unavailable(store, exc) from None
             raise GammadbError(f"import failed: {_one_line(exc)}") from None
-    return ImportResult(run_ids=run_ids, new_runs=len(new_ids), values=staged.height, replaced=replaced,
-                        diverged=diverged)
+    return ImportResult(run_ids=run_ids, new_runs=new_runs, values=values, replaced=replaced, diverged=diverged)
 
 
 def _sweep_id(s: Session, name: str, spec: Mapping[str, Any]) -> int:
@@ -154,48 +171,39 @@ def _metric_ids(s: Session, keys: Sequence[MetricKey]) -> dict[MetricKey, int]:
     return {k: known[k] for k in keys}
 
 
-def _insert(backend: str, raw: Any, rows: pl.DataFrame) -> None:
-    """Append (run_id, metric_id, step, value) rows to metric_values (keys known to be new)."""
-    _bulk(backend, raw, "metric_values (run_id, metric_id, step, value)", rows)
+def _staged(values: pl.DataFrame, run_ids: Sequence[int], key_ids: Sequence[int]) -> pl.DataFrame:
+    """A batch's values with store ids: row, run_id, metric_id, step, value."""
+    runs = np.asarray(run_ids, dtype=np.int64)
+    metrics = np.asarray(key_ids, dtype=np.int64)
+    return pl.DataFrame({
+        "row": values["row"].cast(pl.Int64),
+        "run_id": runs[values["run_idx"].cast(pl.Int64).to_numpy()],
+        "metric_id": metrics[values["key_idx"].cast(pl.Int64).to_numpy()],
+        "step": values["step"].cast(pl.Int64), "value": values["value"].cast(pl.Float64),
+    })
 
 
-def _merge(backend: str, raw: Any, staged: pl.DataFrame, keys: Sequence[MetricKey],
-           metric_ids: Mapping[MetricKey, int], *, replace: bool) -> int:
-    """Write values of runs that existed before: refuse (or with ``replace`` overwrite, and count)
-    the ones that differ from stored values. Returns how many were overwritten."""
+def _write(backend: str, raw: Any, staged: pl.DataFrame, *, replace: bool
+           ) -> tuple[int, Optional[tuple[int, chunks.Conflict]], int]:
+    """Merge a batch into the stored series. Returns how many stored values it overwrote with
+    another value; and, where ``replace`` is off and some differ (then nothing is written), the
+    batch's first such row with its conflict, and how many differ."""
     if staged.is_empty():
-        return 0
-    cur = raw.cursor()
-    cur.execute("DROP TABLE IF EXISTS import_stage")
-    cur.execute(_STAGE[backend])
-    _bulk(backend, raw, "import_stage (file_row, run_id, metric_id, step, value)", staged)
-    if backend == "postgresql":
-        cur.execute("ANALYZE import_stage")  # a temporary table is never analysed by itself
-    cur.execute("SELECT COUNT(*) " + _JOIN + _DIFFERS[backend])
-    differing = int(cur.fetchone()[0])
-    if differing and not replace:
-        cur.execute("SELECT s.file_row, s.metric_id, s.step, v.value, s.value " + _JOIN + _DIFFERS[backend]
-                    + "ORDER BY s.file_row, s.metric_id LIMIT 1")
-        row, metric_id, step, stored, incoming = cur.fetchone()
-        key = next(k for k in keys if metric_ids[k] == metric_id)
-        raise ValueConflictError(int(row), key, int(step), _nan(stored), _nan(incoming), differing)
-    cur.execute(_MERGE + (_REPLACE[backend] if replace else "DO NOTHING"))
-    cur.execute("DROP TABLE import_stage")
-    return differing
-
-
-def _bulk(backend: str, raw: Any, target: str, rows: pl.DataFrame) -> None:
-    """Append a frame's rows (columns in ``target``'s order) through the driver's bulk path."""
-    cur = raw.cursor()
-    if backend == "sqlite":
-        sql = f"INSERT INTO {target} VALUES ({', '.join('?' * rows.width)})"
-        for batch in rows.iter_slices(_BATCH):
-            cur.executemany(sql, batch.iter_rows())  # a NaN binds as NULL, SQLite's NaN
-        return
-    # CSV keeps every float exactly (shortest round-trip digits; NaN, inf and -inf as PostgreSQL reads them).
-    with cur.copy(f"COPY {target} FROM STDIN (FORMAT CSV)") as cp:
-        for batch in rows.iter_slices(_BATCH):
-            cp.write(batch.write_csv(include_header=False))
+        return 0, None, 0
+    updates = chunks.group_arrays(staged["run_id"].to_numpy(), staged["metric_id"].to_numpy(),
+                                  staged["step"].to_numpy(), staged["value"].to_numpy())
+    conflicts: list[chunks.Conflict] = []
+    replaced = chunks.write_series(backend, raw, updates, replace=replace, conflicts=conflicts)
+    if not conflicts:
+        return replaced, None, 0
+    first = None
+    for c in conflicts:  # the file's first row among the first conflicting step of each series
+        hit = staged.filter((pl.col("run_id") == c.run_id) & (pl.col("metric_id") == c.metric_id)
+                            & (pl.col("step") == c.step))
+        row = int(hit["row"].max()) if hit.height else 0
+        if first is None or row < first[0]:
+            first = (row, c)
+    return 0, first, sum(x.count for x in conflicts)
 
 
 def _finish(s: Session, backend: str, raw: Any, run_ids: Sequence[int]) -> int:
@@ -203,17 +211,10 @@ def _finish(s: Session, backend: str, raw: Any, run_ids: Sequence[int]) -> int:
     loss_id = s.scalar(select(Metric.id).where(Metric.name == LOSS, Metric.layer == 0))
     now = utcnow()
     diverged = 0
-    cur = raw.cursor()
-    for chunk in _chunks(list(dict.fromkeys(run_ids)), 400):
-        last = dict(s.execute(select(MetricValue.run_id, func.max(MetricValue.step))
-                              .where(MetricValue.run_id.in_(chunk)).group_by(MetricValue.run_id)).all())
+    for chunk, last in _by_size(backend, raw, list(dict.fromkeys(run_ids))):
         planned = dict(s.execute(select(Run.id, Run.steps_planned).where(Run.id.in_(chunk))).all())
-        # The loss series through the driver: the hot read of an import (bound parameters only).
-        p = _PARAM[backend]
-        cur.execute(f"SELECT run_id, step, value FROM metric_values WHERE metric_id = {p} "
-                    f"AND run_id IN ({', '.join([p] * len(chunk))})", [loss_id or -1, *chunk])
-        loss = pl.DataFrame(cur.fetchall(), schema={"run_id": pl.Int64, "step": pl.Int64, "value": pl.Float64},
-                            orient="row").with_columns(pl.col("value").fill_null(math.nan))
+        got = chunks.read_series(backend, raw, chunk, [loss_id if loss_id is not None else -1])
+        loss = pl.DataFrame({"run_id": got["run_id"], "step": got["step"], "value": got["value"]})
         first_bad = dict(loss.filter(~pl.col("value").is_finite()).group_by("run_id")
                          .agg(pl.col("step").min()).iter_rows())
         ends = []
@@ -227,6 +228,25 @@ def _finish(s: Session, backend: str, raw: Any, run_ids: Sequence[int]) -> int:
         s.execute(update(Run), ends)
         _replace_summaries(s, summarize_losses(loss, chunk), now)
     return diverged
+
+
+def _by_size(backend: str, raw: Any, run_ids: list[int]) -> Iterator[tuple[list[int], dict[int, int]]]:
+    """The runs in chunks of at most 400 runs and about FINISH_VALUES stored steps (a run's last
+    step bounds its loss values), each with the runs' last stored steps."""
+    last: dict[int, int] = {}
+    for part in _chunks(run_ids, 900):
+        last.update(chunks.last_steps(backend, raw, part))
+    chunk: list[int] = []
+    size = 0
+    for run_id in run_ids:
+        n = last.get(run_id, -1) + 1
+        if chunk and (len(chunk) == 400 or size + n > FINISH_VALUES):
+            yield chunk, {r: last[r] for r in chunk if r in last}
+            chunk, size = [], 0
+        chunk.append(run_id)
+        size += n
+    if chunk:
+        yield chunk, {r: last[r] for r in chunk if r in last}
 
 
 def _nan(v: Optional[float]) -> float:

@@ -9,11 +9,12 @@ import socket
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 
 from gammadb.metrics import LOSS
 from gammadb.records import RunRecord, RunStatus
-from gammadb.schema import MetricValue, Run, Sweep
+from gammadb.schema import Run, Sweep
+from gammadb.store.chunks import truncate_after
 from gammadb.store.engine import utcnow, worker_id
 from gammadb.store.summaries import _replace_summaries, summarize_losses
 from gammadb.store.sweeps import _run_record
@@ -164,7 +165,7 @@ class QueueMixin:
     def delete_steps_after(self, run_id: int, step: int) -> None:
         """Drop a run's values after ``step`` (a restarted run rewrites them)."""
         with self.session_scope() as s:
-            s.execute(delete(MetricValue).where(MetricValue.run_id == run_id, MetricValue.step > step))
+            truncate_after(self.backend, s.connection().connection.dbapi_connection, run_id, step)
 
 
 def _dead_local_worker(worker: str | None, host: str) -> bool:

@@ -5,7 +5,6 @@ cached per store)."""
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from gammadb.errors import GammadbError, StoreUnavailableError
 from gammadb.metrics import LOSS, MetricKey, kind_of
 from gammadb.records import RunStatus, SummaryRecord
 from gammadb.schema import Metric, RunSummary
+from gammadb.store import chunks
 from gammadb.store.engine import _chunks, _one_line
 from gammadb.urls import libpq_uri
 
@@ -70,36 +70,36 @@ class ReadsMixin:
 
     def series(self, run_ids: Sequence[int] | None = None, *, sweep: str | None = None,
                metrics: Sequence[str] = (LOSS,), max_step: int | None = None) -> pl.DataFrame:
-        """Per-step values, long format: run_id, metric, layer, step, value (NaN decoded)."""
-        where, params = [], []
+        """Per-step values, long format: run_id, metric, layer, step, value (NaN as NaN), sorted by
+        run_id, metric, layer, step. Read as whole chunks and decoded in numpy."""
         if sweep is not None:
-            self.get_sweep(sweep)
-            where.append("v.run_id IN (SELECT r.id FROM runs r JOIN sweeps s ON s.id = r.sweep_id WHERE s.name = ?)")
-            params.append(sweep)
-        if run_ids is not None:
-            if not run_ids:
-                return _empty_series()
-            where.append(f"v.run_id IN ({', '.join('?' * len(run_ids))})")
-            params.extend(int(r) for r in run_ids)
+            sweep_id = self.get_sweep(sweep).id
+            ids = self.read("SELECT id FROM runs WHERE sweep_id = ?", [sweep_id])["id"].to_list()
+            run_ids = ids if run_ids is None else sorted(set(ids) & {int(r) for r in run_ids})
+        catalogue = self.read("SELECT id, name, layer FROM metrics")
         if metrics:
-            where.append(f"m.name IN ({', '.join('?' * len(metrics))})")
-            params.extend(metrics)
-        if max_step is not None:
-            where.append("v.step <= ?")
-            params.append(int(max_step))
-        sql = (
-            "SELECT v.run_id, m.name AS metric, m.layer, v.step, v.value FROM metric_values v "
-            "JOIN metrics m ON m.id = v.metric_id"
-        )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        df = self.read(sql + " ORDER BY v.run_id, m.name, m.layer, v.step", params)
-        if df.is_empty():
+            catalogue = catalogue.filter(pl.col("name").is_in(list(metrics))) if not catalogue.is_empty() else catalogue
+        if catalogue.is_empty():
             return _empty_series()
-        return df.with_columns(
-            pl.col("run_id").cast(pl.Int64), pl.col("layer").cast(pl.Int64), pl.col("step").cast(pl.Int64),
-            pl.col("value").cast(pl.Float64).fill_null(math.nan),
-        )
+        if run_ids is None:
+            run_ids = self.read("SELECT id FROM runs")["id"].to_list()
+        if not run_ids:
+            return _empty_series()
+        conn = self.raw_connection(read_only=True)
+        try:
+            got = chunks.read_series(self.backend, conn, [int(r) for r in run_ids],
+                                     [int(i) for i in catalogue["id"].to_list()], hi=max_step)
+        finally:
+            conn.close()
+        if got["step"].size == 0:
+            return _empty_series()
+        names = catalogue.select(pl.col("id").cast(pl.Int64).alias("metric_id"), pl.col("name").cast(pl.String).alias("metric"),
+                                 pl.col("layer").cast(pl.Int64))
+        df = pl.DataFrame({"run_id": got["run_id"], "metric_id": got["metric_id"], "step": got["step"],
+                           "value": got["value"]})
+        return (df.join(names, on="metric_id", how="left")
+                .select("run_id", "metric", "layer", "step", "value")
+                .sort("run_id", "metric", "layer", "step"))
 
     def summaries(self, run_ids: Sequence[int]) -> dict[int, SummaryRecord]:
         with self.session_scope() as s:

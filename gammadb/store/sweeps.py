@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 from gammadb import code_version as current_code_version
 from gammadb.errors import GammadbError, InvalidSpecError, NotFoundError
 from gammadb.records import RunRecord, RunSpec, RunStatus, SweepRecord
-from gammadb.schema import MetricValue, Run, RunSummary, Sweep
+from gammadb.schema import MetricChunk, Run, RunSummary, Sweep
 from gammadb.store.engine import _chunks
 
 
@@ -92,7 +92,7 @@ class SweepsMixin:
         with self.session_scope() as s:
             ids = s.scalars(select(Run.id).where(Run.sweep_id == sweep.id)).all()
             for chunk in _chunks(list(ids), 500):
-                s.execute(delete(MetricValue).where(MetricValue.run_id.in_(chunk)))
+                s.execute(delete(MetricChunk).where(MetricChunk.run_id.in_(chunk)))
                 s.execute(delete(RunSummary).where(RunSummary.run_id.in_(chunk)))
             s.execute(delete(Run).where(Run.sweep_id == sweep.id))
             s.execute(delete(Sweep).where(Sweep.id == sweep.id))

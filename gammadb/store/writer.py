@@ -1,11 +1,14 @@
 """The batched, background writer of per-step metric values.
 
 Training calls :meth:`MetricWriter.log` at every step; that only appends tuples to a list. A background
-thread commits the buffer every ``batch_rows`` rows or ``flush_seconds`` seconds, whichever comes
-first, through the driver's bulk path (sqlite3 ``executemany`` under WAL; PostgreSQL ``COPY`` into a
-staging table, then one ``INSERT ... ON CONFLICT``). Each commit is one transaction that also moves the
-runs' progress and heartbeats, so after a crash the store holds whole batches and ``steps_done``
-agrees with what is stored. A re-written step overwrites (upsert), never duplicates.
+thread commits the buffer every ``batch_rows`` values or ``flush_seconds`` seconds, whichever comes
+first: it groups the values by series and merges them into the chunked layout
+(:mod:`gammadb.store.chunks`: a blob of float64 per run of up to 1,024 steps), a few large writes per
+batch instead of a B-tree insert per value. An ensemble's :meth:`MetricWriter.log_block` hands over one
+(members x metrics) array per step, so a batch is reshaped, not looped over, in Python. Each commit is
+one transaction that also moves the runs' progress and heartbeats, so after a crash the store holds
+whole batches and ``steps_done`` agrees with what is stored. A re-written step overwrites, never
+duplicates.
 
 Backpressure: when training produces rows faster than the store commits them (a large ensemble on a
 GPU), the queue stops at ``max_backlog_rows`` and ``log`` waits for the next commit, so memory stays
@@ -20,24 +23,25 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
+import numpy as np
+
 from gammadb.errors import GammadbError, StoreUnavailableError
 from gammadb.metrics import MetricKey
+from gammadb.store import chunks
+from gammadb.store.chunks import CHUNK_STEPS
 
 Row = tuple[int, int, int, Optional[float]]  # run_id, metric_id, step, value
 
-SQLITE_UPSERT = (
-    "INSERT INTO metric_values (run_id, metric_id, step, value) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (run_id, metric_id, step) DO UPDATE SET value = excluded.value"
-)
-PG_STAGE = (
-    "CREATE TEMP TABLE IF NOT EXISTS stage_values "
-    "(run_id int4, metric_id int2, step int8, value float8) ON COMMIT DELETE ROWS"
-)
-PG_MERGE = (
-    "INSERT INTO metric_values (run_id, metric_id, step, value) "
-    "SELECT run_id, metric_id, step, value FROM stage_values "
-    "ON CONFLICT (run_id, metric_id, step) DO UPDATE SET value = EXCLUDED.value"
-)
+
+class _Block:
+    """Consecutive ensemble steps of one (members, metrics) layout: steps (T,) and values (T, K, M)."""
+
+    __slots__ = ("run_ids", "metric_ids", "steps", "values")
+
+    def __init__(self, run_ids: tuple[int, ...], metric_ids: tuple[int, ...]) -> None:
+        self.run_ids, self.metric_ids = run_ids, metric_ids
+        self.steps: list[int] = []
+        self.values: list[np.ndarray] = []
 
 
 class MetricWriter:
@@ -47,22 +51,25 @@ class MetricWriter:
     the background thread are raised at the next ``log``/``flush``/``close``.
     """
 
-    def __init__(self, store: Any, *, batch_rows: int = 20_000, flush_seconds: float = 2.0,
+    def __init__(self, store: Any, *, batch_rows: int = 500_000, flush_seconds: float = 2.0,
                  background: bool = True, max_backlog_rows: int | None = None) -> None:
         self._store = store
         self._backend = store.backend
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
-        self.max_backlog_rows = max_backlog_rows if max_backlog_rows is not None else 50 * batch_rows
+        self.max_backlog_rows = max_backlog_rows if max_backlog_rows is not None else 8 * batch_rows
         if self.max_backlog_rows < batch_rows:
             raise ValueError("max_backlog_rows must be >= batch_rows")
-        self._buf: list[Row] = []
+        self._buf: list[Any] = []  # lists of Row and _Block, in the order logged
+        self._pending = 0  # values queued
+        self._block_progress: dict[tuple[int, ...], int] = {}
         self._progress: dict[int, int] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
         self._busy = False
         self._flush_now = False
+        self._ready = False  # a batch is due (see _queue)
         self._closed = False
         self._error: Optional[BaseException] = None
         self._conn: Any = None
@@ -94,37 +101,62 @@ class MetricWriter:
         ids = self._ids
         if not all(k in ids for k in keys):
             ids.update(self._store.metric_ids(keys))
-        metric_ids = [ids[k] for k in keys]
-        out = [(run_id, m, step, v) for run_id, row in zip(run_ids, rows) for m, v in zip(metric_ids, row)]
-        self._queue(out, [(run_id, step) for run_id in run_ids])
+        metric_ids = tuple(ids[k] for k in keys)
+        values = np.array(rows, dtype=np.float64)  # a copy: the caller may reuse its buffer
+        if values.shape != (len(run_ids), len(metric_ids)):
+            raise ValueError(f"log_block: rows of shape {values.shape}, expected ({len(run_ids)}, {len(metric_ids)})")
+        self._queue(None, (), block=(step, tuple(run_ids), metric_ids, values))
 
     def write_rows(self, rows: Iterable[Row], *, progress: tuple[int, int] | None = None) -> None:
         """Queue raw (run_id, metric_id, step, value) rows; ``progress`` = (run_id, steps_done)."""
         self._queue(rows, [progress] if progress is not None else [])
 
-    def _queue(self, rows: Iterable[Row], progress: Sequence[tuple[int, int]]) -> None:
+    def _queue(self, rows: Optional[Iterable[Row]], progress: Sequence[tuple[int, int]],
+               block: Optional[tuple[int, tuple[int, ...], tuple[int, ...], np.ndarray]] = None) -> None:
         if self._error is not None:
             self._raise()
         if self._closed:
             raise GammadbError("metric writer is closed")
         with self._lock:
-            if self._thread is not None and len(self._buf) >= self.max_backlog_rows:
+            if self._thread is not None and self._pending >= self.max_backlog_rows:
                 t0 = time.perf_counter()
-                while len(self._buf) >= self.max_backlog_rows and self._error is None and self._thread.is_alive():
+                while self._pending >= self.max_backlog_rows and self._error is None and self._thread.is_alive():
                     self._wake.notify()  # commit now, not at the next deadline
                     self._idle.wait(0.5)
                 self.seconds_waiting += time.perf_counter() - t0
             if self._error is not None:
                 self._raise()
-            self._buf.extend(rows)
+            buf = self._buf
+            if block is not None:
+                step, run_ids, metric_ids, values = block
+                last = buf[-1] if buf else None
+                if not (isinstance(last, _Block) and last.run_ids == run_ids and last.metric_ids == metric_ids):
+                    last = _Block(run_ids, metric_ids)
+                    buf.append(last)
+                last.steps.append(step)
+                last.values.append(values)
+                self._pending += values.size
+                self._block_progress[run_ids] = step  # each member's steps_done, applied at the commit
+            if rows is not None:
+                rows = list(rows)
+                if buf and isinstance(buf[-1], list):
+                    buf[-1].extend(rows)
+                else:
+                    buf.append(rows)
+                self._pending += len(rows)
             for run_id, steps_done in progress:
                 self._progress[run_id] = steps_done
-            n = len(self._buf)
+            n = self._pending
             if n > self.max_backlog:
                 self.max_backlog = n
-            if n >= self.batch_rows and self._thread is not None:
+            # A full batch is committed when an ensemble's step ends a chunk window (so a steady
+            # stream writes each chunk once, never re-reading it), or at 4 batches whatever the step.
+            ready = n >= self.batch_rows and (block is None or (block[0] + 1) % CHUNK_STEPS == 0
+                                              or n >= 4 * self.batch_rows)
+            self._ready = self._ready or ready
+            if ready and self._thread is not None:
                 self._wake.notify()
-        if self._thread is None and n >= self.batch_rows:
+        if self._thread is None and ready:
             self._flush_once()
 
     def set_progress(self, run_id: int, steps_done: int) -> None:
@@ -140,7 +172,7 @@ class MetricWriter:
             with self._lock:
                 self._flush_now = True
                 self._wake.notify()
-                while (self._buf or self._progress or self._busy) and self._error is None \
+                while (self._buf or self._progress or self._block_progress or self._busy) and self._error is None \
                         and self._thread.is_alive():
                     self._idle.wait(0.5)
         if self._error is not None:
@@ -177,7 +209,7 @@ class MetricWriter:
         while True:
             with self._lock:
                 deadline = time.monotonic() + self.flush_seconds
-                while not self._closed and not self._flush_now and len(self._buf) < self.batch_rows:
+                while not self._closed and not self._flush_now and not self._ready:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -193,12 +225,19 @@ class MetricWriter:
                 return
             with self._lock:
                 self._idle.notify_all()
-                if closing and not self._buf and not self._progress:
+                if closing and not self._buf and not self._progress and not self._block_progress:
                     return
 
     def _flush_once(self) -> None:
         with self._lock:
             rows, self._buf = self._buf, []
+            n_values, self._pending = self._pending, 0
+            self._ready = False
+            for run_ids, step in self._block_progress.items():
+                for run_id in run_ids:  # a later per-run log() may have moved a member further
+                    if self._progress.get(run_id, -1) < step:
+                        self._progress[run_id] = step
+            self._block_progress = {}
             progress, self._progress = self._progress, {}
             self._busy = True
             self._idle.notify_all()  # a producer blocked on a full queue may go on
@@ -223,7 +262,7 @@ class MetricWriter:
                         ) from None
                     time.sleep(0.5 * (attempt + 1))  # reconnect and retry the whole batch
             self.seconds_in_db += time.perf_counter() - t0
-            self.rows_written += len(rows)
+            self.rows_written += n_values
         finally:
             with self._lock:
                 self._busy = False
@@ -241,16 +280,13 @@ class MetricWriter:
                 pass
             self._conn = None
 
-    def _write_sqlite(self, rows: list[Row], progress: dict[int, int]) -> None:
+    def _write_sqlite(self, items: list[Any], progress: dict[int, int]) -> None:
         conn = self._connection()
-        # No per-row Python work here (it would compete with training for the GIL): executemany
-        # applies rows in order, so a step re-written later in the batch wins, and SQLite binds a
-        # NaN as NULL by itself, the documented encoding of NaN in metric_values.
-        data = rows
+        updates = _series(items)
         now = _sqlite_now()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(SQLITE_UPSERT, data)
+            chunks.write_series("sqlite", conn, updates)
             if progress:
                 conn.executemany(
                     "UPDATE runs SET steps_done = ?, heartbeat_at = ? WHERE id = ?",
@@ -261,23 +297,18 @@ class MetricWriter:
             conn.execute("ROLLBACK")
             raise
 
-    def _write_pg(self, rows: list[Row], progress: dict[int, int]) -> None:
+    def _write_pg(self, items: list[Any], progress: dict[int, int]) -> None:
         conn = self._connection()
+        updates = _series(items)
         with conn.transaction():
-            cur = conn.cursor()
-            if rows:
-                cur.execute(PG_STAGE)
-                with cur.copy("COPY stage_values (run_id, metric_id, step, value) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.set_types(["int4", "int2", "int8", "float8"])
-                    for (r, m, s), v in _latest(rows):
-                        cp.write_row((r, m, s, v))
-                cur.execute(PG_MERGE)
+            chunks.write_series("postgresql", conn, updates)
             if progress:
                 now = dt.datetime.now(dt.timezone.utc)
-                cur.executemany(
-                    "UPDATE runs SET steps_done = %s, heartbeat_at = %s WHERE id = %s",
-                    [(s, now, r) for r, s in progress.items()],
-                )
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "UPDATE runs SET steps_done = %s, heartbeat_at = %s WHERE id = %s",
+                        [(s, now, r) for r, s in progress.items()],
+                    )
 
     def _raise(self) -> None:
         err = self._error
@@ -286,13 +317,27 @@ class MetricWriter:
         raise StoreUnavailableError(f"metric writer failed: {err}")
 
 
-def _latest(rows: list[Row]) -> list[tuple[tuple[int, int, int], Optional[float]]]:
-    """The last value logged for each (run, metric, step), in key order: the PostgreSQL path's
-    staging table feeds one INSERT ... ON CONFLICT, which cannot touch one key twice, so a step
-    re-written within a batch must be reduced to its last value first. (SQLite's executemany applies
-    rows in order and needs no such pass.)"""
-    latest = {(r, m, s): v for r, m, s, v in rows}
-    return sorted(latest.items())
+def _series(items: list[Any]) -> dict[tuple[int, int], chunks.Series]:
+    """A batch (lists of rows and ensemble blocks, in the order logged) as one sorted series per
+    (run, metric); a step logged twice keeps its last value."""
+    out: dict[tuple[int, int], chunks.Series] = {}
+
+    def add(key: tuple[int, int], series: chunks.Series) -> None:
+        old = out.get(key)
+        out[key] = series if old is None else chunks.merge(old, series)
+
+    for item in items:
+        if isinstance(item, _Block):
+            steps = np.asarray(item.steps, dtype=np.int64)
+            # (T, K, M) -> (K, M, T): each series contiguous, one copy for the whole block.
+            cube = np.ascontiguousarray(np.stack(item.values).transpose(1, 2, 0))
+            for k, run_id in enumerate(item.run_ids):
+                for j, metric_id in enumerate(item.metric_ids):
+                    add((run_id, metric_id), chunks.last_wins(steps, cube[k, j]))
+        else:
+            for key, series in chunks.group_rows(item).items():
+                add(key, series)
+    return out
 
 
 def _sqlite_now() -> str:

@@ -4,9 +4,11 @@ round trip; clear errors."""
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,7 +251,111 @@ def test_a_conflicting_value_is_refused_unless_replace(store_url: str, tmp_path:
         assert set(store.runs_frame("s")["steps_done"]) == {60}
 
 
-KILL_AFTER_WRITING_S = 0.3
+# ---------------------------------------------------------------------- streamed: many batches, one import
+def read_in_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files and frames read a few rows at a time (a CSV's types still come from its first 20 rows)."""
+    from gammadb import import_stream
+
+    monkeypatch.setattr(import_stream, "CSV_BLOCK_BYTES", 512)
+    monkeypatch.setattr(import_stream, "INFER_ROWS", 20)
+    monkeypatch.setattr(import_stream, "BATCH_CELLS", 100)
+
+
+def open_batches_of(path: Path) -> list[pl.DataFrame]:
+    from gammadb.import_stream import open_batches
+
+    return list(open_batches(path).frames)
+
+
+def by_step(df: pl.DataFrame) -> pl.DataFrame:
+    """The rows interleaved across runs, as a log written during training."""
+    return df.sort("step", "gamma", "eta", "seed", maintain_order=True)
+
+
+@pytest.mark.parametrize("order", [lambda df: df, by_step], ids=["by-run", "by-step"])
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_file_read_in_many_batches_imports_as_one(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     fmt: str, order) -> None:
+    """Runs met in later batches, series continued across batches: the same runs, summaries and
+    values as the frame imported in one batch."""
+    df = order(synthetic(50))
+    import_frame(store, df, "ref")
+    read_in_small_batches(monkeypatch)
+    path = tmp_path / f"runs.{fmt}"
+    df.write_csv(path) if fmt == "csv" else df.write_parquet(path)
+    assert len(open_batches_of(path)) > 20
+    rep = import_file(store, path, "file")
+    assert (rep.rows, rep.runs, rep.new_runs, rep.values, rep.diverged) == (600, 12, 12, 1800, 2)
+    import_frame(store, df, "frame")
+    cols = ["gamma", "eta", "seed", "status", "steps_planned", "steps_done", "diverged_at", "initial_loss",
+            "final_loss", "min_loss", "min_loss_step", "tail_mean_loss"]
+    want = store.runs_frame("ref").select(cols).sort("gamma", "eta", "seed")
+    q = ("SELECT r.gamma, r.eta, r.seed, v.metric, v.step, v.value FROM metric_series v JOIN runs r ON r.id = v.run_id "
+         "WHERE v.sweep = ? ORDER BY r.gamma, r.eta, r.seed, v.metric, v.step")
+    reference = [tuple(str(x) for x in row) for row in store.read(q, ["ref"]).rows()]
+    assert len(reference) == 1800
+    for sweep in ("file", "frame"):
+        assert_frame_equal(store.runs_frame(sweep).select(cols).sort("gamma", "eta", "seed"), want)
+        assert [tuple(str(x) for x in row) for row in store.read(q, [sweep]).rows()] == reference
+
+
+def _spoil_many(df: pl.DataFrame) -> pl.DataFrame:
+    for row in (7, 30, 55):
+        df = set_cell(df, "gamma", row, -1.0)
+    return df
+
+
+MANY_BATCHES_BAD = [  # (id, spoil synthetic(5): 60 rows, read ~8 rows a batch; the message after "bad.csv ")
+    ("rule-order-before-row-order", lambda df: set_cell(set_cell(df, "eta", 5, None), "gamma", 50, -1.0),
+     "row 50, column 'gamma': must be a finite number > 0, got -1.0"),
+    ("rows-like-it-in-later-batches", _spoil_many,
+     "row 7, column 'gamma': must be a finite number > 0, got -1.0; 2 more rows like it"),
+    ("first-repeat-by-first-row", lambda df: pl.concat([df[:10], df[9:10], df[10:], df[2:3]]),
+     "rows 3 and 62 repeat step 3 of the run gamma=0.1, eta=0.01, seed=0: each run's step must appear once"),
+    ("bad-row-after-a-repeat", lambda df: set_cell(pl.concat([df[:1], df]), "eta", 59, -0.5),
+     "row 59, column 'eta': must be a finite number > 0, got -0.5"),
+]
+
+
+@pytest.mark.parametrize("spoil, message", [b[1:] for b in MANY_BATCHES_BAD], ids=[b[0] for b in MANY_BATCHES_BAD])
+def test_errors_are_those_of_the_whole_file_however_it_is_batched(store: Store, tmp_path: Path, spoil, message: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error names the rule, row and count a check of the whole file gives, and nothing is
+    written, whether the file is read in one batch or in many."""
+    import_frame(store, synthetic(5).filter(pl.col("gamma") == 10.0), "bad")
+    before = snapshot(store)
+    path = tmp_path / "bad.csv"
+    spoil(synthetic(5)).write_csv(path)
+    for many in (False, True):
+        if many:
+            read_in_small_batches(monkeypatch)
+        assert (len(open_batches_of(path)) > 4) == many
+        with pytest.raises(InvalidSpecError) as err:
+            import_file(store, path, "bad")
+        assert str(err.value) == f"bad.csv {message}"
+        assert snapshot(store) == before
+
+
+def test_conflicts_in_several_batches_are_all_counted(store: Store, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values that differ from stored ones in the first and the last batch: the first is named, both
+    counted, nothing written; with replace both are written."""
+    import_frame(store, synthetic(50), "s")
+    read_in_small_batches(monkeypatch)
+    before = snapshot(store)
+    changed = synthetic(50)
+    for row in (2, 599):
+        changed = set_cell(changed, "ntk_alignment", row, 0.25)
+    path = tmp_path / "changed.csv"
+    changed.write_csv(path)
+    with pytest.raises(InvalidSpecError, match=r"^changed\.csv row 2, column 'ntk_alignment': step 2 of this run is "
+                                              r"0\.5 in the store and 0\.25 here \(2 of the file's values differ"):
+        import_file(store, path, "s")
+    assert snapshot(store) == before
+    rep = import_file(store, path, "s", replace=True)
+    assert (rep.replaced, rep.new_runs, rep.values) == (2, 0, 1800)
+    got = store.read("SELECT COUNT(*) AS n FROM metric_series WHERE metric = 'ntk_alignment' AND value = 0.25")
+    assert got["n"][0] == 2
 
 
 def count(store: Store, table: str) -> int:
@@ -257,30 +363,48 @@ def count(store: Store, table: str) -> int:
 
 
 def _writing(store: Store, wal: Path, wal_before: int, probe: object) -> bool:
-    """Whether another process is writing values: on SQLite the WAL grew by a MiB (pages of a
-    transaction spill there long before it commits); on PostgreSQL a COPY or INSERT of values runs."""
+    """Whether another process has written values in a transaction it holds open: on SQLite the WAL
+    grew by a MiB (pages of a transaction spill there long before it commits); on PostgreSQL a backend
+    holds the write lock on metric_chunks that its COPY or DELETE took (until the transaction ends)."""
     if store.backend == "sqlite":
         return wal.exists() and wal.stat().st_size > wal_before + 2**20
     rows = probe.execute(  # type: ignore[attr-defined]
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-        "AND state = 'active' AND (query ILIKE 'COPY %' OR query ILIKE 'INSERT INTO metric_values%')").fetchone()
+        "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND relation = 'metric_chunks'::regclass AND mode = 'RowExclusiveLock' AND pid <> pg_backend_pid()").fetchone()
     return rows[0] > 0
+
+
+def _feed(fifo: Path, data: bytes, stop: threading.Event, fed: list[int]) -> None:
+    """Write ``data`` into ``fifo`` piece by piece until ``stop`` is set, and hold the FIFO open until
+    then: its reader never sees the end of its file while the test runs."""
+    try:
+        with open(fifo, "wb") as f:  # blocks until the import opens the FIFO
+            for i in range(0, len(data), 2**18):
+                if stop.is_set():
+                    break
+                f.write(data[i:i + 2**18])
+                f.flush()
+                fed[0] = min(len(data), i + 2**18)
+            stop.wait()
+    except OSError:  # BrokenPipeError: the import is gone
+        pass
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
 def test_sigkill_mid_import_leaves_the_store_as_it_was(store_url: str, tmp_path: Path, sig: int) -> None:
-    """A 1.2 M-value import killed (or interrupted by Ctrl-C) while it writes: the store is exactly as
-    before (or, had the kill come after the commit, complete), never partial. 16 of its 40 runs
-    existed (their first steps). Ctrl-C says the import was rolled back, exit 130."""
+    """An import killed (or interrupted by Ctrl-C) after it has written values: the store is exactly
+    as before. The CSV comes through a FIFO that the test feeds only until the import has written
+    (so it streams: it writes before its file ends), then signals it while it waits for the rest: the
+    signal always lands mid-import. 16 of its 80 runs existed (their first steps). Ctrl-C says the
+    import was rolled back, exit 130."""
     import numpy as np
 
-    n_runs, n_steps = 40, 10_000
+    n_runs, n_steps = 80, 10_000
     run = np.repeat(np.arange(n_runs), n_steps)
     step = np.tile(np.arange(1, n_steps + 1), n_runs)
     big = pl.DataFrame({"gamma": 0.5 + run % 8, "eta": 0.01 * (1 + run // 8), "seed": 0, "step": step,
                         "loss": 1 / (1 + 0.01 * step), "weight_change.l1": 1e-3 * step, "feature_alignment": 0.5})
-    path = tmp_path / "big.parquet"
-    big.write_parquet(path)
+    data = big.write_csv().encode()
     store = Store.open(store_url)
     early = big.filter((pl.col("eta") < 0.03) & (pl.col("step") <= 10))
     import_frame(store, early, "big")
@@ -294,36 +418,45 @@ def test_sigkill_mid_import_leaves_the_store_as_it_was(store_url: str, tmp_path:
     if store.backend == "postgresql":
         probe = store.raw_connection()
         probe.autocommit = True
+    fifo = tmp_path / "big.csv"
+    os.mkfifo(fifo)
+    stop, fed = threading.Event(), [0]
+    feeder = threading.Thread(target=_feed, args=(fifo, data, stop, fed), daemon=True)
+    feeder.start()
 
-    proc = subprocess.Popen([sys.executable, "-m", "gammadb", "import", str(path), "--sweep", "big", "--url",
+    proc = subprocess.Popen([sys.executable, "-m", "gammadb", "import", str(fifo), "--sweep", "big", "--url",
                              store_url], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not _writing(store, wal, wal_before, probe):
-            assert proc.poll() is None, f"the import ended before it wrote: {proc.stderr.read()!r}"
-            assert time.monotonic() < deadline, "the import never started writing"
+            assert proc.poll() is None, f"the import ended: {proc.stderr.read()!r}"
+            assert time.monotonic() < deadline, f"the import wrote nothing after {fed[0]} of {len(data)} bytes"
             time.sleep(0.01)
-        time.sleep(KILL_AFTER_WRITING_S)
+        stop.set()
+        assert fed[0] < len(data), "the import wrote only once it had the whole file: it does not stream"
         proc.send_signal(sig)
-        proc.wait()
+        proc.wait(timeout=60)
         err = proc.stderr.read().decode()
     finally:
+        stop.set()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stderr.close()
+        if feeder.is_alive():  # still opening the FIFO: open its other end so that it returns
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        feeder.join(10)
         if probe is not None:
             probe.close()
     if sig == signal.SIGKILL:
-        assert proc.returncode == -signal.SIGKILL, "the import ended before it was killed: make it bigger"
+        assert proc.returncode == -signal.SIGKILL, err
     else:
         assert proc.returncode == 130, err
         assert err.strip() == "interrupted: the import was rolled back; the store is as it was", err
 
-    after = snapshot(store, values=False)
-    if after != before:  # only if the kill came after the commit: then all of it is there
-        assert count(store, "metric_values") == values_before + 3 * (big.height - early.height)
-        assert count(store, "runs") == count(store, "run_summaries") == 12 + n_runs
+    # It never had the end of its file, so it never committed: the store is exactly as before.
+    assert snapshot(store, values=False) == before
+    assert count(store, "metric_values") == values_before
     # The store takes the next import as usual.
     assert import_frame(store, synthetic(5), "other").new_runs == 0
     store.close()

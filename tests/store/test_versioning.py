@@ -24,7 +24,7 @@ def _diff(store: Store) -> list:
 
 
 def test_one_head() -> None:
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
 
 
 def test_empty_to_head_matches_orm(store: Store) -> None:
@@ -111,7 +111,7 @@ def test_0003_marks_runs_stored_before_test_reduction_as_mean(store_url: str) ->
         s.ensure_runs(sweep.id, [*legacy, marked])
         before = {r.id: r.config for r in s.runs("legacy")}
         keys = _point_keys(s)
-        s.upgrade()
+        s.upgrade("0003")
         assert s.current_revision() == "0003"
         after = {r.id: r.config for r in s.runs("legacy")}
         assert len(after) == 1002

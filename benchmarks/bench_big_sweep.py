@@ -1,0 +1,95 @@
+"""What a user waits for on a big sweep: 500 runs x 10,000 steps (5 M loss values).
+
+    python benchmarks/bench_big_sweep.py [--runs 500] [--steps 10000] [--url URL]
+
+Builds the sweep of ``bench_optimal_lr.py`` (a gamma x eta grid, 2 seeds, a few diverged runs) in a
+fresh store (SQLite in a temporary directory unless ``--url``), then times, each in a fresh process
+as a user runs it (so imports and the store opening count): ``gammadb plot curves``, ``gammadb
+report`` and ``gammadb analyze optimal-lr``; and the dashboard's sweep page with every chart it
+loads (``gammadb ui``'s app through its test client: server time, no browser), cold (first request)
+and warm. Targets (issues 16 and 17): plot curves and report < 2 s each, the sweep page < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_optimal_lr import SWEEP, build  # noqa: E402
+
+
+def cli_seconds(*args: str) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "gammadb", *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"gammadb {' '.join(args)} failed: {res.stderr.strip()[-500:]}")
+    return seconds
+
+
+def page_seconds(url: str) -> tuple[float, float, int]:
+    """Cold and warm seconds to serve the sweep page and every chart it loads; the chart count."""
+    import re
+
+    from starlette.testclient import TestClient
+
+    from gammadb.ui.app import create_app
+
+    with TestClient(create_app(url)) as client:
+        def once() -> int:
+            page = client.get(f"/sweeps/{SWEEP}")
+            assert page.status_code == 200, page.text[:300]
+            paths = sorted(set(re.findall(r'data-(?:chart|fragment)-src="(/[^"]+)"', page.text)))
+            for path in paths:
+                got = client.get(path)
+                assert got.status_code == 200, (path, got.text[:300])
+            progress = client.get(f"/api/sweeps/{SWEEP}")
+            assert progress.status_code == 200
+            return len(paths)
+
+        t0 = time.perf_counter()
+        n = once()
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        once()
+        warm = time.perf_counter() - t0
+    return cold, warm, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url")
+    ap.add_argument("--runs", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=10_000)
+    args = ap.parse_args()
+    from gammadb.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.url or f"sqlite:///{Path(tmp) / 'big.sqlite'}"
+        with Store.open(url) as store:
+            if SWEEP not in store.sweeps_frame()["name"].to_list():
+                build(store, args.runs, args.steps)
+            n = store.read("SELECT SUM(n) AS n FROM metric_chunks")["n"][0]
+        print(f"sweep {SWEEP}: {args.runs} runs x {args.steps:,} steps, {n:,} values")
+        out = Path(tmp)
+        base = cli_seconds("--version")
+        print(f"python -m gammadb --version (start-up alone): {base:.2f} s")
+        for name, cmd in (
+            ("plot curves", ("plot", "curves", "--sweep", SWEEP, "--out", str(out / "c.html"), "--url", url)),
+            ("report", ("report", "--sweep", SWEEP, "--out", str(out / "r.html"), "--url", url)),
+            ("analyze optimal-lr", ("analyze", "optimal-lr", "--sweep", SWEEP, "--url", url)),
+        ):
+            print(f"gammadb {name}: {cli_seconds(*cmd):.2f} s" + (" (target < 2 s)" if name != "analyze optimal-lr" else ""))
+        cold, warm, charts = page_seconds(url)
+        print(f"ui sweep page + its {charts} charts, server time: {cold:.2f} s cold, {warm:.2f} s warm (target < 1 s)")
+
+
+if __name__ == "__main__":
+    main()
