@@ -68,7 +68,11 @@ def load_runs(store: "Store", sweep: str, *, budget: Optional[int] = None, want_
     # a noisy estimate of it (seen: 0.62 against a plateau at 0.99 with B = 32), so where the held-out
     # test loss was measured at the first step (f = 0 there, for every run) it is used, divided by the
     # run's test_loss_scale (``_with_initial_loss``).
-    runs = store.finished_runs_with_loss_ends(sweep)
+    from gammadb.analysis.shared import shared_result
+
+    # read once per page (the report's claims, eta* and phases each load the runs)
+    runs = shared_result(store, ("finished_runs_with_loss_ends", sweep),
+                         lambda: store.finished_runs_with_loss_ends(sweep))
     if runs.is_empty():
         raise AnalysisError(f"sweep {sweep!r} has no finished (completed or diverged) runs yet")
     runs = _cast_runs(_with_initial_loss(runs))

@@ -16,10 +16,13 @@ import polars as pl
 from gammadb.analysis.clock import tau_expr
 from gammadb.analysis.downsample import (
     DEFAULT_PER_DECADE,
+    bands_per_decade,
+    bucketed_grids,
     bucketed_series,
     curve_bands,
     select_runs,
 )
+from gammadb.analysis.shared import shared_reads
 from gammadb.errors import InvalidSpecError
 from gammadb.metrics import LOSS
 from gammadb.records import RunStatus
@@ -346,12 +349,16 @@ def curves_figure(store: "Store", sweep: str, *, metric: str = "loss", where: Se
     if runs.is_empty():
         raise InvalidSpecError(f"no run of sweep {sweep!r} matches {' and '.join(where) or 'the selection'}")
     runs, left_out = _drop_diverged(runs, include_diverged)
-    bands = curve_bands(store, runs, key, per_decade=per_decade, max_rows=max_rows)
-    mk = None
-    if marks and key.name == LOSS and key.layer == 0:
-        o = opts or PlateauOptions(per_decade=per_decade)
-        table, drops = detect_plateaus(bucketed_series(store, runs["run_id"].to_list(), key, o.per_decade), runs, o)
-        mk = plateau_marks(table, drops)
+    ids = runs["run_id"].to_list()
+    o = (opts or PlateauOptions(per_decade=per_decade)) if marks and key.name == LOSS and key.layer == 0 else None
+    with shared_reads(store):
+        # one read of the series feeds both grids: the bands' (coarsened to the row budget) and the marks'
+        bucketed_grids(store, ids, key, [bands_per_decade(runs, per_decade, max_rows), *([o.per_decade] if o else [])])
+        bands = curve_bands(store, runs, key, per_decade=per_decade, max_rows=max_rows)
+        mk = None
+        if o is not None:
+            table, drops = detect_plateaus(bucketed_series(store, ids, key, o.per_decade), runs, o)
+            mk = plateau_marks(table, drops)
     label = metric if key.layer == 0 else f"{key.name} (layer {key.layer})"
     n_seeds = int(bands["n_runs"].max()) if not bands.is_empty() else 0
     chart = curves_chart(bands, mk, x=x, metric=label,

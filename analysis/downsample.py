@@ -5,7 +5,8 @@ A sweep can hold thousands of runs of 10^5 steps; neither the curve analyses nor
 decade, shared by all curves, so curves of different lengths land on the same grid) and each bucket
 keeps its count, mean, min, max (spikes stay visible), the mean of ln(value) (what the log-loss
 analyses smooth) and the geometric mean of its steps. The store reads the series as whole chunks
-decoded in numpy (:meth:`gammadb.store.Store.values_frame`) and the reduction runs here, in polars.
+decoded in numpy (:meth:`gammadb.store.Store.values_frame`, in run and step order) and the reduction
+runs here, over contiguous stretches (:func:`bucket_frames`).
 
 Only finite values at step >= 1 are bucketed: step 0 has no place on a log axis, NaN/inf mark a
 divergence (the run's ``diverged_at`` says where).
@@ -18,9 +19,11 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
+import numpy as np
 import polars as pl
 
 from gammadb.analysis.clock import tau_expr
+from gammadb.analysis.shared import scope_of
 from gammadb.errors import InvalidSpecError
 from gammadb.metrics import MetricKey
 from gammadb.records import RUN_COLUMNS, WHERE_COLUMNS, Condition
@@ -55,8 +58,117 @@ def bucket_frame(series: pl.DataFrame | pl.LazyFrame, per_decade: int = DEFAULT_
     Columns: run_id, bucket, step_lo, step_hi, step (geometric mean of the bucket's steps), n, mean,
     min, max, mean_log (mean of ln(value) over the positive values; null when none is positive).
     """
-    _check_per_decade(per_decade)
+    return bucket_frames(series, (per_decade,))[per_decade]
+
+
+def bucket_frames(series: pl.DataFrame | pl.LazyFrame, per_decades: Sequence[int]) -> dict[int, pl.DataFrame]:
+    """:func:`bucket_frame` of ``series`` on several grids ({per_decade: frame}) from one pass.
+
+    No hashing: the bucket index grows with the step, so in a frame in (run_id, step) order (the
+    store's reads are; anything else is sorted stably by run_id and bucket first) every (run_id,
+    bucket) is a contiguous stretch of rows. Counts, extremes and step ranges are numpy ``reduceat``
+    over the stretches; the means are the Kahan-compensated sums in row order that a polars
+    group_by takes (:func:`_stretch_means`); the bucket index and the logarithms are the same polars
+    expressions, ln(step) and the index taken once per distinct step. The result is bit for bit the
+    group_by over (run_id, bucket) this replaced (tests/analysis/test_downsample.py holds it to
+    that), which still serves the rare grid whose buckets are few and very long.
+    """
+    grids = list(dict.fromkeys(int(p) for p in per_decades))
+    for p in grids:
+        _check_per_decade(p)
     lf = series.lazy() if isinstance(series, pl.DataFrame) else series
+    df = lf.select(pl.col("run_id").cast(pl.Int64), "step", pl.col("value").cast(pl.Float64)).collect()
+    run, step, value = (df[c].to_numpy() for c in ("run_id", "step", "value"))
+    with np.errstate(invalid="ignore"):
+        keep = (step >= 1) & np.isfinite(value)
+    if not keep.all():
+        run, step, value = run[keep], step[keep], value[keep]
+    if run.size == 0:
+        return {p: empty_buckets() for p in grids}
+    step_s = pl.Series("step", step)
+    lo, hi = int(step.min()), int(step.max())
+    if step.dtype.kind in "iu" and hi - lo < max(4 * step.size, 1 << 16):
+        # integer steps: the expressions over the range of steps, looked up per row
+        first = 0 if lo < max(step.size, 1 << 16) else lo  # from step 0 spares an array of offsets
+        at = step if first == 0 else step - first
+        grid_steps = pl.Series("step", np.arange(first, hi + 1, dtype=step.dtype)).clip(lower_bound=1)
+        log_step = grid_steps.cast(pl.Float64).log().to_numpy()[at]
+        bucket_of = {p: pl.select(bucket_index(grid_steps, p)).to_series().to_numpy()[at] for p in grids}
+    else:
+        log_step = step_s.cast(pl.Float64).log().to_numpy()
+        bucket_of = {p: pl.select(bucket_index(step_s, p)).to_series().to_numpy() for p in grids}
+    positive = value > 0
+    log_value = pl.Series(value).log().to_numpy()  # NaN or -inf where not positive: never summed
+    step_int = step_s.cast(pl.Int64).to_numpy()
+    out = {}
+    for p in grids:
+        cols = [run, bucket_of[p], step_int, value, log_step, log_value, positive]
+        if not _in_order(cols[0], cols[1]):
+            order = np.lexsort((cols[1], cols[0]))  # stable: a bucket's rows keep their order
+            cols = [c[order] for c in cols]
+        r, bucket, st, v, ls, lv, pos = cols
+        starts = np.flatnonzero(np.concatenate(([True], (r[1:] != r[:-1]) | (bucket[1:] != bucket[:-1]))))
+        n = np.diff(np.append(starts, r.size))
+        if n.max() > max(_LOOP_MAX, r.size // 256):  # few, very long buckets: numpy would loop too long
+            out[p] = _grouped_bucket_frame(lf, p)
+            continue
+        n_pos = np.add.reduceat(pos, starts, dtype=np.int64)
+        if n_pos.sum() == r.size:  # every value positive (a loss): one pass for the three means
+            mean, mean_ls, mean_log = _stretch_means((v, ls, lv), starts, n)
+        else:  # the mean of the logs is over the positive values only
+            mean, mean_ls = _stretch_means((v, ls), starts, n)
+            (mean_log,) = _stretch_means((lv[pos],), np.cumsum(n_pos) - n_pos, n_pos)
+        out[p] = pl.DataFrame({
+            "run_id": r[starts], "bucket": bucket[starts],
+            "step_lo": np.minimum.reduceat(st, starts), "step_hi": np.maximum.reduceat(st, starts),
+            "step": pl.Series(mean_ls).exp(), "n": n, "mean": mean,
+            "min": np.minimum.reduceat(v, starts), "max": np.maximum.reduceat(v, starts),
+            "mean_log": pl.Series(mean_log).set(pl.Series(n_pos == 0), None),
+        }, schema=BUCKET_SCHEMA)
+    return out
+
+
+def _in_order(run: np.ndarray, key: np.ndarray) -> bool:
+    """Whether (run, key) never decreases from one row to the next (ties allowed)."""
+    if run.size < 2 or bool(np.any(run[1:] < run[:-1])):
+        return run.size < 2
+    return not bool(np.any((key[1:] < key[:-1]) & (run[1:] == run[:-1])))
+
+
+_LOOP_MAX = 2048  # numpy steps a bucket may take; longer buckets, if many, go to polars (old speed)
+
+
+def _stretch_means(xs: Sequence[np.ndarray], starts: np.ndarray, n: np.ndarray) -> list[np.ndarray]:
+    """For each array ``x`` of ``xs``, the mean of each stretch ``x[starts[i] : starts[i] + n[i]]``
+    (NaN where n is 0), as a polars group_by takes a mean: a Kahan-compensated sum in row order,
+    divided by the count. The stretches are summed side by side, one row of each per numpy step,
+    the longest first (so the ones still running are always a prefix): as many steps as the
+    longest stretch has rows."""
+    out = [np.full(n.size, np.nan) for _ in xs]
+    idx = np.flatnonzero(n > 0)
+    if idx.size:
+        idx = idx[np.argsort(-n[idx], kind="stable")]
+        length, first = n[idx], starts[idx]
+        running = np.searchsorted(-length, -np.arange(length[0]), side="left").tolist()  # longer than k
+        total, comp, y, t, got = (np.empty(idx.size) for _ in range(5))
+        at = np.empty(idx.size, dtype=np.int64)
+        for x, mean in zip(xs, out):  # one array at a time: 1-d steps beat a stacked 2-d pass
+            total[:] = comp[:] = 0.0
+            for k, c in enumerate(running):
+                np.add(first[:c], k, out=at[:c])  # row k of the c stretches longer than k
+                np.take(x, at[:c], out=got[:c])
+                np.subtract(got[:c], comp[:c], out=y[:c])
+                np.add(total[:c], y[:c], out=t[:c])
+                np.subtract(t[:c], total[:c], out=comp[:c])
+                np.subtract(comp[:c], y[:c], out=comp[:c])
+                total[:c] = t[:c]
+            mean[idx] = total / length
+    return out
+
+
+def _grouped_bucket_frame(lf: pl.LazyFrame, per_decade: int) -> pl.DataFrame:
+    """:func:`bucket_frame` as a polars group_by over (run_id, bucket): where the buckets are so
+    long and so few that a numpy step per row of a bucket costs more than hashing every row."""
     return (
         lf.filter((pl.col("step") >= 1) & pl.col("value").is_finite())
         .with_columns(bucket_index(pl.col("step"), per_decade).alias("bucket"))
@@ -78,16 +190,47 @@ def bucket_frame(series: pl.DataFrame | pl.LazyFrame, per_decade: int = DEFAULT_
 def bucketed_series(store: "Store", run_ids: Sequence[int], metric: MetricKey | str,
                     per_decade: int = DEFAULT_PER_DECADE, max_step: Optional[int] = None) -> pl.DataFrame:
     """:func:`bucket_frame` of one metric series of ``run_ids`` (layer 0 where ``metric`` is a name),
-    read ``_CHUNK`` runs at a time, so memory holds one slice of the raw values at once."""
-    _check_per_decade(per_decade)
+    read ``_CHUNK`` runs at a time, so memory holds one slice of the raw values at once (inside
+    :func:`gammadb.analysis.shared.shared_reads`, each run's series is read once for the whole block)."""
+    return bucketed_grids(store, run_ids, metric, (per_decade,), max_step)[per_decade]
+
+
+def bucketed_grids(store: "Store", run_ids: Sequence[int], metric: MetricKey | str, per_decades: Sequence[int],
+                   max_step: Optional[int] = None) -> dict[int, pl.DataFrame]:
+    """:func:`bucketed_series` on several grids ({per_decade: frame}) from one read of the values
+    (a chart's curves and its plateau marks are bucketed on different grids)."""
+    grids = list(dict.fromkeys(int(p) for p in per_decades))
+    for p in grids:
+        _check_per_decade(p)
     key = metric if isinstance(metric, MetricKey) else MetricKey(metric, 0)
-    ids = [int(r) for r in run_ids]
+    ids = list(dict.fromkeys(int(r) for r in run_ids))
+    scope = scope_of(store)
+    if scope is None:
+        return _read_grids(store, ids, key, grids, max_step)
+    # buckets are per run, so runs already bucketed in this scope are served by filtering (exact);
+    # the others are read once, for every grid asked
+    have = {p: scope.buckets.get(("buckets", key, p, max_step), (frozenset(), empty_buckets())) for p in grids}
+    missing = [r for r in ids if any(r not in have[p][0] for p in grids)]
+    if missing:
+        fresh = _read_grids(store, missing, key, grids, max_step)
+        for p in grids:
+            covered, frame = have[p]
+            new = fresh[p].filter(~pl.col("run_id").is_in(list(covered))) if covered else fresh[p]
+            have[p] = (covered | frozenset(missing), pl.concat([frame, new]).sort("run_id", "bucket"))
+            scope.buckets[("buckets", key, p, max_step)] = have[p]
+    return {p: have[p][1] if have[p][0] == frozenset(ids) else have[p][1].filter(pl.col("run_id").is_in(ids))
+            for p in grids}
+
+
+def _read_grids(store: "Store", ids: list[int], key: MetricKey, grids: list[int],
+                max_step: Optional[int]) -> dict[int, pl.DataFrame]:
     metric_id = store.metric_id(key.name, key.layer)
     if not ids or metric_id is None:
-        return empty_buckets()
-    frames = [bucket_frame(store.values_frame(ids[i:i + _CHUNK], metric_id, lo=1, hi=max_step), per_decade)
-              for i in range(0, len(ids), _CHUNK)]
-    return pl.concat(frames).select([pl.col(c).cast(t) for c, t in BUCKET_SCHEMA.items()]).sort("run_id", "bucket")
+        return {p: empty_buckets() for p in grids}
+    # no lo=1: bucket_frames leaves step 0 out itself, and a bound makes the store copy every array
+    parts = [bucket_frames(store.values_frame(ids[i:i + _CHUNK], metric_id, hi=max_step), grids)
+             for i in range(0, len(ids), _CHUNK)]
+    return {p: pl.concat([part[p] for part in parts]).sort("run_id", "bucket") for p in grids}
 
 
 def seed_bands(buckets: pl.DataFrame, runs: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
@@ -282,10 +425,7 @@ def curve_bands(store: "Store", runs: pl.DataFrame, metric: MetricKey, *,
     if runs.is_empty():
         raise InvalidSpecError("no runs match the selection")
     keys = [c for c in CURVE_KEYS if c in runs.columns]
-    n_curves = runs.select(keys).unique().height
-    steps = runs["steps_done"].fill_null(1).clip(lower_bound=1)
-    decades = math.log10(float(steps.max())) + 0.1 if runs.height else 1.0
-    per_decade = rows_budget_per_decade(n_curves, decades, max_rows, per_decade)
+    per_decade = bands_per_decade(runs, per_decade, max_rows)
     buckets = bucketed_series(store, runs["run_id"].to_list(), metric, per_decade)
     bands = seed_bands(buckets, runs, keys)
     shown = [c for c in keys if c not in ("gamma", "eta") and runs[c].n_unique() > 1]
@@ -294,6 +434,16 @@ def curve_bands(store: "Store", runs: pl.DataFrame, metric: MetricKey, *,
                    pl.col("eta").map_elements(_num, return_dtype=pl.String))]
         + [pl.format(f" {c}={{}}", pl.col(c).cast(pl.String).fill_null("?")) for c in shown])
     return bands.with_columns(label.alias("series"), tau_expr())
+
+
+def bands_per_decade(runs: pl.DataFrame, per_decade: int = DEFAULT_PER_DECADE, max_rows: int = 20_000) -> int:
+    """The grid :func:`curve_bands` buckets ``runs`` on: :func:`rows_budget_per_decade` over its curves
+    (runs sharing everything but the seed) and the decades of steps the runs reached."""
+    keys = [c for c in CURVE_KEYS if c in runs.columns]
+    n_curves = runs.select(keys).unique().height
+    steps = runs["steps_done"].fill_null(1).clip(lower_bound=1)
+    decades = math.log10(float(steps.max())) + 0.1 if runs.height else 1.0
+    return rows_budget_per_decade(n_curves, decades, max_rows, per_decade)
 
 
 def _num(v: float) -> str:

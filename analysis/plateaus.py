@@ -186,25 +186,34 @@ class CurvePlateaus:
 
 def curve_plateaus(buckets: pl.DataFrame, opts: PlateauOptions = PlateauOptions(),
                    diverged_at: Optional[int] = None) -> CurvePlateaus:
-    """Plateaus and drops of one curve given its buckets (columns step, n, mean_log)."""
+    """Plateaus and drops of one curve given its buckets (columns step, step_lo, step_hi, n, mean_log)."""
     b = buckets.filter(pl.col("mean_log").is_not_null() & pl.col("mean_log").is_finite()).sort("step")
-    if b.is_empty():
+    return _plateaus_of_arrays(*(b[c].to_numpy() for c in _CURVE_COLUMNS), opts, diverged_at)
+
+
+_CURVE_COLUMNS = ("step", "mean_log", "n", "step_lo", "step_hi")
+
+
+def _plateaus_of_arrays(step: np.ndarray, mean_log: np.ndarray, n: np.ndarray, step_lo: np.ndarray,
+                        step_hi: np.ndarray, opts: PlateauOptions, diverged_at: Optional[int]) -> CurvePlateaus:
+    """:func:`curve_plateaus` of one curve's buckets with a finite mean_log, sorted by step."""
+    if step.size == 0:
         why = f"diverged at step {diverged_at} before any finite loss" if diverged_at is not None \
             else "no finite positive loss at step >= 1"
         return CurvePlateaus("diverged" if diverged_at is not None else "no_data", why,
                              None, None, None, None, None, None, ())
-    log_t = np.log10(b["step"].to_numpy())
-    y = b["mean_log"].to_numpy() / LN10
-    n = b["n"].to_numpy().astype(float)
-    first, last = int(b["step_lo"][0]), int(b["step_hi"][-1])
+    log_t = np.log10(step)
+    y = mean_log / LN10
+    n = n.astype(float)
+    first, last = int(step_lo[0]), int(step_hi[-1])
     n_steps = int(n.sum())
-    if b.height < 3 or log_t[-1] - log_t[0] < MIN_SPAN_DECADES:
+    if step.size < 3 or log_t[-1] - log_t[0] < MIN_SPAN_DECADES:
         note = (f"{n_steps} logged step{'s' if n_steps != 1 else ''} (steps {first}..{last}): need at least "
                 f"{MIN_SPAN_DECADES} decades of steps to find a plateau")
         if diverged_at is not None:
             note += f"; diverged at step {diverged_at}"
         return CurvePlateaus("diverged" if diverged_at is not None else "too_short", note, first, last,
-                             None, None, float(math.exp(b["mean_log"][0])), float(math.exp(b["mean_log"][-1])), ())
+                             None, None, float(math.exp(mean_log[0])), float(math.exp(mean_log[-1])), ())
     gx, gy = smooth_log_curve(log_t, y, n, bandwidth=opts.bandwidth, min_samples=opts.min_samples,
                               grid=opts.grid)
     drops = tuple(find_drops(gx, gy, opts))
@@ -251,13 +260,22 @@ def detect_plateaus(buckets: pl.DataFrame, runs: pl.DataFrame,
     run_id, gamma, eta, seed (and optionally diverged_at). Returns (runs table, drops table) with the
     columns of ``RUN_TABLE_SCHEMA`` and ``DROP_TABLE_SCHEMA``.
     """
-    by_run = {int(k[0]): g for k, g in buckets.group_by("run_id")} if not buckets.is_empty() else {}
-    empty = pl.DataFrame(schema={c: buckets.schema.get(c, pl.Float64) for c in buckets.columns})
+    # one filter and sort for every curve, then each run's rows are a slice (no per-curve polars call)
+    b = buckets.filter(pl.col("mean_log").is_not_null() & pl.col("mean_log").is_finite()).sort(
+        "run_id", "step", maintain_order=True) if not buckets.is_empty() else None
+    cols = [b[c].to_numpy() for c in _CURVE_COLUMNS] if b is not None else [np.empty(0)] * len(_CURVE_COLUMNS)
+    spans: dict[int, tuple[int, int]] = {}
+    if b is not None and b.height:
+        rid_of = b["run_id"].to_numpy()
+        starts = np.flatnonzero(np.concatenate(([True], rid_of[1:] != rid_of[:-1])))
+        ends = np.append(starts[1:], rid_of.size)
+        spans = {int(rid_of[a]): (int(a), int(e)) for a, e in zip(starts, ends)}
     run_rows, drop_rows = [], []
     for r in runs.iter_rows(named=True):
         rid = int(r["run_id"])
         div = r.get("diverged_at")
-        res = curve_plateaus(by_run.get(rid, empty), opts, None if div is None else int(div))
+        a, e = spans.get(rid, (0, 0))
+        res = _plateaus_of_arrays(*(c[a:e] for c in cols), opts, None if div is None else int(div))
         run_rows.append(dict(
             run_id=rid, gamma=r["gamma"], eta=r["eta"], seed=r["seed"], status=res.status, note=res.note,
             first_step=res.first_step, last_step=res.last_step, diverged_at=div,
@@ -372,7 +390,19 @@ def analyze_plateaus(store: "Store", sweep: str, run_ids: Optional[Sequence[int]
                      eta: Optional[float] = None, gamma_min: Optional[float] = 1.0,
                      measure: str = "escape_step", where: Sequence[str] = ()) -> PlateauReport:
     """Plateaus of every run of ``sweep`` (or of those ``run_ids`` and ``where`` select) and the
-    per-sweep scaling."""
+    per-sweep scaling; computed once per page within :func:`gammadb.analysis.shared.shared_reads`
+    (the claims and the report's plateaus section ask for the same)."""
+    from gammadb.analysis.shared import shared_result
+
+    key = ("analyze_plateaus", sweep, None if run_ids is None else tuple(int(r) for r in run_ids), opts, along,
+           eta, gamma_min, measure, tuple(where))
+    return shared_result(store, key, lambda: _analyze_plateaus(store, sweep, run_ids, opts, along, eta, gamma_min,
+                                                               measure, where))
+
+
+def _analyze_plateaus(store: "Store", sweep: str, run_ids: Optional[Sequence[int]], opts: PlateauOptions,
+                      along: str, eta: Optional[float], gamma_min: Optional[float], measure: str,
+                      where: Sequence[str]) -> PlateauReport:
     from gammadb.analysis.downsample import select_runs
 
     runs = select_runs(store, sweep, where, run_ids)

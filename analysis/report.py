@@ -318,7 +318,17 @@ def _metric_sections(page: Page, store: "Store", sweep: str, family_ids: list[in
 # ---------------------------------------------------------------------------------------- page
 def build_report(store: "Store", sweep: str, *, static: bool = False, gamma_min: Optional[float] = 1.0,
                  include_lr: bool = True) -> tuple[str, list[Section]]:
-    """The report's HTML text and its sections."""
+    """The report's HTML text and its sections. The sections share their reads: the claims, the
+    plateaus, the curves and the collapse all bucket the sweep's loss, read once, and the claims'
+    plateau analysis is the plateaus section's (:func:`gammadb.analysis.shared.shared_reads`)."""
+    from gammadb.analysis.shared import shared_reads
+
+    with shared_reads(store):
+        return _build_report(store, sweep, static=static, gamma_min=gamma_min, include_lr=include_lr)
+
+
+def _build_report(store: "Store", sweep: str, *, static: bool, gamma_min: Optional[float],
+                  include_lr: bool) -> tuple[str, list[Section]]:
     from gammadb.analysis.etas import group_columns, select_family
     from gammadb.analysis.plateaus import analyze_plateaus
 

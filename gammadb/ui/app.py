@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 POLL_MS = 3000  # how often an open page asks for progress
 CACHE_ENTRIES = 64
+READ_SCOPES = 4  # states of sweeps whose reads are kept for the next chart (a few MB each)
 # Browsers ask every page's site for /favicon.ico; a 404 there is an error in each page's console.
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><text x="3" y="13" font-size="14" '
            'font-family="serif">&#947;</text></svg>')
@@ -88,6 +89,20 @@ def create_app(url: Optional[str] = None, *, store: Optional["Store"] = None) ->
     st: "Store" = views.open_store(url) if store is None else store
     templates = _templates()
     cache = _Cache()
+    reads = _Cache(READ_SCOPES)
+
+    def sweep_built(kind: str, name: str, build: Callable[[], Any]) -> Any:
+        """``build()`` cached under the sweep's fingerprint; the builds of one state of the sweep share
+        their reads (the claims, the curves and the plateaus bucket the same loss series)."""
+        from gammadb.analysis.shared import Scope, shared_reads
+
+        fp = views.fingerprint(st, name)
+
+        def shared_build() -> Any:
+            with shared_reads(st, reads.get((name, fp), lambda: Scope(st))):
+                return build()
+
+        return cache.get((kind, name, fp), shared_build)
 
     def page(request: "Request", name: str, status_code: int = 200, **ctx: Any) -> "Response":
         ctx.setdefault("store_url", st.display_url)
@@ -107,7 +122,7 @@ def create_app(url: Optional[str] = None, *, store: Optional["Store"] = None) ->
     def claims_fragment(request: "Request") -> "Response":
         name = request.path_params["name"]
         try:
-            claims = cache.get(("claims", name, views.fingerprint(st, name)), lambda: views.claims_table(st, name))
+            claims = sweep_built("claims", name, lambda: views.claims_table(st, name))
         except AnalysisError as exc:
             claims = {"available": True, "error": str(exc)}
         return page(request, "claims.html", claims=claims)
@@ -128,7 +143,7 @@ def create_app(url: Optional[str] = None, *, store: Optional["Store"] = None) ->
         if kind not in views.SWEEP_CHARTS:
             raise NotFoundError(f"no chart {kind!r}: one of {', '.join(views.SWEEP_CHARTS)}")
         try:
-            doc = cache.get((kind, name, views.fingerprint(st, name)), lambda: views.sweep_chart(st, name, kind))
+            doc = sweep_built(kind, name, lambda: views.sweep_chart(st, name, kind))
         except (AnalysisError, InvalidSpecError) as exc:  # not enough data yet: say why, in the page
             doc = {"spec": None, "caption": str(exc)}
         return JSONResponse(_jsonable(doc))

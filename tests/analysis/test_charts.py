@@ -68,6 +68,26 @@ def test_curves_leave_diverged_runs_out_and_key_colour_to_log_gamma(store, tmp_p
     assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_curves_and_their_plateau_marks_come_from_one_read(store, monkeypatch):
+    """The bands (coarsened to the row budget: 4 buckets a decade here) and the marks (40 a decade)
+    are bucketed from one read of the loss, and draw what the two separate reads drew."""
+    from gammadb.analysis.charts_curves import curves_chart, plateau_marks, split_diverged
+    from gammadb.analysis.downsample import bands_per_decade, bucketed_series, curve_bands
+    from gammadb.analysis.plateaus import PlateauOptions, detect_plateaus
+    from gammadb.metrics import MetricKey
+
+    runs, _ = split_diverged(store.runs_frame("demo"))
+    table, drops = detect_plateaus(bucketed_series(store, runs["run_id"].to_list(), "loss", 40), runs,
+                                   PlateauOptions())
+    want = curves_chart(curve_bands(store, runs, MetricKey("loss"), max_rows=100), plateau_marks(table, drops))
+    assert bands_per_decade(runs, 40, 100) == 4
+    reads = []
+    real = store.values_frame
+    monkeypatch.setattr(store, "values_frame", lambda ids, *a, **k: reads.append(list(ids)) or real(ids, *a, **k))
+    chart, info = curves_figure(store, "demo", max_rows=100)
+    assert len(reads) == 1 and info["marks"] > 0
+    assert chart_spec(chart)["datasets"] == chart_spec(want)["datasets"]
+
 def test_log_y_despite_a_few_zeros():
     df = pl.DataFrame({"mean": [0.0] + list(np.logspace(-3, 3, 30))})
     assert use_log_y(df) and not use_log_y(pl.DataFrame({"mean": [0.0, 0.0, 1.0, 100.0]}))

@@ -237,6 +237,40 @@ def test_plateau_edge_cases(case):
         assert res.status == "diverged" and "2501" in res.note and len(res.drops) == 1
 
 
+def test_detect_plateaus_is_curve_plateaus_of_each_run():
+    """detect_plateaus slices one sorted frame instead of filtering per curve: the same tables as
+    curve_plateaus run by run, whatever the row order, with a run that has no bucket, one with only
+    non-positive losses, and one too short."""
+    import dataclasses
+
+    from gammadb.analysis.plateaus import curve_plateaus, detect_plateaus
+
+    frames = []
+    for rid, (drops, sizes) in enumerate(STAIRCASES.values(), start=1):
+        steps, loss = staircase(20_000, drops, sizes, seed=rid)
+        frames.append(pl.DataFrame({"run_id": rid, "step": steps, "value": loss}))
+    frames.append(pl.DataFrame({"run_id": 7, "step": np.arange(1, 500), "value": -1.0}))  # no log
+    frames.append(pl.DataFrame({"run_id": 8, "step": [1, 2], "value": [0.5, 0.4]}))  # too short
+    buckets = bucket_frame(pl.concat(frames), 40).sample(fraction=1.0, shuffle=True, seed=0)
+    runs = pl.DataFrame({"run_id": [8, 1, 2, 3, 4, 6, 7], "gamma": 1.0, "eta": 0.1, "seed": 0,
+                         "diverged_at": [None, None, 15_000, None, None, 40, None]})
+    table, drops = detect_plateaus(buckets, runs)
+    assert table["run_id"].to_list() == runs["run_id"].to_list()
+    for r in runs.iter_rows(named=True):
+        want = curve_plateaus(buckets.filter(pl.col("run_id") == r["run_id"]), diverged_at=r["diverged_at"])
+        got = table.filter(pl.col("run_id") == r["run_id"]).row(0, named=True)
+        assert {k: got[k] for k in ("status", "note", "first_step", "last_step", "plateau_end_step",
+                                    "escape_step", "initial_loss", "final_loss", "n_drops")} == {
+            "status": want.status, "note": want.note, "first_step": want.first_step, "last_step": want.last_step,
+            "plateau_end_step": want.plateau_end_step, "escape_step": want.escape_step,
+            "initial_loss": want.initial_loss, "final_loss": want.final_loss, "n_drops": len(want.drops)}
+        mine = drops.filter(pl.col("run_id") == r["run_id"]).drop("run_id", "drop").to_dicts()
+        assert mine == [dataclasses.asdict(d) for d in want.drops]
+    assert set(table["status"]) == {"ok", "diverged", "no_data", "too_short"} and drops.height >= 8
+    empty_table, empty_drops = detect_plateaus(buckets.head(0), runs.head(2))
+    assert empty_table["status"].to_list() == ["no_data", "no_data"] and empty_drops.is_empty()
+
+
 def test_catapult_recovery_is_not_a_drop():
     steps = np.arange(1, 20_001, dtype=float)
     spike = 1 + 30 * np.exp(-((np.log10(steps) - 1.5) / 0.15) ** 2)  # up 30x around step 30, back down

@@ -107,6 +107,34 @@ def test_report_errors(url, tmp_path):
     assert res.exit_code == 2 and ".html" in res.output
 
 
+def test_report_reads_each_loss_series_once_and_finds_plateaus_once(url, monkeypatch):
+    """The claims, the plateaus, the curves and the collapse all bucket the loss: one read of each
+    run's series; the claims' plateau analysis is the plateaus section's."""
+    from collections import Counter
+
+    from gammadb.analysis import plateaus
+    from gammadb.analysis.report import build_report
+
+    detects = []
+    real_detect = plateaus.detect_plateaus
+    monkeypatch.setattr(plateaus, "detect_plateaus", lambda *a, **k: detects.append(1) or real_detect(*a, **k))
+    with Store.open(url) as store:
+        loss = store.metric_id("loss")
+        reads: list[int] = []
+        real = store.values_frame
+
+        def values_frame(run_ids, metric, *, lo=None, hi=None):
+            if metric == loss and hi is None:  # whole series (a few first steps are read for the initial loss)
+                reads.extend(int(r) for r in run_ids)
+            return real(run_ids, metric, lo=lo, hi=hi)
+
+        monkeypatch.setattr(store, "values_frame", values_frame)
+        text, sections = build_report(store, "demo")
+        n_runs = store.runs_frame("demo").height
+    assert [s.id for s in sections] == SECTIONS and all(s.ok for s in sections if s.id != "metrics")
+    assert len(detects) == 1
+    assert Counter(reads).most_common(1)[0][1] == 1 and len(reads) == n_runs
+
 def test_html_table_escapes_and_truncates():
     df = pl.DataFrame({"a": ["<b>x</b>", "y"], "v": [1.23456789, float("nan")]})
     out = html_table(df, "t <1>", max_rows=1)

@@ -122,6 +122,31 @@ def test_claims_fragment_holds_the_verdict(client: TestClient) -> None:
     assert "eta* ~ gamma^2" in r.text and "not testable here" in r.text
 
 
+def test_the_charts_of_one_state_of_a_sweep_share_their_reads(client: TestClient,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Curves, claims (plateaus of every run, collapse of some) and the other charts, requested one
+    by one as a page does, read each run's loss series once and the finished runs once."""
+    st = client.app.state.store  # type: ignore[attr-defined]
+    loss = st.metric_id("loss")
+    series: list[int] = []
+    finished: list[str] = []
+    real_values, real_finished = st.values_frame, st.finished_runs_with_loss_ends
+
+    def values_frame(run_ids, metric, *, lo=None, hi=None):  # type: ignore[no-untyped-def]
+        if metric == loss and hi is None:  # whole series (the initial loss reads a first step)
+            series.extend(int(r) for r in run_ids)
+        return real_values(run_ids, metric, lo=lo, hi=hi)
+
+    monkeypatch.setattr(st, "values_frame", values_frame)
+    monkeypatch.setattr(st, "finished_runs_with_loss_ends",
+                        lambda sweep: finished.append(sweep) or real_finished(sweep))
+    for path in ("charts/curves", "claims", "charts/optimal-lr", "charts/phase"):
+        prefix = "/sweeps" if path == "claims" else "/api/sweeps"
+        assert client.get(f"{prefix}/{SWEEP}/{path}").status_code == 200
+    assert sorted(series) == sorted(set(series)) and len(series) == 12
+    assert finished == [SWEEP]
+
+
 def test_missing_sweep_run_and_chart_are_404(client: TestClient) -> None:
     r = client.get("/sweeps/nope")
     assert r.status_code == 404 and "text/html" in r.headers["content-type"]
