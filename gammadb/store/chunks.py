@@ -184,7 +184,7 @@ def _read_windows(backend: str, conn: Any, updates: dict[tuple[int, int], Series
         by_range.setdefault(r, []).append(k)
     out: dict[tuple[int, int], list[tuple[int, int, bytes]]] = {}
     lock = " FOR UPDATE" if backend == "postgresql" else ""
-    cur = conn.cursor()
+    cur = _cursor(backend, conn)
     try:
         for (lo, hi), keys in by_range.items():
             runs = sorted({k[0] for k in keys})
@@ -204,6 +204,11 @@ def _read_windows(backend: str, conn: Any, updates: dict[tuple[int, int], Series
     finally:
         cur.close()
     return out
+
+
+def _cursor(backend: str, conn: Any) -> Any:
+    """A cursor for reading blobs: PostgreSQL's binary protocol sends bytea as bytes, not hex text."""
+    return conn.cursor(binary=True) if backend == "postgresql" else conn.cursor()
 
 
 def _apply(backend: str, conn: Any, deletes: list[tuple[int, int, int]],
@@ -298,7 +303,7 @@ def read_series(backend: str, conn: Any, run_ids: Sequence[int], metric_ids: Seq
         if hi is not None:
             where += f" AND first_step <= {p}"
             extra.append(int(hi))
-        cur = conn.cursor()
+        cur = _cursor(backend, conn)
         try:
             for i in range(0, len(runs), 900):
                 part = runs[i:i + 900]
