@@ -319,7 +319,7 @@ def read_series(backend: str, conn: Any, run_ids: Sequence[int], metric_ids: Seq
     r, m, first, ns, blobs = zip(*parts)
     steps, values = expand(first, ns, blobs)
     ns_a = np.asarray(ns, dtype=np.int64)
-    metric = (np.full(values.size, metrics[0], dtype=np.int64) if len(metrics) == 1
+    metric = (np.broadcast_to(np.int64(metrics[0]), values.shape) if len(metrics) == 1  # a view: no copy
               else np.repeat(np.asarray(m, dtype=np.int64), ns_a))
     out = {"run_id": np.repeat(np.asarray(r, dtype=np.int64), ns_a), "metric_id": metric, "step": steps, "value": values}
     if lo is not None or hi is not None:

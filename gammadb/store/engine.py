@@ -21,6 +21,7 @@ from gammadb.urls import libpq_uri, mask, sqlite_path
 if TYPE_CHECKING:
     from gammadb.store import Store
 
+SQLITE_MMAP_BYTES = 1 << 30  # address space only: pages are mapped as they are read
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
@@ -141,6 +142,9 @@ def _raw_connection(url: URL, *, read_only: bool = False) -> Any:
                 conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
                                        isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA query_only = ON")
+                # Reads of chunk blobs straight from the page cache's mapping: about 1.25x faster
+                # reads of a whole sweep (benchmarks/bench_store_layout.py).
+                conn.execute(f"PRAGMA mmap_size = {SQLITE_MMAP_BYTES}")
             else:
                 conn = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
                                        isolation_level=None, check_same_thread=False)

@@ -281,4 +281,21 @@ def serve(url: Optional[str], *, host: str = "127.0.0.1", port: int = 8765,
              "the store (no authentication)")
     shown = f"[{host}]" if ":" in host else host
     say(f"gammadb ui: http://{shown}:{port}/ (store {app.state.store.display_url}, read-only; Ctrl-C stops)")
+    threading.Thread(target=warm_up, name="gammadb-ui-warm-up", daemon=True).start()
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def warm_up() -> None:
+    """Import what the chart and claims endpoints need (altair, scipy: about 2 s) and load the Vega
+    bundle while the server waits for its first page, so that page does not pay for them. A server
+    started by ``serve`` only: tests and embedders import on demand."""
+    try:
+        import altair  # noqa: F401
+        import scipy.optimize  # noqa: F401
+        import scipy.stats  # noqa: F401
+
+        from gammadb.analysis.charts_export import vega_bundle
+
+        vega_bundle()
+    except Exception:  # a warm-up must never stop the server: the request that needs it will say why
+        pass

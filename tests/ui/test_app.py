@@ -413,3 +413,16 @@ def test_compare_unknown_or_single_sweep(compare_client: TestClient) -> None:
     assert compare_client.get("/api/compare/chart", params=[("sweep", "nope"), ("sweep", SWEEP)]).status_code == 404
     r = compare_client.get("/compare", params=[("sweep", SWEEP)])
     assert r.status_code == 400 and "at least two sweeps" in r.text
+
+
+def test_warm_up_loads_what_the_charts_need() -> None:
+    """`gammadb ui` warms imports and the Vega bundle in a thread at start (so the first page does
+    not pay for them); the warm-up itself never raises."""
+    import sys
+
+    from gammadb.analysis.charts_export import vega_bundle
+    from gammadb.ui.app import warm_up
+
+    warm_up()
+    assert {"altair", "scipy.optimize", "scipy.stats"} <= set(sys.modules)
+    assert vega_bundle.cache_info().currsize == 1  # the bundle is in memory
