@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Double,
     Enum,
@@ -128,7 +129,12 @@ class MetricChunk(Base):
     row per value (run_id, metric_id, step, value) for hand-written SQL."""
 
     __tablename__ = "metric_chunks"
-    __table_args__ = ({"sqlite_with_rowid": False},)
+    __table_args__ = (
+        # A row the readers can decode: 1..1,024 values, within one window, 8 bytes each.
+        CheckConstraint("n >= 1 AND n <= 1024 AND first_step >= 0 AND first_step / 1024 = (first_step + n - 1) / 1024 "
+                        "AND length(vals) = 8 * n", name="chunk_shape"),
+        {"sqlite_with_rowid": False},
+    )
 
     run_id: Mapped[int] = mapped_column(
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True

@@ -32,6 +32,9 @@ depends_on = None
 
 CHUNK_STEPS = 1024  # frozen here: the layout this revision writes
 RUN_BATCH = 200
+# A row the readers can decode: 1..1,024 values, within one window, 8 bytes each.
+CHUNK_SHAPE = ("n >= 1 AND n <= 1024 AND first_step >= 0 AND first_step / 1024 = (first_step + n - 1) / 1024 "
+               "AND length(vals) = 8 * n")
 
 # 0002's views over metric_values, unchanged: they now read the decoding view of that name.
 SERIES_VIEWS = {
@@ -104,6 +107,7 @@ def _create_layout() -> None:
     sa.ForeignKeyConstraint(['metric_id'], ['metrics.id'], name=op.f('fk_metric_chunks_metric_id_metrics')),
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], name=op.f('fk_metric_chunks_run_id_runs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('run_id', 'metric_id', 'first_step', name=op.f('pk_metric_chunks')),
+    sa.CheckConstraint(CHUNK_SHAPE, name=op.f('ck_metric_chunks_chunk_shape')),
     sqlite_with_rowid=False
     )
     conn = op.get_bind()

@@ -252,3 +252,28 @@ def test_series_frame_types(store: Store) -> None:
     df = store.series([a])
     assert df.schema == pl.Schema({"run_id": pl.Int64, "metric": pl.String, "layer": pl.Int64, "step": pl.Int64,
                                    "value": pl.Float64})
+
+
+def test_a_row_the_readers_cannot_decode_is_refused(store: Store) -> None:
+    """The table's CHECK keeps every row decodable (n values of 8 bytes inside one window): a
+    hand-written INSERT of a torn blob, an empty chunk or one crossing a window fails, on both
+    backends, and the stored series is unchanged."""
+    (a,) = _runs(store, 1)
+    with store.writer() as w:
+        w.log(a, 0, {MetricKey("loss"): 1.0})
+    loss = store.metric_id("loss")
+    conn = store.raw_connection()
+    p = "?" if store.backend == "sqlite" else "%s"
+    bad = [(a, loss, 10, 2, b"\x00" * 15), (a, loss, 20, 0, b""), (a, loss, 1020, 8, b"\x00" * 64),
+           (a, loss, -5, 1, b"\x00" * 8), (a, loss, 3000, 1025, b"\x00" * 8200)]
+    try:
+        for row in bad:
+            with pytest.raises(Exception, match="(?i)check|constraint"):
+                if store.backend == "sqlite":
+                    conn.execute(f"INSERT INTO metric_chunks VALUES ({p}, {p}, {p}, {p}, {p})", row)
+                else:
+                    with conn.transaction():
+                        conn.execute(f"INSERT INTO metric_chunks VALUES ({p}, {p}, {p}, {p}, {p})", row)
+    finally:
+        conn.close()
+    assert store.series([a])["value"].to_list() == [1.0]
