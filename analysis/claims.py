@@ -336,16 +336,20 @@ def best_gamma_interval(runs: pl.DataFrame, n_boot: int, seed: int = 0,
     div[gi, ei, si] = d
     rng = np.random.default_rng(seed)
     w = rng.multinomial(seeds.size, np.full(seeds.size, 1.0 / seeds.size), size=n_boot).astype(float)
+    # n_boot draws of a few seeds repeat a few distinct weightings (3 for two seeds): each is
+    # computed once and serves every draw equal to it
+    w, draw = np.unique(w, axis=0, return_inverse=True)
+    draw = draw.reshape(-1)
     num = np.einsum("bs,ges->bge", w, val)
     den = np.einsum("bs,ges->bge", w, ok)
     bad = np.einsum("bs,ges->bge", w, div) > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(bad | (den == 0), np.inf, num / np.where(den > 0, den, 1.0))
-    best = mean.min(axis=2)  # (B, G): the best loss over eta
-    has = np.isfinite(best).any(axis=1)
+    best = mean.min(axis=2)  # (distinct draws, G): the best loss over eta
+    has = np.isfinite(best).any(axis=1)[draw]
     if not has.any():
         return None, int(seeds.size)
-    arg = np.argmin(np.where(np.isfinite(best), best, np.inf), axis=1)[has]
+    arg = np.argmin(np.where(np.isfinite(best), best, np.inf), axis=1)[draw][has]
     lg = np.log10(gammas[arg])
     a = (1 - level) / 2
     lo, hi = np.quantile(lg, [a, 1 - a])
@@ -353,16 +357,16 @@ def best_gamma_interval(runs: pl.DataFrame, n_boot: int, seed: int = 0,
 
 
 def _plateau_rows(store: Any, sweep: str, grid: "SweepGrid", gamma_min: float, tol: float) -> list[ClaimRow]:
-    """(d): plateaus.analyze_plateaus' scaling along eta*(gamma), one row per group."""
+    """(d): plateaus.analyze_plateau_scaling along eta*(gamma), one row per group."""
     need = grid.needs().cover_gammas(gamma_min, 100 * gamma_min, grid.depth)
     try:
-        from gammadb.analysis.plateaus import analyze_plateaus
+        from gammadb.analysis.plateaus import analyze_plateau_scaling
 
-        rep = analyze_plateaus(store, sweep, gamma_min=gamma_min)
+        scaling = analyze_plateau_scaling(store, sweep, gamma_min=gamma_min)
     except AnalysisError as exc:
         return [_untestable("d", _CLAIM_D, 3, "", "1 - 2/L", f"plateaus: {exc}", need.command())]
     rows = []
-    for g in rep.scaling["groups"]:
+    for g in scaling["groups"]:
         label = ", ".join(f"{k}={v}" for k, v in g["group"].items())
         theory = g["theory_exponent"]
         text = f"1 - 2/L = {theory:.3g}" if theory is not None else "1 - 2/L"

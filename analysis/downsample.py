@@ -69,7 +69,8 @@ def bucket_frames(series: pl.DataFrame | pl.LazyFrame, per_decades: Sequence[int
     bucket) is a contiguous stretch of rows. Counts, extremes and step ranges are numpy ``reduceat``
     over the stretches; the means are the Kahan-compensated sums in row order that a polars
     group_by takes (:func:`_stretch_means`); the bucket index and the logarithms are the same polars
-    expressions, ln(step) and the index taken once per distinct step. The result is bit for bit the
+    expressions, ln(step) and the index taken once per distinct step, and the mean of ln(step) once
+    per distinct stretch of steps (:func:`_log_step_means`). The result is bit for bit the
     group_by over (run_id, bucket) this replaced (tests/analysis/test_downsample.py holds it to
     that), which still serves the rare grid whose buckets are few and very long.
     """
@@ -81,48 +82,85 @@ def bucket_frames(series: pl.DataFrame | pl.LazyFrame, per_decades: Sequence[int
     run, step, value = (df[c].to_numpy() for c in ("run_id", "step", "value"))
     with np.errstate(invalid="ignore"):
         keep = (step >= 1) & np.isfinite(value)
+    # The rows left out (step 0, a NaN or inf value) stay where they are, in stretches of their own
+    # that the result leaves out (a few in millions: copying every array without them costs more
+    # than the reduction); many of them, or steps that are not integers, are copied out as before.
+    dropped: Optional[np.ndarray] = None
     if not keep.all():
-        run, step, value = run[keep], step[keep], value[keep]
-    if run.size == 0:
+        dropped = np.flatnonzero(~keep)
+        if step.dtype.kind not in "iu" or dropped.size > step.size // 64:
+            run, step, value = run[keep], step[keep], value[keep]
+            dropped = None
+    kept = step.size - (0 if dropped is None else dropped.size)
+    if kept == 0:
         return {p: empty_buckets() for p in grids}
+    if dropped is None:
+        lo, hi = int(step.min()), int(step.max())
+    else:
+        lo = int(np.min(step, where=keep, initial=np.iinfo(step.dtype).max))
+        hi = int(np.max(step, where=keep, initial=np.iinfo(step.dtype).min))
+    by_table = step.dtype.kind in "iu" and hi - lo < max(4 * kept, 1 << 16)
+    if dropped is not None and not by_table:  # the per-row expressions need them gone
+        run, step, value = run[keep], step[keep], value[keep]
+        dropped = None
     step_s = pl.Series("step", step)
-    lo, hi = int(step.min()), int(step.max())
-    if step.dtype.kind in "iu" and hi - lo < max(4 * step.size, 1 << 16):
+    log_step: Optional[np.ndarray] = None  # ln(step) per row; None: looked up per stretch in log_table
+    if by_table:
         # integer steps: the expressions over the range of steps, looked up per row
-        first = 0 if lo < max(step.size, 1 << 16) else lo  # from step 0 spares an array of offsets
+        first = 0 if lo < max(kept, 1 << 16) else lo  # from step 0 spares an array of offsets
         at = step if first == 0 else step - first
+        if dropped is not None and bool(np.any((step[dropped] < first) | (step[dropped] > hi))):
+            at = at.copy() if at is step else at
+            at[dropped] = 0  # a row left out looks up any entry: its stretch is not kept
         grid_steps = pl.Series("step", np.arange(first, hi + 1, dtype=step.dtype)).clip(lower_bound=1)
-        log_step = grid_steps.cast(pl.Float64).log().to_numpy()[at]
-        bucket_of = {p: pl.select(bucket_index(grid_steps, p)).to_series().to_numpy()[at] for p in grids}
+        log_table = grid_steps.cast(pl.Float64).log().to_numpy()
+        # the index fits 32 bits (<= 1000 x 19 decades): half the memory of the rows' lookups
+        bucket_of = {p: pl.select(bucket_index(grid_steps, p)).to_series().to_numpy().astype(np.int32)[at]
+                     for p in grids}
     else:
         log_step = step_s.cast(pl.Float64).log().to_numpy()
         bucket_of = {p: pl.select(bucket_index(step_s, p)).to_series().to_numpy() for p in grids}
-    positive = value > 0
+    if dropped is not None:
+        # kept rows of bucket b get the code 2b, rows left out 2b + 1 (-1 below step 1, before every
+        # bucket): the codes of a run still never decrease where they did not, and no stretch mixes both
+        dropped_below = step[dropped] < 1
+        for code in bucket_of.values():
+            code *= 2
+            code[dropped] = np.where(dropped_below, -1, code[dropped] + 1)
+    positive = value > 0 if dropped is None else (value > 0) & keep
     log_value = pl.Series(value).log().to_numpy()  # NaN or -inf where not positive: never summed
     step_int = step_s.cast(pl.Int64).to_numpy()
     out = {}
     for p in grids:
-        cols = [run, bucket_of[p], step_int, value, log_step, log_value, positive]
+        cols = [run, bucket_of[p], step_int, value, log_value, positive, log_step if log_step is not None else at]
         if not _in_order(cols[0], cols[1]):
             order = np.lexsort((cols[1], cols[0]))  # stable: a bucket's rows keep their order
             cols = [c[order] for c in cols]
-        r, bucket, st, v, ls, lv, pos = cols
-        starts = np.flatnonzero(np.concatenate(([True], (r[1:] != r[:-1]) | (bucket[1:] != bucket[:-1]))))
+        r, code, st, v, lv, pos, ls_or_at = cols
+        starts = np.flatnonzero(np.concatenate(([True], (r[1:] != r[:-1]) | (code[1:] != code[:-1]))))
         n = np.diff(np.append(starts, r.size))
-        if n.max() > max(_LOOP_MAX, r.size // 256):  # few, very long buckets: numpy would loop too long
+        sel = slice(None) if dropped is None else np.flatnonzero((code[starts] & 1) == 0)  # kept stretches
+        ks, kn = starts[sel], n[sel]
+        if kn.max() > max(_LOOP_MAX, kept // 256):  # few, very long buckets: numpy would loop too long
             out[p] = _grouped_bucket_frame(lf, p)
             continue
-        n_pos = np.add.reduceat(pos, starts, dtype=np.int64)
-        if n_pos.sum() == r.size:  # every value positive (a loss): one pass for the three means
-            mean, mean_ls, mean_log = _stretch_means((v, ls, lv), starts, n)
+        lo_of, hi_of = np.minimum.reduceat(st, starts)[sel], np.maximum.reduceat(st, starts)[sel]
+        if log_step is not None:
+            (mean_ls,) = _stretch_means((ls_or_at,), ks, kn)
+        else:
+            mean_ls = _log_step_means(log_table, ls_or_at, st, ks, kn, lo_of)
+        n_pos_all = np.add.reduceat(pos, starts, dtype=np.int64)  # 0 in the stretches left out
+        n_pos = n_pos_all[sel]
+        if n_pos.sum() == kept:  # every value positive (a loss): one pass for both means
+            mean, mean_log = _stretch_means((v, lv), ks, kn)
         else:  # the mean of the logs is over the positive values only
-            mean, mean_ls = _stretch_means((v, ls), starts, n)
-            (mean_log,) = _stretch_means((lv[pos],), np.cumsum(n_pos) - n_pos, n_pos)
+            (mean,) = _stretch_means((v,), ks, kn)
+            (mean_log,) = _stretch_means((lv[pos],), (np.cumsum(n_pos_all) - n_pos_all)[sel], n_pos)
         out[p] = pl.DataFrame({
-            "run_id": r[starts], "bucket": bucket[starts],
-            "step_lo": np.minimum.reduceat(st, starts), "step_hi": np.maximum.reduceat(st, starts),
-            "step": pl.Series(mean_ls).exp(), "n": n, "mean": mean,
-            "min": np.minimum.reduceat(v, starts), "max": np.maximum.reduceat(v, starts),
+            "run_id": r[ks], "bucket": (code[ks] if dropped is None else code[ks] >> 1).astype(np.int64),
+            "step_lo": lo_of, "step_hi": hi_of,
+            "step": pl.Series(mean_ls).exp(), "n": kn, "mean": mean,
+            "min": np.minimum.reduceat(v, starts)[sel], "max": np.maximum.reduceat(v, starts)[sel],
             "mean_log": pl.Series(mean_log).set(pl.Series(n_pos == 0), None),
         }, schema=BUCKET_SCHEMA)
     return out
@@ -133,6 +171,32 @@ def _in_order(run: np.ndarray, key: np.ndarray) -> bool:
     if run.size < 2 or bool(np.any(run[1:] < run[:-1])):
         return run.size < 2
     return not bool(np.any((key[1:] < key[:-1]) & (run[1:] == run[:-1])))
+
+
+def _log_step_means(log_table: np.ndarray, at: np.ndarray, step: np.ndarray, starts: np.ndarray,
+                    n: np.ndarray, step_lo: np.ndarray) -> np.ndarray:
+    """The mean of ln(step) of each stretch (:func:`_stretch_means` of ``log_table[at]``), taken once
+    per distinct stretch: every stretch of consecutive steps that starts at the same step and is as
+    long holds the same values (across runs that log alike, nearly all of them), so the first stands
+    for all; any other stretch stands for itself."""
+    internal = np.flatnonzero(np.diff(step) != 1) + 1  # rows that do not follow the row before by one step
+    gapped = np.zeros(starts.size, dtype=bool)
+    where = np.searchsorted(starts, internal, side="right") - 1  # the stretch starting at or before
+    at_or_in = np.maximum(where, 0)
+    inside = (where >= 0) & (internal > starts[at_or_in]) & (internal < starts[at_or_in] + n[at_or_in])
+    gapped[where[inside]] = True
+    # one key per (first step, length); a gapped stretch gets a key of its own (a negative one)
+    offset, width = step_lo - step_lo.min(), int(n.max()) + 1
+    if int(offset.max()) < (1 << 62) // width:
+        key = np.where(gapped, -1 - np.arange(starts.size), offset * width + n)
+    else:
+        key = np.stack([np.where(gapped, -1 - np.arange(starts.size), offset), n])
+    _, first, inverse = np.unique(key, axis=key.ndim - 1, return_index=True, return_inverse=True)
+    rep_n = n[first]
+    rep_starts = np.cumsum(rep_n) - rep_n
+    rows = np.repeat(starts[first] - rep_starts, rep_n) + np.arange(int(rep_n.sum()))
+    (mean,) = _stretch_means((log_table[at[rows]],), rep_starts, rep_n)
+    return mean[inverse.reshape(-1)]
 
 
 _LOOP_MAX = 2048  # numpy steps a bucket may take; longer buckets, if many, go to polars (old speed)

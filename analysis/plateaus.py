@@ -320,6 +320,30 @@ def plateau_scaling(table: pl.DataFrame, runs: pl.DataFrame, *, along: str = "et
     return out
 
 
+def _family(grp: pl.DataFrame, keys: Sequence[str], along: str, eta: Optional[float],
+            gamma_min: Optional[float]) -> pl.DataFrame:
+    """The runs of one group that its scaling fit looks at: the family along ``along`` among those at
+    gamma >= ``gamma_min`` (AnalysisError or InvalidSpecError where there is none)."""
+    if gamma_min is not None:
+        grp = grp.filter(pl.col("gamma") >= gamma_min)
+    return select_family(grp, along, eta, keys)
+
+
+def scaling_run_ids(runs: pl.DataFrame, *, along: str = "eta_star", eta: Optional[float] = None,
+                    gamma_min: Optional[float] = 1.0) -> list[int]:
+    """The runs whose plateaus :func:`plateau_scaling` looks at (each group's family), in ``runs``' order."""
+    if runs.is_empty():
+        return []
+    keys = group_columns(runs)
+    wanted: set[int] = set()
+    for _, grp in runs.group_by(*keys, maintain_order=True):
+        try:
+            wanted.update(_family(grp, keys, along, eta, gamma_min)["run_id"].to_list())
+        except (AnalysisError, InvalidSpecError):
+            continue
+    return [r for r in runs["run_id"].to_list() if r in wanted]
+
+
 def _scaling_group(grp: pl.DataFrame, table: pl.DataFrame, keys: Sequence[str], shown: Sequence[str],
                    along: str, eta: Optional[float], gamma_min: Optional[float], measure: str,
                    level: float) -> dict[str, Any]:
@@ -331,10 +355,8 @@ def _scaling_group(grp: pl.DataFrame, table: pl.DataFrame, keys: Sequence[str], 
         "points": [], "exponent": None, "exponent_ci": None, "prefactor": None, "r2": None,
         "n_points": 0, "n_censored": 0, "reason": None,
     }
-    if gamma_min is not None:
-        grp = grp.filter(pl.col("gamma") >= gamma_min)
     try:
-        fam = select_family(grp, along, eta, keys)
+        fam = _family(grp, keys, along, eta, gamma_min)
     except (AnalysisError, InvalidSpecError) as exc:
         res["reason"] = str(exc)
         return res
@@ -394,10 +416,47 @@ def analyze_plateaus(store: "Store", sweep: str, run_ids: Optional[Sequence[int]
     (the claims and the report's plateaus section ask for the same)."""
     from gammadb.analysis.shared import shared_result
 
-    key = ("analyze_plateaus", sweep, None if run_ids is None else tuple(int(r) for r in run_ids), opts, along,
-           eta, gamma_min, measure, tuple(where))
+    key = _plateaus_key(sweep, run_ids, opts, along, eta, gamma_min, measure, where)
     return shared_result(store, key, lambda: _analyze_plateaus(store, sweep, run_ids, opts, along, eta, gamma_min,
                                                                measure, where))
+
+
+def _plateaus_key(sweep: str, run_ids: Optional[Sequence[int]], opts: PlateauOptions, along: str,
+                  eta: Optional[float], gamma_min: Optional[float], measure: str, where: Sequence[str]) -> tuple:
+    """The key :func:`analyze_plateaus` keeps its result under within one page's shared reads."""
+    return ("analyze_plateaus", sweep, None if run_ids is None else tuple(int(r) for r in run_ids), opts, along,
+            eta, gamma_min, measure, tuple(where))
+
+
+def analyze_plateau_scaling(store: "Store", sweep: str, *, opts: PlateauOptions = PlateauOptions(),
+                            along: str = "eta_star", eta: Optional[float] = None,
+                            gamma_min: Optional[float] = 1.0, measure: str = "escape_step") -> dict[str, Any]:
+    """``analyze_plateaus(...).scaling`` of the whole sweep, the same dict, from the plateaus of only
+    the runs the fits look at (:func:`scaling_run_ids`: a few dozen of a sweep's hundreds; each run's
+    plateaus are its own, so the others change nothing). Within
+    :func:`gammadb.analysis.shared.shared_reads` a sweep's plateaus already analysed are used as they are."""
+    from gammadb.analysis.shared import scope_of, shared_result
+
+    scope = scope_of(store)
+    if scope is not None and scope.has_result(_plateaus_key(sweep, None, opts, along, eta, gamma_min, measure, ())):
+        return analyze_plateaus(store, sweep, opts=opts, along=along, eta=eta, gamma_min=gamma_min,
+                                measure=measure).scaling
+    key = ("analyze_plateau_scaling", sweep, opts, along, eta, gamma_min, measure)
+    return shared_result(store, key, lambda: _analyze_plateau_scaling(store, sweep, opts, along, eta, gamma_min,
+                                                                      measure))
+
+
+def _analyze_plateau_scaling(store: "Store", sweep: str, opts: PlateauOptions, along: str, eta: Optional[float],
+                             gamma_min: Optional[float], measure: str) -> dict[str, Any]:
+    from gammadb.analysis.downsample import select_runs
+
+    runs = select_runs(store, sweep)
+    if runs.is_empty():
+        raise AnalysisError(f"sweep {sweep!r} has no runs")
+    fitted = runs.filter(pl.col("run_id").is_in(scaling_run_ids(runs, along=along, eta=eta, gamma_min=gamma_min)))
+    buckets = bucketed_series(store, fitted["run_id"].to_list(), LOSS, opts.per_decade)
+    table, _ = detect_plateaus(buckets, fitted, opts)
+    return plateau_scaling(table, runs, along=along, eta=eta, gamma_min=gamma_min, measure=measure)
 
 
 def _analyze_plateaus(store: "Store", sweep: str, run_ids: Optional[Sequence[int]], opts: PlateauOptions,

@@ -335,6 +335,12 @@ def _build_report(store: "Store", sweep: str, *, static: bool, gamma_min: Option
     runs = store.runs_frame(sweep)
     page = Page(static)
     _LR_CACHE.clear()
+    # the plateaus of every run, found before the claims: their plateau claim takes its scaling from here
+    plateau_rep, plateau_error = None, None
+    try:
+        plateau_rep = analyze_plateaus(store, sweep, gamma_min=gamma_min)
+    except GammadbError as exc:
+        plateau_error = str(exc)
     _summary_section(page, store, sweep, include_lr)
     _spec_section(page, store, sweep, runs)
     if include_lr:
@@ -356,11 +362,6 @@ def _build_report(store: "Store", sweep: str, *, static: bool, gamma_min: Option
             family_ids = []
         fixed = select_family(biggest, "fixed", None, keys)
         fixed_eta, fixed_ids = float(fixed["eta"][0]), fixed["run_id"].to_list()
-    plateau_rep, plateau_error = None, None
-    try:
-        plateau_rep = analyze_plateaus(store, sweep, gamma_min=gamma_min)
-    except GammadbError as exc:
-        plateau_error = str(exc)
     empty = pl.DataFrame(schema={"run_id": pl.Int64})
     tables = (plateau_rep.runs, plateau_rep.drops) if plateau_rep is not None else (empty, empty)
     if plateau_rep is not None:

@@ -42,6 +42,11 @@ class Scope:
         with self._lock:
             return self._results.setdefault(key, value)
 
+    def has_result(self, key: Hashable) -> bool:
+        """Whether ``key``'s result is already built here."""
+        with self._lock:
+            return key in self._results
+
 
 _SCOPE: contextvars.ContextVar[Optional[Scope]] = contextvars.ContextVar("gammadb_shared_reads", default=None)
 

@@ -34,19 +34,15 @@ def smooth_log_curve(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, *, bandwid
     n = np.asarray(n, float)
     if log_t.size == 0:
         return log_t, y
-    d = np.abs(log_t[:, None] - log_t[None, :])
-    order = np.argsort(d, axis=1)
-    d_sorted = np.take_along_axis(d, order, axis=1)
-    cum = np.cumsum(n[order], axis=1)
-    enough = cum >= min_samples
-    idx = np.where(enough.any(axis=1), enough.argmax(axis=1), log_t.size - 1)
-    h = np.clip(d_sorted[np.arange(log_t.size), idx], bandwidth, max_bandwidth)
+    dx = log_t[None, :] - log_t[:, None]
+    d = np.abs(dx)
+    h = np.clip(_reach(d, n, bandwidth, min_samples), bandwidth, max_bandwidth)
     w = n[None, :] * np.exp(-0.5 * (d / h[:, None]) ** 2)
     # Local-linear (not Nadaraya-Watson) kernel regression: a straight stretch of the log-log curve
     # comes out unbiased even where the window is wide or one-sided (early steps, the curve's ends).
-    dx = log_t[None, :] - log_t[:, None]
-    s0, s1, s2 = w.sum(axis=1), (w * dx).sum(axis=1), (w * dx * dx).sum(axis=1)
-    t0, t1 = w @ y, (w * dx) @ y
+    wdx = w * dx
+    s0, s1, s2 = w.sum(axis=1), wdx.sum(axis=1), (wdx * dx).sum(axis=1)
+    t0, t1 = w @ y, wdx @ y
     det = s0 * s2 - s1 * s1
     ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
     smooth = np.where(ok, (s2 * t0 - s1 * t1) / np.where(ok, det, 1.0), t0 / s0)
@@ -56,3 +52,25 @@ def smooth_log_curve(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, *, bandwid
     if gx.size == 0 or gx[-1] < log_t[-1]:
         gx = np.append(gx, log_t[-1])
     return gx, np.interp(gx, log_t, smooth)
+
+
+def _reach(d: np.ndarray, n: np.ndarray, bandwidth: float, min_samples: int) -> np.ndarray:
+    """Per point (row of the distances ``d``), the smallest distance whose window holds
+    ``min_samples`` of the weights ``n`` (the largest distance where none does), or ``bandwidth``
+    where that distance is no more than ``bandwidth`` (the caller clips it up to ``bandwidth``
+    anyway). Only the points whose +-bandwidth window falls short are sorted: with whole,
+    non-negative counts the window's total decides exactly which those are."""
+    rows = np.arange(d.shape[0])
+    if min_samples > 0 and np.isfinite(d).all() and (n >= 0).all() and (n == np.floor(n)).all() and n.sum() < 2.0**52:
+        held = (d <= bandwidth).astype(float) @ n  # whole numbers: exact in any order
+        rows = np.flatnonzero(held < min_samples)
+    reach = np.full(d.shape[0], float(bandwidth))
+    if rows.size:
+        sub = d[rows]
+        order = np.argsort(sub, axis=1)
+        d_sorted = np.take_along_axis(sub, order, axis=1)
+        cum = np.cumsum(n[order], axis=1)
+        enough = cum >= min_samples
+        idx = np.where(enough.any(axis=1), enough.argmax(axis=1), d.shape[1] - 1)
+        reach[rows] = d_sorted[np.arange(rows.size), idx]
+    return reach

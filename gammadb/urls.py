@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING
 
 from gammadb.errors import InvalidSpecError
+
+if TYPE_CHECKING:  # SQLAlchemy is imported where a URL is parsed: not at every command's start-up
+    from sqlalchemy.engine import URL
 
 DEFAULT_URL = "sqlite:///gammadb.sqlite"
 ENV_VAR = "GAMMADB_URL"
@@ -26,6 +27,9 @@ _DRIVERS = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",)}  # the drivers 
 
 def parse_url(url: str) -> URL:
     """A parsed, validated store URL; InvalidSpecError (password masked) for anything else."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:

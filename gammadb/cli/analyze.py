@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from gammadb.analysis.charts_export import check_chart_path, save_chart
-from gammadb.analysis.etas import CONVERGED, LEFT_PLATEAU
+from gammadb.analysis.thresholds import CONVERGED, LEFT_PLATEAU
 from gammadb.cli.common import JsonOpt, SweepOpt, UrlOpt, emit, new_app, print_json, wrote
 from gammadb.errors import InvalidSpecError
 

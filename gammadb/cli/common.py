@@ -9,14 +9,16 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import polars as pl
 import typer
 from typer.core import TyperGroup
 
 from gammadb.errors import GammadbError
 from gammadb.urls import mask
+
+if TYPE_CHECKING:  # polars is imported by the commands that use it: not at every command's start-up
+    import polars as pl
 
 UrlOpt = Annotated[
     Optional[str],

@@ -260,6 +260,49 @@ def test_best_gamma_interval_is_a_bootstrap_over_seeds() -> None:
     assert best_gamma_interval(runs.filter(pl.col("seed") == 1), 100) == (None, 1)
 
 
+def test_best_gamma_interval_takes_each_distinct_draw_once() -> None:
+    """The same interval, bit for bit, as every one of the n_boot draws computed on its own."""
+    rng = np.random.default_rng(2)
+    for n_seeds in (2, 3, 5):
+        runs = pl.DataFrame([dict(gamma=g, eta=e, seed=s, value=float(rng.lognormal()), diverged=bool(rng.random() < 0.1))
+                             for g in (0.1, 1.0, 10.0, 100.0) for e in (0.01, 0.1, 1.0) for s in range(n_seeds)])
+        gi = np.searchsorted([0.1, 1.0, 10.0, 100.0], runs["gamma"].to_numpy())
+        ei = np.searchsorted([0.01, 0.1, 1.0], runs["eta"].to_numpy())
+        val, ok, div = (np.zeros((4, 3, n_seeds)) for _ in range(3))
+        d = runs["diverged"].to_numpy()
+        val[gi, ei, runs["seed"].to_numpy()] = np.where(d, 0.0, runs["value"].to_numpy())
+        ok[gi, ei, runs["seed"].to_numpy()], div[gi, ei, runs["seed"].to_numpy()] = ~d, d
+        w = np.random.default_rng(7).multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=300).astype(float)
+        num, den = np.einsum("bs,ges->bge", w, val), np.einsum("bs,ges->bge", w, ok)
+        mean = np.where((np.einsum("bs,ges->bge", w, div) > 0) | (den == 0), np.inf, num / np.where(den > 0, den, 1))
+        best = mean.min(axis=2)
+        arg = np.argmin(best, axis=1)[np.isfinite(best).any(axis=1)]
+        lo, hi = np.quantile(np.log10(np.array([0.1, 1.0, 10.0, 100.0])[arg]), [0.025, 0.975])
+        assert best_gamma_interval(runs, 300, seed=7) == ((float(10**lo), float(10**hi)), n_seeds)
+
+
+@pytest.mark.parametrize("sweep", ["holds", "depths", "few"])
+def test_the_plateau_claim_analyses_only_the_runs_it_fits(claims_store: tuple[Store, str], sweep: str) -> None:
+    """Claim (d) needs the scaling fit alone: the plateaus of each group's eta* family, not of every
+    run; it is the whole analysis' scaling all the same, and within one page it is that one."""
+    from gammadb.analysis.plateaus import analyze_plateau_scaling, analyze_plateaus, scaling_run_ids
+    from gammadb.analysis.shared import shared_reads
+
+    store = claims_store[0]
+    whole = analyze_plateaus(store, sweep, gamma_min=1.0)
+    runs = store.runs_frame(sweep)
+    fitted = scaling_run_ids(runs, gamma_min=1.0)
+    assert 0 < len(fitted) < runs.height / 2
+    with shared_reads(store) as scope:
+        assert analyze_plateau_scaling(store, sweep, gamma_min=1.0) == whole.scaling
+        (covered, _), = scope.buckets.values()
+        assert covered == frozenset(fitted)  # only those runs' losses were read and bucketed
+        assert analyze_plateaus(store, sweep, gamma_min=1.0).scaling == whole.scaling
+    with shared_reads(store):  # the whole analysis first: its scaling serves, nothing more is computed
+        rep = analyze_plateaus(store, sweep, gamma_min=1.0)
+        assert analyze_plateau_scaling(store, sweep, gamma_min=1.0) is rep.scaling
+
+
 # ---------------------------------------------------------------------- the command
 def test_cli_table_and_json(claims_store: tuple[Store, str]) -> None:
     url = claims_store[1]

@@ -48,8 +48,21 @@ def shuffled(df: pl.DataFrame) -> pl.DataFrame:
     return df.sample(fraction=1.0, shuffle=True, seed=1)
 
 
+def few_left_out() -> pl.DataFrame:
+    """Store order with a few rows to leave out (under 1 in 64: left in place, not copied out): step
+    0, a lone NaN or inf inside a bucket, a diverged run's NaN tail, NaN past every finite step."""
+    df = series(12, 3000).with_columns(pl.col("value").fill_nan(1.5).clip(upper_bound=1e6))
+    value = df["value"].to_numpy().copy()
+    value[[2500, 2501, 9000]] = [np.nan, np.inf, -np.inf]  # inside the top buckets of runs 0 and 3
+    value[3 * 3000 - 40:3 * 3000] = np.nan  # run 2 diverged
+    tail = pl.DataFrame({"run_id": [14], "step": [5000], "value": [math.nan]})
+    return pl.concat([df.with_columns(pl.Series("value", value)), tail])
+
+
 CASES = {
     "store order": lambda: series(40, 3000),
+    "a few rows left out": few_left_out,
+    "only step 0 left out": lambda: series(8, 3000).filter(pl.col("value").is_finite()),
     "signed values": lambda: series(20, 2000, signed=True),
     "shuffled rows": lambda: shuffled(series(20, 2000, signed=True)),
     "float steps": lambda: shuffled(series(10, 2000)).with_columns(pl.col("step") * 1.37),

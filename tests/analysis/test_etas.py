@@ -169,6 +169,22 @@ def test_eta_conv_per_bootstrap_row_skips_levels_with_no_seed_drawn() -> None:
     assert got.tolist() == [0, 2, 2]
 
 
+def test_eta_conv_of_many_bootstrap_rows_is_each_rows_own_replay() -> None:
+    """Rows are replayed once per distinct pattern (found on packed bits: 2 x 13 levels span four
+    bytes); each row gets its own pattern's answer, whatever the order the patterns come in."""
+    from gammadb.analysis.etas import convergent_indices
+    from gammadb.runners.eta_scan import replay
+
+    rng = np.random.default_rng(6)
+    g, _, _ = _levels(*[(10.0 ** (1 - k / 2), False) for k in range(13)])
+    div, tried = rng.random((400, 13)) < 0.15, rng.random((400, 13)) < 0.9
+    got = convergent_indices(g, div, tried, decades_below=1.0)
+    for row, i in zip(range(400), got):
+        eta = replay([(float(g.etas[k]), bool(div[row, k])) for k in range(13) if tried[row, k]], 1.0, False)
+        assert i == (-1 if eta is None else int(np.flatnonzero(g.etas == eta)[0]))
+    assert len(set(got.tolist())) > 3
+
+
 def test_family_etas_reports_eta_conv() -> None:
     runs = runs_frame()
     fam = family_etas(runs, group_columns(runs)).sort("gamma")

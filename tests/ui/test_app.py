@@ -124,8 +124,10 @@ def test_claims_fragment_holds_the_verdict(client: TestClient) -> None:
 
 def test_the_charts_of_one_state_of_a_sweep_share_their_reads(client: TestClient,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Curves, claims (plateaus of every run, collapse of some) and the other charts, requested one
-    by one as a page does, read each run's loss series once and the finished runs once."""
+    """Curves, claims (plateaus of the runs the scaling fits, collapse of some) and the other charts,
+    requested one by one as a page does, read each run's loss series once and the finished runs once."""
+    from gammadb.analysis.plateaus import scaling_run_ids
+
     st = client.app.state.store  # type: ignore[attr-defined]
     loss = st.metric_id("loss")
     series: list[int] = []
@@ -143,7 +145,10 @@ def test_the_charts_of_one_state_of_a_sweep_share_their_reads(client: TestClient
     for path in ("charts/curves", "claims", "charts/optimal-lr", "charts/phase"):
         prefix = "/sweeps" if path == "claims" else "/api/sweeps"
         assert client.get(f"{prefix}/{SWEEP}/{path}").status_code == 200
-    assert sorted(series) == sorted(set(series)) and len(series) == 12
+    assert sorted(series) == sorted(set(series)) and len(series) == 8
+    # the eta* family the curves draw (6), which holds the runs the plateau scaling fits, and the
+    # collapse's runs at one eta: the claims no longer read the plateaus of all 12 runs
+    assert set(scaling_run_ids(st.runs_frame(SWEEP))) < set(series)
     assert finished == [SWEEP]
 
 
