@@ -82,7 +82,23 @@ class VersioningMixin:
             state = "run `gammadb db upgrade`"
         return f"{current or 'none'} (head {head}: {state})"
 
+    def _stored_revision(self) -> Optional[str]:
+        """The store's revision by one plain query (None where there is no alembic_version table or
+        it cannot be read): the fast path of :meth:`_check_schema`, without importing alembic."""
+        from sqlalchemy.exc import DBAPIError
+
+        with self._connect() as conn:  # a store that cannot be reached says so here, once
+            try:
+                row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+            except DBAPIError:  # no such table, or not a database: the full check says which
+                return None
+        return str(row[0][0]) if len(row) == 1 else None
+
     def _check_schema(self, *, create: bool) -> None:
+        from gammadb.migrations import HEAD_REVISION
+
+        if self._stored_revision() == HEAD_REVISION:
+            return
         current = self.current_revision()
         head = head_revision()
         if current == head:

@@ -25,6 +25,9 @@ def _diff(store: Store) -> list:
 
 def test_one_head() -> None:
     assert head_revision() == "0004"
+    from gammadb.migrations import HEAD_REVISION
+
+    assert HEAD_REVISION == head_revision()  # the constant Store.open compares with, without alembic
 
 
 def test_empty_to_head_matches_orm(store: Store) -> None:
