@@ -35,23 +35,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gammadb.metrics import FEATURE_ALIGNMENT, LOSS, WEIGHT_CHANGE, MetricKey  # noqa: E402
-from gammadb.records import RunSpec  # noqa: E402
+from gammadb.metrics import LOSS, MetricKey  # noqa: E402
 from gammadb.store import Store  # noqa: E402
 
-KEYS = [MetricKey(LOSS)] + [MetricKey(WEIGHT_CHANGE, layer) for layer in (1, 2, 3)] + [MetricKey(FEATURE_ALIGNMENT)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_log_path import KEYS, _runs  # noqa: E402  the same ensemble-shaped runs and 5 values
+
 OLD_TABLE = ("CREATE TABLE metric_values (run_id INTEGER NOT NULL, metric_id INTEGER NOT NULL, step INTEGER NOT NULL, "
              "value REAL, PRIMARY KEY (run_id, metric_id, step)) WITHOUT ROWID")
 OLD_UPSERT = ("INSERT INTO metric_values (run_id, metric_id, step, value) VALUES (?, ?, ?, ?) "
               "ON CONFLICT (run_id, metric_id, step) DO UPDATE SET value = excluded.value")
-
-
-def _runs(store: Store, name: str, k: int, steps: int) -> list[int]:
-    sweep = store.ensure_sweep(name, {})
-    specs = [RunSpec(model="mlp", dataset="teacher", loss_fn="mse", optimizer="sgd", depth=3, width=256,
-                     batch_size=128, gamma=1.0, eta=0.1, seed=s, dtype="float32", steps_planned=steps,
-                     config={"bench": name, "seed": s}) for s in range(k)]
-    return [r.id for r in store.ensure_runs(sweep.id, specs)]
 
 
 def _stream(k: int, steps: int, seed: int = 0) -> np.ndarray:

@@ -147,19 +147,21 @@ class AnalysisReadsMixin:
         ids = self._existing_runs(run_ids)
         if not ids:
             return pl.DataFrame(schema=schema)
-        lo = None if extremes else tail_after + 1
-        values = self.values_frame(ids, loss_id if loss_id is not None else -1, lo=lo, hi=budget)
+        metric = loss_id if loss_id is not None else -1
+
+        def last_of(frame: pl.DataFrame) -> pl.DataFrame:
+            return frame.group_by("run_id").agg(pl.col("step").last().alias("last_step"),
+                                                pl.col("value").last().fill_nan(None).alias("final_loss"))
+
+        values = self.values_frame(ids, metric, lo=None if extremes else tail_after + 1, hi=budget)
         not_nan = pl.col("value").filter(~pl.col("value").is_nan())
         tail = (values.filter(pl.col("step") > tail_after).group_by("run_id")
                 .agg(not_nan.sum().alias("tail_sum"), not_nan.len().cast(pl.Int64).alias("tail_n"),
                      pl.len().cast(pl.Int64).alias("tail_rows")))
-        last = values.group_by("run_id").agg(pl.col("step").last().alias("last_step"),
-                                             pl.col("value").last().fill_nan(None).alias("final_loss"))
+        last = last_of(values)
         missing = sorted(set(ids) - set(last["run_id"].to_list()))
         if missing:  # nothing in the tail window: the last step before it
-            before = self.values_frame(missing, loss_id if loss_id is not None else -1, hi=budget)
-            last = pl.concat([last, before.group_by("run_id").agg(
-                pl.col("step").last().alias("last_step"), pl.col("value").last().fill_nan(None).alias("final_loss"))])
+            last = pl.concat([last, last_of(self.values_frame(missing, metric, hi=budget))])
         out = pl.DataFrame({"run_id": ids}, schema={"run_id": pl.Int64}).join(last, on="run_id", how="left")
         out = out.join(tail, on="run_id", how="left")
         if extremes:

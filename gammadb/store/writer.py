@@ -329,11 +329,15 @@ def _series(items: list[Any]) -> dict[tuple[int, int], chunks.Series]:
     for item in items:
         if isinstance(item, _Block):
             steps = np.asarray(item.steps, dtype=np.int64)
+            values = np.stack(item.values)  # (T, K, M)
+            if steps.size > 1 and not bool(np.all(steps[1:] > steps[:-1])):  # a step re-logged: once per block
+                kept = chunks.last_wins(steps, np.arange(steps.size, dtype=np.float64))
+                steps, values = kept.steps, values[kept.values.astype(np.int64)]
             # (T, K, M) -> (K, M, T): each series contiguous, one copy for the whole block.
-            cube = np.ascontiguousarray(np.stack(item.values).transpose(1, 2, 0))
+            cube = np.ascontiguousarray(values.transpose(1, 2, 0))
             for k, run_id in enumerate(item.run_ids):
                 for j, metric_id in enumerate(item.metric_ids):
-                    add((run_id, metric_id), chunks.last_wins(steps, cube[k, j]))
+                    add((run_id, metric_id), chunks.Series(steps, cube[k, j]))
         else:
             for key, series in chunks.group_rows(item).items():
                 add(key, series)

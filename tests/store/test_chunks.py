@@ -277,3 +277,15 @@ def test_a_row_the_readers_cannot_decode_is_refused(store: Store) -> None:
     finally:
         conn.close()
     assert store.series([a])["value"].to_list() == [1.0]
+
+
+def test_a_block_step_logged_twice_in_one_batch_keeps_its_last_values(store: Store) -> None:
+    a, b = _runs(store, 2)
+    keys = [MetricKey("loss")]
+    with store.writer() as w:
+        for t in (0, 1, 2, 1, 3):  # step 1 again (a resumed ensemble), before any commit
+            w.log_block(t, [a, b], keys, np.array([[10.0 * t], [-10.0 * t]]))
+        w.log_block(1, [a, b], keys, np.array([[7.0], [-7.0]]))
+    s = store.series([a, b])
+    assert s.filter(pl.col("run_id") == a)["value"].to_list() == [0.0, 7.0, 20.0, 30.0]
+    assert s.filter(pl.col("run_id") == b)["value"].to_list() == [0.0, -7.0, -20.0, -30.0]
