@@ -73,12 +73,17 @@ def use_log_y(df: pl.DataFrame, col: str = "mean", *, min_ratio: float = 20.0,
     return float(pos.max()) / float(pos.min()) >= min_ratio
 
 
-def gamma_color(field: str = "gamma", *, legend: bool = True) -> Any:
+def gamma_color(field: str = "gamma", *, legend: bool = True, channel: str = "color") -> Any:
     """Colour keyed to gamma (or eta) on a log scale: the grids are log-spaced, so equal steps of the
-    grid get equal steps of colour, and the legend is a gradient with the values on it."""
+    grid get equal steps of colour, and the legend is a gradient with the values on it.
+
+    ``channel``: "color", or "fill" / "stroke" where a chart layers areas (fill) under lines (stroke):
+    Vega-Lite merges the legends of both into one list of dots, not a gradient, unless each layer
+    names its own channel and only one of them has a legend."""
     import altair as alt
 
-    c = alt.Color(f"{field}:Q").scale(type="log", scheme=GAMMA_SCHEME).title(field)
+    cls = {"color": alt.Color, "fill": alt.Fill, "stroke": alt.Stroke}[channel]
+    c = cls(f"{field}:Q").scale(type="log", scheme=GAMMA_SCHEME).title(field)
     return c.legend(format=".3~g", gradientLength=160) if legend else c.legend(None)
 
 
@@ -127,7 +132,6 @@ def curves_chart(bands: pl.DataFrame, marks: Optional[pl.DataFrame] = None, *, x
     xenc = alt.X(f"{x}:Q").scale(type="log").title(X_TITLES[x])
     n_gamma, n_eta = data["gamma"].n_unique(), data["eta"].n_unique()
     by = "eta" if n_gamma == 1 and n_eta > 1 else "gamma"
-    color = gamma_color(by)
     dash: dict[str, Any] = {}
     if by == "gamma" and 1 < n_eta <= MAX_DASHES:
         dash = {"strokeDash": alt.StrokeDash("eta:O").title("eta").legend(format=".3~g")}
@@ -135,22 +139,23 @@ def curves_chart(bands: pl.DataFrame, marks: Optional[pl.DataFrame] = None, *, x
                alt.Tooltip("mean:Q", format=".4~g"), alt.Tooltip("lo:Q", format=".4~g"),
                alt.Tooltip("hi:Q", format=".4~g"), alt.Tooltip("n_runs:Q", title="seeds")]
     base = alt.Chart(_data(data.select([c for c in BAND_COLUMNS if c in data.columns])))
+    # the lines' stroke carries the legend; the bands' fill and the marks carry none (see gamma_color)
     band = base.mark_area(opacity=0.18, interpolate="linear").encode(
-        x=xenc, y=alt.Y("lo:Q").scale(yscale).title(metric), y2=alt.Y2("hi:Q"), color=color,
-        detail=alt.Detail("series:N"))
+        x=xenc, y=alt.Y("lo:Q").scale(yscale).title(metric), y2=alt.Y2("hi:Q"),
+        fill=gamma_color(by, legend=False, channel="fill"), detail=alt.Detail("series:N"))
     line = base.mark_line(strokeWidth=1.6).encode(
-        x=xenc, y=alt.Y("mean:Q").scale(yscale).title(metric), color=color, detail=alt.Detail("series:N"),
-        tooltip=tooltip, **dash)
+        x=xenc, y=alt.Y("mean:Q").scale(yscale).title(metric), stroke=gamma_color(by, channel="stroke"),
+        detail=alt.Detail("series:N"), tooltip=tooltip, **dash)
     layers: list[Any] = [band, line]
     if marks is not None and not marks.is_empty():
-        layers += _mark_layers(marks, x, yscale, gamma_color(by, legend=False), log_y)
+        layers += _mark_layers(marks, x, yscale, by, log_y)
     chart = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT)
     if title:
         chart = chart.properties(title=alt.Title(title, subtitle=subtitle) if subtitle else title)
     return chart
 
 
-def _mark_layers(marks: pl.DataFrame, x: str, yscale: Any, color: Any, log_y: bool) -> list[Any]:
+def _mark_layers(marks: pl.DataFrame, x: str, yscale: Any, by: str, log_y: bool) -> list[Any]:
     import altair as alt
 
     m = marks.filter(pl.col("value").is_not_null())
@@ -163,11 +168,12 @@ def _mark_layers(marks: pl.DataFrame, x: str, yscale: Any, color: Any, log_y: bo
     if not plateaus.is_empty():
         out.append(alt.Chart(_data(plateaus)).mark_rule(strokeWidth=4, opacity=0.45).encode(
             x=alt.X(f"{x}:Q").scale(type="log"), x2=alt.X2(f"{x}_end:Q"),
-            y=alt.Y("value:Q").scale(yscale), color=color, tooltip=tip))
+            y=alt.Y("value:Q").scale(yscale), stroke=gamma_color(by, legend=False, channel="stroke"), tooltip=tip))
     if not drops.is_empty():
         out.append(alt.Chart(_data(drops)).mark_point(shape="triangle-down", filled=True, size=70,
                                                       opacity=0.9, stroke="black", strokeWidth=0.5).encode(
-            x=alt.X(f"{x}:Q").scale(type="log"), y=alt.Y("value:Q").scale(yscale), color=color, tooltip=tip))
+            x=alt.X(f"{x}:Q").scale(type="log"), y=alt.Y("value:Q").scale(yscale),
+            fill=gamma_color(by, legend=False, channel="fill"), tooltip=tip))
     return out
 
 
@@ -272,21 +278,23 @@ def metric_chart(bands: pl.DataFrame, *, metric: str, facet: str = "gamma", x: s
     data = data.select(*[c for c in BAND_COLUMNS if c in data.columns and c != "series"], "key", "two_over_eta",
                        "ref_label", *(["layer"] if "layer" in data.columns else []))
     yscale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
-    if layered:
-        color = alt.Color("layer:O").scale(scheme="plasma").title("layer")
-    elif data[other].n_unique() > 1:
-        color = gamma_color(other)
-    else:
-        color = alt.value("#3b528b")  # one curve per panel: a legend would name a constant
+    def color(channel: str, legend: bool) -> Any:  # the lines' stroke carries the legend (see gamma_color)
+        if layered:
+            c = (alt.Fill if channel == "fill" else alt.Stroke)("layer:O").scale(scheme="plasma").title("layer")
+            return c if legend else c.legend(None)
+        if data[other].n_unique() > 1:
+            return gamma_color(other, legend=legend, channel=channel)
+        return alt.value("#3b528b")  # one curve per panel: a legend would name a constant
+
     xenc = alt.X(f"{x}:Q").scale(type="log").title(X_TITLES[x])
     tip = [alt.Tooltip("key:N", title="curve"), alt.Tooltip("step:Q", format=".3~s"),
            alt.Tooltip("mean:Q", format=".4~g")]
     base = alt.Chart()
     layers: list[Any] = [
         base.mark_area(opacity=0.15).encode(x=xenc, y=alt.Y("lo:Q").scale(yscale).title(metric), y2="hi:Q",
-                                            color=color, detail="key:N"),
+                                            fill=color("fill", False), detail="key:N"),
         base.mark_line(strokeWidth=1.4).encode(x=xenc, y=alt.Y("mean:Q").scale(yscale).title(metric),
-                                               color=color, detail="key:N", tooltip=tip),
+                                               stroke=color("stroke", True), detail="key:N", tooltip=tip),
     ]
     if two_over_eta and data["two_over_eta"].drop_nulls().len():
         ref = base.transform_filter(alt.datum.two_over_eta != None)  # noqa: E711 (a Vega expression)
@@ -297,7 +305,9 @@ def metric_chart(bands: pl.DataFrame, *, metric: str, facet: str = "gamma", x: s
             x=alt.value(0), y=alt.Y("two_over_eta:Q").scale(yscale), text="ref_label:N"))
     chart = alt.layer(*layers, data=_data(data)).properties(width=240, height=180).facet(
         facet=alt.Facet(f"{facet}:O").title(facet).header(format=".4~g", formatType="number"),
-        columns=columns).resolve_axis(x="independent")  # a shared x axis is drawn under empty grid slots
+        columns=columns).resolve_axis(x="independent").resolve_legend(fill="independent")
+    # x: a shared axis is drawn under empty grid slots; fill: the bands' fill has no legend, and a
+    # shared one would take the lines' legend with it
     if title:
         chart = chart.properties(title=alt.Title(title, subtitle=subtitle) if subtitle else title)
     return chart

@@ -313,27 +313,27 @@ def lr_curve_chart(result: "OptimalLr", seeds: Optional[pl.DataFrame] = None,
                                  & pl.col("loss_at_eta_star").is_not_null() & (pl.col("loss_at_eta_star") > 0))
     x = alt.X("eta:Q", title=ETA_TITLE).scale(type="log").axis(format=".0e")
     y = alt.Y("loss:Q", title=f"loss ({result.settings.criterion.value}) at step {result.budget_step}").scale(type="log")
-    color = gamma_color("gamma")
     tip = [alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", format=".3g"),
            alt.Tooltip("loss:Q", format=".4g"), alt.Tooltip("lo:Q", format=".4g"), alt.Tooltip("hi:Q", format=".4g"),
            alt.Tooltip("n_seeds:Q", title="seeds")]
     band = alt.Chart(band_rows).mark_area(opacity=0.15).encode(
-        x=x, y=alt.Y("lo:Q").scale(type="log"), y2=alt.Y2("hi:Q"), color=gamma_color("gamma", legend=False),
+        x=x, y=alt.Y("lo:Q").scale(type="log"), y2=alt.Y2("hi:Q"), fill=gamma_color("gamma", legend=False, channel="fill"),
         detail=alt.Detail("gamma:N"))
+    # the line's stroke carries the gamma legend, a gradient; fills carry none (see gamma_color)
     line = alt.Chart(ok).mark_line(point=alt.OverlayMarkDef(size=18, filled=True), strokeWidth=1.6).encode(
-        x=x, y=y, color=color, detail=alt.Detail("gamma:N"), tooltip=tip)
+        x=x, y=y, stroke=gamma_color("gamma", channel="stroke"), detail=alt.Detail("gamma:N"), tooltip=tip)
     layers: list[Any] = [band, line]
     marker = alt.Shape("mark:N", title="marker").scale(domain=["eta*", "diverged"], range=["diamond", "cross"])
     if not stars.is_empty():
         layers.append(alt.Chart(stars.select("gamma", pl.col("eta_star").alias("eta"),
                                              pl.col("loss_at_eta_star").alias("loss"), pl.lit("eta*").alias("mark")))
                       .mark_point(shape="diamond", filled=True, size=70, stroke="#000000", strokeWidth=0.6).encode(
-            x=x, y=y, color=gamma_color("gamma", legend=False),
+            x=x, y=y, fill=gamma_color("gamma", legend=False, channel="fill"),
             shape=marker, tooltip=[alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", title="eta*", format=".3g")]))
     if not div.is_empty():
         layers.append(alt.Chart(div.select("gamma", "eta", "loss", "n_diverged", "n_seeds", "mark")).mark_point(
             shape="cross", size=40, filled=True, opacity=0.8).encode(
-            x=x, y=alt.Y("loss:Q").scale(type="log"), color=gamma_color("gamma", legend=False),
+            x=x, y=alt.Y("loss:Q").scale(type="log"), fill=gamma_color("gamma", legend=False, channel="fill"),
             shape=marker, tooltip=[alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", format=".3g"),
                      alt.Tooltip("n_diverged:Q", title="seeds diverged")]))
     n_seeds = int(t["n_seeds"].max())

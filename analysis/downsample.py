@@ -288,13 +288,74 @@ def bucketed_grids(store: "Store", run_ids: Sequence[int], metric: MetricKey | s
 
 def _read_grids(store: "Store", ids: list[int], key: MetricKey, grids: list[int],
                 max_step: Optional[int]) -> dict[int, pl.DataFrame]:
+    """The buckets of ``ids`` on each grid: from the store's cache where it holds them for the
+    series as it is now (whole series only), the others computed from the series and cached."""
     metric_id = store.metric_id(key.name, key.layer)
     if not ids or metric_id is None:
         return {p: empty_buckets() for p in grids}
+    hits: dict[int, dict[int, bytes]] = {p: {} for p in grids}
+    versions: dict[int, dict[int, int]] = {p: {} for p in grids}
+    if max_step is None:  # the versions are read before the series (see gammadb.store.bucket_cache)
+        for p in grids:
+            hits[p], versions[p] = store.cached_buckets(ids, metric_id, p, BUCKET_LAYOUT)
+            hits[p] = {r: b for r, b in hits[p].items() if len(b) % _PACKED_BYTES == 0}  # else: recompute
+    missing = [r for r in ids if any(r not in hits[p] for p in grids)]
     # no lo=1: bucket_frames leaves step 0 out itself, and a bound makes the store copy every array
-    parts = [bucket_frames(store.values_frame(ids[i:i + _CHUNK], metric_id, hi=max_step), grids)
-             for i in range(0, len(ids), _CHUNK)]
-    return {p: pl.concat([part[p] for part in parts]).sort("run_id", "bucket") for p in grids}
+    parts = [bucket_frames(store.values_frame(missing[i:i + _CHUNK], metric_id, hi=max_step), grids)
+             for i in range(0, len(missing), _CHUNK)]
+    out = {}
+    for p in grids:
+        fresh = pl.concat([part[p] for part in parts]) if parts else empty_buckets()
+        if hits[p]:
+            fresh = fresh.filter(~pl.col("run_id").is_in(list(hits[p])))
+        if versions[p] and not fresh.is_empty():
+            packed = pack_buckets(fresh)
+            store.cache_buckets(metric_id, p, BUCKET_LAYOUT,
+                                [(r, v, packed[r]) for r, v in versions[p].items() if r in packed])
+        out[p] = pl.concat([unpack_buckets(hits[p]), fresh]).sort("run_id", "bucket") if hits[p] else fresh.sort(
+            "run_id", "bucket")
+    return out
+
+
+# A run's buckets as cached in the store: the int64 columns, then the float64 columns, each whole,
+# little-endian; mean_log's nulls (no positive value in the bucket) as NaN, which it never is otherwise.
+BUCKET_LAYOUT = 1  # bump when the packing, BUCKET_SCHEMA or the bucketing maths change: old rows are then ignored
+_INT_COLUMNS = ("bucket", "step_lo", "step_hi", "n")
+_FLOAT_COLUMNS = ("step", "mean", "min", "max", "mean_log")
+_PACKED_BYTES = 8 * (len(_INT_COLUMNS) + len(_FLOAT_COLUMNS))  # a bucket
+
+
+def pack_buckets(frame: pl.DataFrame) -> dict[int, bytes]:
+    """{run_id: blob} of a bucket frame in (run_id, bucket) order (:data:`BUCKET_LAYOUT`)."""
+    if frame.is_empty():
+        return {}
+    run = frame["run_id"].to_numpy()
+    starts = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
+    ends = np.append(starts[1:], run.size)
+    ints = np.stack([frame[c].to_numpy() for c in _INT_COLUMNS]).astype("<i8", copy=False)
+    floats = np.stack([frame[c].to_numpy() if c != "mean_log" else frame[c].fill_null(np.nan).to_numpy()
+                       for c in _FLOAT_COLUMNS]).astype("<f8", copy=False)
+    return {int(run[a]): ints[:, a:b].tobytes() + floats[:, a:b].tobytes() for a, b in zip(starts, ends)}
+
+
+def unpack_buckets(blobs: dict[int, bytes]) -> pl.DataFrame:
+    """The bucket frame of :func:`pack_buckets`' blobs, bit for bit, in run_id order."""
+    if not blobs:
+        return empty_buckets()
+    runs, ints, floats = [], [], []
+    ni, nf = len(_INT_COLUMNS), len(_FLOAT_COLUMNS)
+    for run_id in sorted(blobs):
+        blob = blobs[run_id]
+        b = len(blob) // _PACKED_BYTES
+        runs.append(np.full(b, run_id, dtype=np.int64))
+        ints.append(np.frombuffer(blob, "<i8", ni * b).reshape(ni, b))
+        floats.append(np.frombuffer(blob, "<f8", nf * b, offset=8 * ni * b).reshape(nf, b))
+    i, f = np.concatenate(ints, axis=1), np.concatenate(floats, axis=1)
+    cols: dict[str, Any] = {"run_id": np.concatenate(runs)}
+    cols.update({c: i[k] for k, c in enumerate(_INT_COLUMNS)})
+    cols.update({c: f[k] for k, c in enumerate(_FLOAT_COLUMNS)})
+    cols["mean_log"] = pl.Series(f[-1]).fill_nan(None)
+    return pl.DataFrame(cols, schema=BUCKET_SCHEMA).select(list(BUCKET_SCHEMA))
 
 
 def seed_bands(buckets: pl.DataFrame, runs: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:

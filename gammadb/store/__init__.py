@@ -11,6 +11,7 @@ through ADBC straight into polars. The ORM handles the small tables. Rooms:
 - ``reads``: named reads as polars frames, summaries lookup, metric series ids.
 - ``analysis_reads``: the reads of the analyses (metric catalogue, loss ends and aggregates at a
   budget, log-bucketed series, run selection); no SQL lives in :mod:`gammadb.analysis`.
+- ``bucket_cache``: the cache of bucketed series, checked against the versions triggers keep.
 - ``summaries``: summary maths and rebuilds.
 - ``writer``: the batched background writer of per-step values.
 - ``imports``: the all-or-nothing import of runs and values.
@@ -31,6 +32,7 @@ from gammadb.errors import GammadbError, NotFoundError
 from gammadb.metrics import MetricKey
 from gammadb.records import RunSpec
 from gammadb.store.analysis_reads import AnalysisReadsMixin
+from gammadb.store.bucket_cache import BucketCacheMixin
 from gammadb.store.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
     _make_engine,
@@ -64,12 +66,14 @@ def _missing_file(url: URL) -> bool:
     return path.parent.is_dir() and not path.exists()
 
 
-class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsMixin, SummariesMixin):
+class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsMixin, BucketCacheMixin,
+            SummariesMixin):
     """An open experiment store. ``Store.open(url)`` checks (or creates) the schema."""
 
-    def __init__(self, url: URL, engine: Engine) -> None:
+    def __init__(self, url: URL, engine: Engine, *, read_only: bool = False) -> None:
         self.url = url
         self.engine = engine
+        self.read_only = read_only
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._metric_ids: dict[MetricKey, int] = {}
 
@@ -92,7 +96,7 @@ class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsM
                 f"`gammadb run` or `gammadb db upgrade --url {shown}`, or point --url (or $GAMMADB_URL) "
                 "at an existing store"
             )
-        store = cls(parsed, _make_engine(parsed, read_only=read_only))
+        store = cls(parsed, _make_engine(parsed, read_only=read_only), read_only=read_only)
         if check:
             store._check_schema(create=create and not read_only)
         return store

@@ -59,8 +59,8 @@ def test_curves_leave_diverged_runs_out_and_key_colour_to_log_gamma(store, tmp_p
     assert info["left_out"] == 1 and "1 diverged run left out (--include-diverged" in spec["title"]["subtitle"]
     assert max(r["mean"] for r in _rows(spec) if r.get("mean") is not None) < 10  # not 1e35
     line = next(la for la in _layers(spec) if la["mark"]["type"] == "line")["encoding"]
-    assert line["color"]["field"] == "gamma" and line["color"]["scale"]["type"] == "log"
-    assert line["color"].get("legend") is not None and line["y"]["scale"]["type"] == "log"
+    assert line["stroke"]["field"] == "gamma" and line["stroke"]["scale"]["type"] == "log"
+    assert line["stroke"].get("legend") is not None and line["y"]["scale"]["type"] == "log"
     assert line["strokeDash"]["field"] == "eta"  # the three etas told apart, with a legend
     chart, info = curves_figure(store, "demo", marks=False, include_diverged=True)
     assert info["left_out"] == 0 and max(r["mean"] or 0 for r in _rows(chart_spec(chart))) > 1e30
@@ -76,6 +76,7 @@ def test_curves_and_their_plateau_marks_come_from_one_read(store, monkeypatch):
     from gammadb.analysis.plateaus import PlateauOptions, detect_plateaus
     from gammadb.metrics import MetricKey
 
+    monkeypatch.setattr(store, "cache_buckets", lambda *a, **k: False)  # the store's cache stays empty: reads count
     runs, _ = split_diverged(store.runs_frame("demo"))
     table, drops = detect_plateaus(bucketed_series(store, runs["run_id"].to_list(), "loss", 40), runs,
                                    PlateauOptions())
@@ -113,7 +114,7 @@ def test_metric_chart_has_no_legend_for_one_curve_per_panel():
                           "hi": [0.1, 1.0, 20.0], "n_runs": [1] * 3, "layer": [0] * 3})
     spec = chart_spec(metric_chart(bands, metric="sharpness", two_over_eta=True))
     line = spec["spec"]["layer"][1]["encoding"]
-    assert "field" not in line["color"]  # eta is constant: a fixed colour, no legend
+    assert "field" not in line["stroke"]  # eta is constant: a fixed colour, no legend
     assert [r["two_over_eta"] for r in _rows(spec) if r["two_over_eta"] is not None] == [20.0]
 
 
@@ -156,7 +157,7 @@ def test_lr_curve_values_are_the_loss_at_the_budget(store, lr, tmp_path):
     spec = chart_spec(chart)
     line = next(la for la in _layers(spec) if la["mark"]["type"] == "line")
     assert line["encoding"]["x"]["scale"]["type"] == "log" and line["encoding"]["y"]["scale"]["type"] == "log"
-    assert line["encoding"]["color"]["field"] == "gamma" and line["encoding"]["color"]["scale"]["type"] == "log"
+    assert line["encoding"]["stroke"]["field"] == "gamma" and line["encoding"]["stroke"]["scale"]["type"] == "log"
     # the line's value at (gamma, eta) is the seed mean of each run's tail-mean loss at the budget
     from gammadb.analysis._common import load_runs
 
@@ -184,3 +185,28 @@ def test_broken_law_shown_only_when_aic_says_it_fits_better():
     better, why = broken_beats_lines(g, g**1.5, BrokenPowerLaw(1.0, 2.0, 1.0, 1.0, 9), [(1.0, 1.5, 0.01, 100.0)])
     assert not better and why.startswith("not shown: it fits no better than one straight line")
     assert aic(np.array([0.1, -0.1]), 2) == pytest.approx(2 * np.log(0.01) + 4)
+
+
+def _legends(chart) -> tuple[int, int, int]:
+    """(gradient legends, symbol entries, legend titles) of the chart as vl-convert draws it."""
+    svg = vl_convert.vegalite_to_svg(chart_spec(chart))
+    return svg.count("<linearGradient"), svg.count("role-legend-symbol"), svg.count("role-legend-title")
+
+
+vl_convert = pytest.importorskip("vl_convert")
+
+
+def test_gamma_legends_are_one_gradient_as_drawn(store):
+    """Bands (fill) under lines (stroke), plus plateau marks and eta* points: Vega-Lite merged their
+    legends into a list of dots cut off after 30 entries (curves), or into no legend at all (the
+    U-curve, the faceted metric chart); each now draws one gamma gradient, and a faceted chart one
+    legend, not one a panel."""
+    chart, _ = curves_figure(store, "demo")
+    gradients, symbols, titles = _legends(chart)
+    assert gradients >= 1 and (symbols, titles) == (3, 2)  # gamma, a gradient; eta, its 3 dash patterns
+    chart, _ = lr_curve_figure(store, "demo")
+    gradients, _, titles = _legends(chart)
+    assert gradients >= 1 and titles == 2  # gamma and the eta* / diverged markers
+    chart, _ = metric_figure(store, "demo", metric="loss", facet="eta")
+    gradients, symbols, titles = _legends(chart)
+    assert gradients >= 1 and symbols == 0 and titles == 1

@@ -119,6 +119,8 @@ def test_report_reads_each_loss_series_once_and_finds_plateaus_once(url, monkeyp
     real_detect = plateaus.detect_plateaus
     monkeypatch.setattr(plateaus, "detect_plateaus", lambda *a, **k: detects.append(1) or real_detect(*a, **k))
     with Store.open(url) as store:
+        with store.engine.begin() as conn:  # what earlier tests cached (tests/store/test_bucket_cache.py)
+            conn.exec_driver_sql("DELETE FROM series_buckets")
         loss = store.metric_id("loss")
         reads: list[int] = []
         real = store.values_frame

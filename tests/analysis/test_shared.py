@@ -36,6 +36,9 @@ def reads(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]
         return real(run_ids, *args, **kwargs)
 
     monkeypatch.setattr(store, "values_frame", values_frame)
+    # the store's own cache of buckets (tests/store/test_bucket_cache.py) stays empty: these tests
+    # count what the in-process scope reads
+    monkeypatch.setattr(store, "cache_buckets", lambda *args, **kwargs: False)
     return seen
 
 

@@ -150,8 +150,8 @@ def test_plot_curves_spec(url, tmp_path):
     assert marks[:2] == ["area", "line"] and "rule" in marks and "point" in marks  # plateau bars, drop marks
     line = layers[1]["encoding"]
     assert line["x"]["field"] == "tau" and line["x"]["scale"]["type"] == "log"
-    assert line["y"]["scale"]["type"] == "log" and line["color"] == {**line["color"], "field": "gamma", "type": "quantitative"}
-    assert line["color"]["scale"]["type"] == "log"  # gamma grids are log-spaced
+    assert line["y"]["scale"]["type"] == "log" and line["stroke"] == {**line["stroke"], "field": "gamma", "type": "quantitative"}
+    assert line["stroke"]["scale"]["type"] == "log"  # gamma grids are log-spaced
     data = next(iter(spec["datasets"].values()))
     assert {d["gamma"] for d in data} == {100.0, 1000.0}
     assert_tau_is_eta_t_over_gamma(spec, at_least=2)  # the curves and the plateau/drop marks
@@ -182,7 +182,7 @@ def test_plot_collapse_and_metric(url, tmp_path):
               "--out", str(out))
     assert res.exit_code == 0, res.output
     spec = json.loads(out.read_text())
-    assert spec["facet"]["field"] == "eta" and spec["spec"]["layer"][1]["encoding"]["color"]["field"] == "layer"
+    assert spec["facet"]["field"] == "eta" and spec["spec"]["layer"][1]["encoding"]["stroke"]["field"] == "layer"
     assert "layers [1, 2]" in res.stdout
     out = tmp_path / "sh.svg"
     res = run("plot", "metric", "--sweep", "demo", "--url", url, "--metric", "sharpness", "--where", "eta = 0.1",

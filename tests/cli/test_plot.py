@@ -34,7 +34,7 @@ def test_plot_lr_curve(url, tmp_path):
     spec = json.loads(out.read_text())
     line = next(la for la in spec["layer"] if la["mark"]["type"] == "line")["encoding"]
     assert (line["x"]["field"], line["y"]["field"]) == ("eta", "loss")
-    assert line["x"]["scale"]["type"] == line["y"]["scale"]["type"] == line["color"]["scale"]["type"] == "log"
+    assert line["x"]["scale"]["type"] == line["y"]["scale"]["type"] == line["stroke"]["scale"]["type"] == "log"
     res = runner.invoke(APP, ["plot", "lr-curve", "--sweep", "demo", "--url", url, "--budget", "100",
                               "--out", str(tmp_path / "lr.png")])
     assert res.exit_code == 0 and "at step 100" in res.stdout

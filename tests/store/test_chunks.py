@@ -172,7 +172,7 @@ def test_0004_moves_a_store_written_at_0003_and_back(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{path}", check=False)
     try:
         assert store.current_revision() == "0003"
-        store.upgrade()
+        store.upgrade("0004")
         assert store.current_revision() == "0004"
         for sql, rows in before.items():
             assert _rows(path, sql) == rows, sql
@@ -217,7 +217,7 @@ def test_0004_on_postgresql(pg_url: str) -> None:
 
         before = {sql: rows(sql) for sql in (SERIES_SQL, LOSS_SQL, VALUES_SQL)}
         assert len(before[VALUES_SQL]) == 5221
-        store.upgrade()
+        store.upgrade("0004")
         for sql, want in before.items():
             assert rows(sql) == want, sql
         store.downgrade("0003")

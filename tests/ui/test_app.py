@@ -107,7 +107,7 @@ def test_charts_come_from_the_analysis_builders(client: TestClient) -> None:
     assert "phase" in json.dumps(phase["spec"]) and "step 50" in phase["caption"]
     curves = client.get(f"/api/sweeps/{SWEEP}/charts/curves").json()
     layer = curves["spec"]["layer"][1]
-    assert layer["encoding"]["color"]["field"] == "gamma" and layer["encoding"]["x"]["scale"]["type"] == "log"
+    assert layer["encoding"]["stroke"]["field"] == "gamma" and layer["encoding"]["x"]["scale"]["type"] == "log"
     assert any("bind" in p for p in curves["spec"].get("params", []) + layer.get("params", []))  # zoomable
 
     run_id = client.get(f"/api/sweeps/{SWEEP}").json()["run_steps"][0][0]

@@ -1,0 +1,104 @@
+"""The cache of bucketed series: ``series_buckets`` rows, valid while their version is the series' own.
+
+A series' version (``series_versions``) is bumped by triggers on every write of its chunks (migration
+0005), in the writer's own transaction. A reader therefore reads the versions *before* the series
+it reduces: whatever it then reads is at least as new as the version it stores with the result, so a
+cache row can be older than it claims (it is recomputed at the next read) but never newer, and a
+row whose version differs from the current one is never served. The blobs are opaque here (their
+layout belongs to :mod:`gammadb.analysis.downsample`).
+
+Filling the cache is best effort: a read-only store, a store locked by a writer for more than a
+moment, or a run deleted meanwhile only means the next read computes again; it is never an error.
+Runs still running are not cached (their next chunk would make the row stale at once).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from gammadb.errors import GammadbError
+from gammadb.records import RunStatus
+from gammadb.store.engine import _chunks
+
+_IN = 900  # ids per IN list (SQLite's default limit of bound parameters is 999 on old builds)
+CACHE_WRITE_WAIT_MS = 250  # how long a cache write waits for a writer's lock before giving up
+
+
+class BucketCacheMixin:
+    """Reads and writes of ``series_buckets`` for :class:`gammadb.store.Store`."""
+
+    read_only: bool
+
+    def cached_buckets(self, run_ids: Sequence[int], metric_id: int, per_decade: int,
+                       layout: int) -> tuple[dict[int, bytes], dict[int, int]]:
+        """The cached blobs of ``run_ids`` on this grid that are current ({run_id: blob}), and the
+        current version of each other run whose result may be cached once computed ({run_id:
+        version}: runs with a stored series that are not running). Read before the series itself."""
+        p = "?" if self.backend == "sqlite" else "%s"
+        hits: dict[int, bytes] = {}
+        versions: dict[int, int] = {}
+        conn = self.raw_connection(read_only=True)
+        try:
+            cur = conn.cursor(binary=True) if self.backend == "postgresql" else conn.cursor()
+            for part in _chunks(sorted({int(r) for r in run_ids}), _IN):
+                cur.execute(
+                    "SELECT v.run_id, v.version, r.status, "
+                    f"CASE WHEN b.version = v.version AND b.layout = {p} THEN b.buckets END "
+                    "FROM series_versions v JOIN runs r ON r.id = v.run_id "
+                    f"LEFT JOIN series_buckets b ON b.run_id = v.run_id AND b.metric_id = v.metric_id AND b.per_decade = {p} "
+                    f"WHERE v.metric_id = {p} AND v.run_id IN ({', '.join([p] * len(part))})",
+                    (layout, per_decade, metric_id, *part))
+                for run_id, version, status, blob in cur.fetchall():
+                    if blob is not None:
+                        hits[int(run_id)] = bytes(blob)
+                    elif status != RunStatus.RUNNING.value:
+                        versions[int(run_id)] = int(version)
+            cur.close()
+        finally:
+            conn.close()
+        return hits, versions
+
+    def cache_buckets(self, metric_id: int, per_decade: int, layout: int,
+                      rows: Sequence[tuple[int, int, bytes]]) -> bool:
+        """Store ``rows`` (run_id, version, blob) in one transaction, keeping a newer row another
+        reader stored meanwhile. Best effort: False (and nothing written) where the store refuses."""
+        if not rows or self.read_only:
+            return False
+        postgres = self.backend == "postgresql"
+        p = "%s" if postgres else "?"
+        sql = ("INSERT INTO series_buckets (run_id, metric_id, per_decade, layout, version, buckets) "
+               f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (run_id, metric_id, per_decade) DO UPDATE "
+               "SET layout = excluded.layout, version = excluded.version, buckets = excluded.buckets "
+               "WHERE series_buckets.version <= excluded.version")
+        params = [(int(r), metric_id, per_decade, layout, int(v), blob) for r, v, blob in rows]
+        try:
+            conn = self.raw_connection()
+        except GammadbError:  # the store's next real use says why, if it matters
+            return False
+        try:
+            if postgres:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = '{CACHE_WRITE_WAIT_MS}ms'")
+                    conn.cursor().executemany(sql, params)
+            else:
+                conn.execute(f"PRAGMA busy_timeout = {CACHE_WRITE_WAIT_MS}")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(sql, params)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            return True
+        except _driver_errors():
+            return False
+        finally:
+            conn.close()
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
