@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import html
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ class Page:
 
     def __init__(self, static: bool) -> None:
         self.static = static
-        self.specs: list[tuple[str, dict[str, Any]]] = []
+        self.specs: list[tuple[str, str]] = []  # (div id, Vega-Lite spec as JSON text)
         self.sections: list[Section] = []
 
     def section(self, sid: str, title: str) -> Section:
@@ -48,9 +49,9 @@ class Page:
         return s
 
     def chart(self, sec: Section, chart: Any, caption: str = "") -> None:
-        from gammadb.analysis.charts_export import chart_spec
+        from gammadb.analysis.charts_export import chart_json
 
-        spec = chart_spec(chart)
+        spec = chart_json(chart)
         cap = f"<p class='caption'>{html.escape(caption)}</p>" if caption else ""
         if self.static:
             import vl_convert as vlc
@@ -137,10 +138,10 @@ def render(page: Page, store: "Store", sweep: str, runs: pl.DataFrame) -> str:
         body.append(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>{notes}{''.join(s.blocks)}</section>")
     script = ""
     if page.specs and not page.static:
-        from gammadb.analysis.charts_export import script_json, vega_bundle
+        from gammadb.analysis.charts_export import script_safe, vega_bundle
 
         bundle = vega_bundle()
-        specs = script_json({div: spec for div, spec in page.specs})
+        specs = script_safe("{" + ",".join(f"{json.dumps(div)}:{spec}" for div, spec in page.specs) + "}")
         script = (f"<script type='text/javascript'>{bundle}</script>\n"
                   f"<script type='text/javascript'>\nconst SPECS = {specs};\n"
                   "for (const [id, spec] of Object.entries(SPECS)) {\n"
