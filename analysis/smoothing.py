@@ -8,6 +8,7 @@ the loss, or the metric itself).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -34,6 +35,26 @@ def smooth_log_curve(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, *, bandwid
     n = np.asarray(n, float)
     if log_t.size == 0:
         return log_t, y
+    w, wdx, s0, s1, s2, det, ok = _kernel(log_t.tobytes(), n.tobytes(), float(bandwidth), int(min_samples),
+                                          float(max_bandwidth))
+    t0, t1 = w @ y, wdx @ y
+    smooth = np.where(ok, (s2 * t0 - s1 * t1) / np.where(ok, det, 1.0), t0 / s0)
+    if grid is None or log_t.size == 1:
+        return log_t, smooth
+    gx = np.arange(log_t[0], log_t[-1], grid)
+    if gx.size == 0 or gx[-1] < log_t[-1]:
+        gx = np.append(gx, log_t[-1])
+    return gx, np.interp(gx, log_t, smooth)
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel(log_t_bytes: bytes, n_bytes: bytes, bandwidth: float, min_samples: int,
+            max_bandwidth: float) -> tuple[np.ndarray, ...]:
+    """The local-linear fit's weights and moments for bucket positions and counts (float64 bytes):
+    they depend on neither the values nor the run, so the runs of a sweep that log the same steps
+    (nearly all of them) share one (read-only arrays: the cache hands the same ones to every caller)."""
+    log_t = np.frombuffer(log_t_bytes, dtype=float)
+    n = np.frombuffer(n_bytes, dtype=float)
     dx = log_t[None, :] - log_t[:, None]
     d = np.abs(dx)
     h = np.clip(_reach(d, n, bandwidth, min_samples), bandwidth, max_bandwidth)
@@ -42,16 +63,12 @@ def smooth_log_curve(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, *, bandwid
     # comes out unbiased even where the window is wide or one-sided (early steps, the curve's ends).
     wdx = w * dx
     s0, s1, s2 = w.sum(axis=1), wdx.sum(axis=1), (wdx * dx).sum(axis=1)
-    t0, t1 = w @ y, wdx @ y
     det = s0 * s2 - s1 * s1
     ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
-    smooth = np.where(ok, (s2 * t0 - s1 * t1) / np.where(ok, det, 1.0), t0 / s0)
-    if grid is None or log_t.size == 1:
-        return log_t, smooth
-    gx = np.arange(log_t[0], log_t[-1], grid)
-    if gx.size == 0 or gx[-1] < log_t[-1]:
-        gx = np.append(gx, log_t[-1])
-    return gx, np.interp(gx, log_t, smooth)
+    out = (w, wdx, s0, s1, s2, det, ok)
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def _reach(d: np.ndarray, n: np.ndarray, bandwidth: float, min_samples: int) -> np.ndarray:

@@ -55,3 +55,39 @@ def test_only_windows_short_of_min_samples_are_sorted() -> None:
     x, n = np.linspace(0, 2, 201), np.ones(201)  # 11 points a window: all short of 16, all sorted
     d = np.abs(x[:, None] - x[None, :])
     assert np.array_equal(_reach(d, n, 0.05, 16), full_sort_reach(d, n, 16))
+
+
+def _direct(log_t: np.ndarray, y: np.ndarray, n: np.ndarray, bandwidth: float, min_samples: int,
+            max_bandwidth: float) -> np.ndarray:
+    """The fit at the bucket positions computed from scratch, as before the kernel was shared."""
+    from gammadb.analysis.smoothing import _reach
+
+    dx = log_t[None, :] - log_t[:, None]
+    d = np.abs(dx)
+    h = np.clip(_reach(d, n, bandwidth, min_samples), bandwidth, max_bandwidth)
+    w = n[None, :] * np.exp(-0.5 * (d / h[:, None]) ** 2)
+    wdx = w * dx
+    s0, s1, s2 = w.sum(axis=1), wdx.sum(axis=1), (wdx * dx).sum(axis=1)
+    t0, t1 = w @ y, wdx @ y
+    det = s0 * s2 - s1 * s1
+    ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
+    return np.where(ok, (s2 * t0 - s1 * t1) / np.where(ok, det, 1.0), t0 / s0)
+
+
+def test_runs_that_log_the_same_steps_share_one_kernel_bit_for_bit() -> None:
+    from gammadb.analysis import smoothing
+
+    rng = np.random.default_rng(3)
+    log_t = np.sort(rng.uniform(0, 4, 120))
+    n = rng.integers(1, 50, 120).astype(float)
+    smoothing._kernel.cache_clear()
+    for k in range(6):
+        y = rng.normal(size=120).cumsum() * 0.05 - k
+        _, got = smooth_log_curve(log_t, y, n, bandwidth=0.05, min_samples=16, grid=None)
+        assert np.array_equal(got, _direct(log_t, y, n, 0.05, 16, 0.5))
+    info = smoothing._kernel.cache_info()
+    assert (info.misses, info.hits) == (1, 5)
+    other_n = n.copy()
+    other_n[7] += 1  # other counts: another kernel, not the cached one
+    y = rng.normal(size=120)
+    assert np.array_equal(smooth_log_curve(log_t, y, other_n, grid=None)[1], _direct(log_t, y, other_n, 0.05, 16, 0.5))
