@@ -60,17 +60,29 @@ class RunTable:
 def load_runs(store: "Store", sweep: str, *, budget: Optional[int] = None, want_min: bool = False,
               want_max: bool = False, want_test: bool = False, force_sql: bool = False) -> RunTable:
     """Read the per-run table of ``sweep`` at ``budget`` (default: the last step that every
-    non-diverged run reached). Raises AnalysisError when the data cannot support it."""
-    store.get_sweep(sweep)  # NotFoundError with the known sweeps
+    non-diverged run reached). Raises AnalysisError when the data cannot support it. Read once per
+    page for the same arguments (:func:`gammadb.analysis.shared.shared_reads`: the report's claims,
+    eta* and U-curve read the same table); the table is shared, so callers derive frames from it and
+    never change it in place."""
+    from gammadb.analysis.shared import shared_result
+
+    return shared_result(store, ("load_runs", sweep, budget, want_min, want_max, want_test, force_sql),
+                         lambda: _load_runs(store, sweep, budget=budget, want_min=want_min, want_max=want_max,
+                                            want_test=want_test, force_sql=force_sql))
+
+
+def _load_runs(store: "Store", sweep: str, *, budget: Optional[int], want_min: bool, want_max: bool,
+               want_test: bool, force_sql: bool) -> RunTable:
+    from gammadb.analysis.shared import shared_result, sweep_record
+
+    sweep_record(store, sweep)  # NotFoundError with the known sweeps
     if store.metric_id(LOSS) is None:
         raise AnalysisError("the store has no training-loss series (metric 'loss'): nothing to analyse")
     # The initial loss is the reference for "trained" and "left the plateau". One minibatch's loss is
     # a noisy estimate of it (seen: 0.62 against a plateau at 0.99 with B = 32), so where the held-out
     # test loss was measured at the first step (f = 0 there, for every run) it is used, divided by the
     # run's test_loss_scale (``_with_initial_loss``).
-    from gammadb.analysis.shared import shared_result
-
-    # read once per page (the report's claims, eta* and phases each load the runs)
+    # read once per page (the phases' table, with the max loss, is another table of the same runs)
     runs = shared_result(store, ("finished_runs_with_loss_ends", sweep),
                          lambda: store.finished_runs_with_loss_ends(sweep))
     if runs.is_empty():

@@ -59,7 +59,9 @@ def cell_rects(cells: pl.DataFrame) -> pl.DataFrame:
         elo, ehi = _log_edges(etas)
         parts.append(pl.DataFrame({"gamma": [gamma] * len(etas), "eta": etas, "eta_lo": elo, "eta_hi": ehi}))
     e_edges = pl.concat(parts)
-    return cells.join(g_edges, on="gamma").join(e_edges, on=["gamma", "eta"])
+    # in the cells' order: a chart's data (and the page holding it) is the same from one run to the next
+    return (cells.join(g_edges, on="gamma", maintain_order="left")
+            .join(e_edges, on=["gamma", "eta"], maintain_order="left"))
 
 
 def _group_title(group: dict[str, Any]) -> str:
@@ -347,15 +349,13 @@ def lr_curve_chart(result: "OptimalLr", seeds: Optional[pl.DataFrame] = None,
 
 def lr_curve_figure(store: Any, sweep: str, *, budget: Optional[int] = None,
                     settings: Optional[Any] = None) -> tuple["alt.Chart", dict[str, Any]]:
-    """The U-curve of ``sweep`` (its largest group of comparable runs) at ``budget``, and a summary."""
+    """The U-curve of ``sweep`` (its largest group of comparable runs) at ``budget``, and a summary.
+    The analysis is the page's own (:func:`gammadb.analysis.optimal_lr.analysis`: eta_conv's scan
+    window is the sweep's, which the curve does not draw)."""
     from gammadb.analysis import optimal_lr
-    from gammadb.analysis._common import load_runs
 
     s = settings or optimal_lr.Settings()
-    s.check()
-    table = load_runs(store, sweep, budget=budget, want_min=s.criterion.value == "min",
-                      want_test=s.criterion.value == "test")
-    res = optimal_lr.analyze_runs(table, sweep, s)
+    table, res = optimal_lr.analysis(store, sweep, budget=budget, settings=s)
     seeds = optimal_lr.with_value(table.frame, s.criterion).select("gamma", "eta", "value", "diverged")
     gi = _largest_group(res)
     chart = lr_curve_chart(res, seeds, gi)

@@ -157,18 +157,19 @@ def verdict(store: Any, sweep: str, *, budget: Optional[int] = None, tolerance: 
 
     if largest not in ("eta_max", "eta_conv"):
         raise InvalidSpecError(f"largest must be eta_max or eta_conv, got {largest!r}")
-    sweep_rec = store.get_sweep(sweep)  # NotFoundError with the known sweeps
+    from gammadb.analysis.shared import sweep_record
+
+    sweep_rec = sweep_record(store, sweep)  # NotFoundError with the known sweeps
     settings = olr.Settings(small_max=small_max, large_min=large_min, n_boot=n_boot, seed=seed,
                             decades_below=olr.scan_decades(sweep_rec.spec))
     settings.check()
-    grid = SweepGrid.read(store, sweep, sweep_rec.spec)
+    grid = olr.sweep_grid(store, sweep)
     rows: list[ClaimRow] = []
     budget_step: Optional[int] = None
     try:
-        from gammadb.analysis._common import load_runs
-
-        table = load_runs(store, sweep, budget=budget)
-        lr = olr.analyze_runs(table, sweep, settings)
+        # the page's own optimal-lr analysis where its settings are these (the dashboard's claims and
+        # eta* chart); the report asks for fewer bootstrap draws here: an analysis of its own
+        table, lr = olr.analysis(store, sweep, budget=budget, settings=settings)
         budget_step = lr.budget_step
     except AnalysisError as exc:
         why = f"optimal-lr: {exc}"
@@ -396,8 +397,9 @@ def _collapse_rows(store: Any, sweep: str, grid: "SweepGrid", gamma_min: float, 
     need = grid.needs().cover_gammas(gamma_min, 100 * gamma_min, grid.depth)
     try:
         from gammadb.analysis.collapse import analyze_collapse
+        from gammadb.analysis.shared import shared_call
 
-        rep = analyze_collapse(store, sweep, gamma_min=gamma_min)
+        rep = shared_call(analyze_collapse, store, sweep, gamma_min=gamma_min)  # the report's collapse section's
     except AnalysisError as exc:
         return [_untestable("e", _CLAIM_E, 4, "", "s ~ gamma^-1", f"collapse: {exc}", need.command(), -1.0)]
     f = rep.fit

@@ -176,13 +176,51 @@ class OptimalLr:
 
 def analyze(store: Any, sweep: str, *, budget: Optional[int] = None, settings: Settings = Settings()) -> OptimalLr:
     """Read ``sweep`` at ``budget`` (one row per run, aggregated in SQL) and analyse it; eta_conv's
-    scan window is the sweep's own unless ``settings`` sets one."""
+    scan window is the sweep's own unless ``settings`` sets one. Each missing fit's reason ends with
+    the flags that would fill it. Computed once per page (:func:`analysis`)."""
+    from gammadb.analysis.shared import shared_result
+
+    settings = sweep_settings(store, sweep, settings)
+
+    def build() -> OptimalLr:
+        res = analysis(store, sweep, budget=budget, settings=settings)[1]
+        points, fits = with_fills(res.points, res.fits, res.cells, res.groups, sweep_grid(store, sweep), settings)
+        return dataclasses.replace(res, points=points, fits=fits)
+
+    return shared_result(store, ("optimal_lr.analyze", sweep, budget, settings), build)
+
+
+def sweep_grid(store: Any, sweep: str) -> SweepGrid:
+    """The sweep as it stands (:meth:`SweepGrid.read`), read once per page."""
+    from gammadb.analysis.shared import shared_result, sweep_record
+
+    return shared_result(store, ("SweepGrid", sweep),
+                         lambda: SweepGrid.read(store, sweep, sweep_record(store, sweep).spec))
+
+
+def sweep_settings(store: Any, sweep: str, settings: Settings = Settings()) -> Settings:
+    """``settings``, checked, with eta_conv's scan window the sweep's own where it sets none."""
+    from gammadb.analysis.shared import sweep_record
+
     settings.check()
     if settings.decades_below is None:
-        settings = dataclasses.replace(settings, decades_below=scan_decades(store.get_sweep(sweep).spec))
+        settings = dataclasses.replace(settings, decades_below=scan_decades(sweep_record(store, sweep).spec))
+    return settings
+
+
+def analysis(store: Any, sweep: str, *, budget: Optional[int] = None,
+             settings: Settings = Settings()) -> tuple[RunTable, OptimalLr]:
+    """The per-run table of ``sweep`` at ``budget`` and its analysis (:func:`analyze_runs`, without
+    the reasons' fills), computed once per page within :func:`gammadb.analysis.shared.shared_reads`:
+    the claims verdict, the eta* charts and tables and the U-curve of one page ask for the same.
+    Both are shared: derive new frames from them, never change them in place."""
+    from gammadb.analysis.shared import shared_result
+
+    settings = sweep_settings(store, sweep, settings)
     table = load_runs(store, sweep, budget=budget, want_min=settings.criterion == Criterion.min,
                       want_test=settings.criterion == Criterion.test)
-    return analyze_runs(table, sweep, settings, grid=SweepGrid.read(store, sweep, store.get_sweep(sweep).spec))
+    return table, shared_result(store, ("optimal_lr.analyze_runs", sweep, budget, settings),
+                                lambda: analyze_runs(table, sweep, settings))
 
 
 def analyze_runs(table: RunTable, sweep: str, settings: Settings = Settings(),

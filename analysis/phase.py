@@ -77,9 +77,16 @@ def _col(phase: str) -> str:
 
 def analyze(store: "Store", sweep: str, *, budget: Optional[int] = None, threshold: float = LEFT_PLATEAU,
             spike: float = 2.0) -> PhaseMap:
+    """The phase map of ``sweep`` at ``budget``, once per page (:func:`gammadb.analysis.shared.shared_reads`)."""
+    from gammadb.analysis.shared import shared_result
+
     _check(threshold, spike)
-    table = load_runs(store, sweep, budget=budget, want_max=True)
-    return phase_map(table.frame, sweep, table.budget_step, threshold=threshold, spike=spike)
+
+    def build() -> PhaseMap:
+        table = load_runs(store, sweep, budget=budget, want_max=True)
+        return phase_map(table.frame, sweep, table.budget_step, threshold=threshold, spike=spike)
+
+    return shared_result(store, ("phase.analyze", sweep, budget, threshold, spike), build)
 
 
 def _check(threshold: float, spike: float) -> None:

@@ -66,9 +66,10 @@ def _guard(page: Page, sec: Section, what: str, fn: Callable[[], None]) -> None:
 # ---------------------------------------------------------------------------------------- sections
 def _spec_section(page: Page, store: "Store", sweep: str, runs: pl.DataFrame) -> None:
     from gammadb.analysis.etas import group_columns
+    from gammadb.analysis.shared import sweep_record
 
     sec = page.section("spec", "What was run")
-    rec = store.get_sweep(sweep)
+    rec = sweep_record(store, sweep)
     page.text(sec, f"Sweep {rec.name!r}, created {rec.created_at:%Y-%m-%d %H:%M} UTC with gammadb "
                    f"{rec.code_version}; {runs.height} runs.")
     status = runs.group_by("status").agg(pl.len().alias("runs")).sort("status")
@@ -121,18 +122,12 @@ def _summary_section(page: Page, store: "Store", sweep: str, include_lr: bool) -
     _guard(page, sec, "eta* and U-curves", lr)
 
 
-_LR_CACHE: dict[tuple[int, str], Any] = {}
-
-
 def _lr_result(store: "Store", sweep: str) -> Any:
-    """The optimal-lr analysis, computed once per page (summary and its own section share it)."""
+    """The optimal-lr analysis, computed once per page (the summary, the U-curve and the eta* section
+    share it, within the page's :func:`gammadb.analysis.shared.shared_reads`)."""
     from gammadb.analysis import optimal_lr
 
-    key = (id(store), sweep)
-    if key not in _LR_CACHE:
-        _LR_CACHE.clear()
-        _LR_CACHE[key] = optimal_lr.analyze(store, sweep)
-    return _LR_CACHE[key]
+    return optimal_lr.analyze(store, sweep)
 
 
 def broken_law_text(res: Any, group_idx: int) -> str:
@@ -270,11 +265,12 @@ def _plateau_body(page: Page, sec: Section, rep: Any) -> None:
 def _collapse_section(page: Page, store: "Store", sweep: str, gamma_min: Optional[float]) -> None:
     from gammadb.analysis.charts_curves import collapse_figure
     from gammadb.analysis.collapse import analyze_collapse
+    from gammadb.analysis.shared import shared_call
 
     sec = page.section("collapse", "Trajectory collapse: tau = eta t / gamma")
 
     def go() -> None:
-        rep = analyze_collapse(store, sweep, along="fixed", gamma_min=gamma_min)
+        rep = shared_call(analyze_collapse, store, sweep, along="fixed", gamma_min=gamma_min)  # and the claims'
         fam = rep.family
         page.chart(sec, collapse_figure(rep),
                    f"runs at eta = {fmt(fam.get('eta'))}, gamma >= {fmt(gamma_min)}: raw steps, the theory's tau, "
@@ -334,7 +330,6 @@ def _build_report(store: "Store", sweep: str, *, static: bool, gamma_min: Option
 
     runs = store.runs_frame(sweep)
     page = Page(static)
-    _LR_CACHE.clear()
     # the plateaus of every run, found before the claims: their plateau claim takes its scaling from here
     plateau_rep, plateau_error = None, None
     try:
@@ -369,7 +364,6 @@ def _build_report(store: "Store", sweep: str, *, static: bool, gamma_min: Option
     _plateau_section(page, plateau_rep, plateau_error)
     _collapse_section(page, store, sweep, gamma_min)
     _metric_sections(page, store, sweep, family_ids)
-    _LR_CACHE.clear()
     return render(page, store, sweep, runs), page.sections
 
 

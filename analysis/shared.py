@@ -4,7 +4,8 @@ thing once.
 
 What is shared is what several of them ask for with the same arguments: the bucketed series
 (:func:`gammadb.analysis.downsample.bucketed_series` keeps them here), a store read such as the
-finished runs of a sweep, an analysis such as the plateaus that both the claims and the report draw.
+finished runs of a sweep, an analysis such as the plateaus, the optimal-lr analysis or the collapse that
+both the claims and the report draw.
 Nothing outlives the block unless the caller keeps the :class:`Scope` (the dashboard keeps one per
 state of a sweep, under the key its charts are cached by), so nothing is served after the store has
 changed. Outside a block every call reads and computes afresh, as it always did.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
@@ -77,3 +79,27 @@ def shared_result(store: "Store", key: Hashable, build: Callable[[], T]) -> T:
     """``build()``, once per ``key`` within :func:`shared_reads` of ``store``; every time outside it."""
     scope = scope_of(store)
     return build() if scope is None else scope.result(key, build)
+
+
+def sweep_record(store: "Store", sweep: str) -> Any:
+    """``store.get_sweep(sweep)`` (its spec and version), read once per page."""
+    return shared_result(store, ("get_sweep", sweep), lambda: store.get_sweep(sweep))
+
+
+def shared_call(fn: Callable[..., T], store: "Store", *args: Any, **kwargs: Any) -> T:
+    """``fn(store, *args, **kwargs)``, once per page for equal arguments: an analysis that lives in a
+    module of its own and that two sections ask for (the claims and the report's collapse section).
+    Arguments are compared after ``fn``'s defaults are filled in, so ``f(store, s)`` and
+    ``f(store, s, along="fixed")`` share when ``along`` defaults to "fixed"; a call with an unhashable
+    argument (a list) is not shared."""
+    scope = scope_of(store)
+    if scope is None:
+        return fn(store, *args, **kwargs)
+    bound = inspect.signature(fn).bind(store, *args, **kwargs)
+    bound.apply_defaults()
+    key = ("shared_call", fn.__module__, fn.__qualname__, tuple(bound.arguments.items())[1:])
+    try:
+        hash(key)
+    except TypeError:
+        return fn(store, *args, **kwargs)
+    return scope.result(key, lambda: fn(store, *args, **kwargs))
