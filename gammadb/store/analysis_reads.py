@@ -27,12 +27,22 @@ _IN_CHUNK = 900  # bound parameters per IN (...) list: under SQLite's and Postgr
 class AnalysisReadsMixin:
     """Reads of :class:`gammadb.store.Store` for :mod:`gammadb.analysis`."""
 
+    _metric_ids: dict[MetricKey, int]
+
     # ------------------------------------------------------------------ metric catalogue
     def metric_id(self, name: str, layer: int = 0) -> Optional[int]:
         """The id of the stored series (name, layer), or None when the store has none (never creates
-        one, unlike :meth:`metric_ids`)."""
+        one, unlike :meth:`metric_ids`). A found id is kept for the store's life (ids never change;
+        one read a lookup costs a new connection, 30-80 ms on PostgreSQL); a missing one is asked
+        again, since a writer may create it."""
+        key = MetricKey(name, int(layer))
+        if key in self._metric_ids:
+            return self._metric_ids[key]
         df = self.read("SELECT id FROM metrics WHERE name = ? AND layer = ?", [name, int(layer)])
-        return None if df.is_empty() else int(df["id"][0])
+        if df.is_empty():
+            return None
+        self._metric_ids[key] = int(df["id"][0])
+        return self._metric_ids[key]
 
     def metric_keys(self) -> pl.DataFrame:
         """Every series the store knows, sorted. Columns: name (String), layer (Int64)."""

@@ -219,3 +219,22 @@ def test_where_sql_renders_typed_conditions(conditions, sql, params) -> None:
 def test_where_sql_refuses_anything_but_a_run_condition(bad: Condition) -> None:
     with pytest.raises(ValueError):
         where_sql([bad])
+
+
+def test_metric_id_asks_the_store_once_for_a_found_series_and_again_for_a_missing_one(store, monkeypatch):
+    """A lookup costs a connection (30-80 ms on PostgreSQL) and a report makes about 30: found ids
+    are kept; a missing series is asked for again, since a writer may create it meanwhile."""
+    reads: list[str] = []
+    real = store.read
+    monkeypatch.setattr(store, "read", lambda sql, params=(): reads.append(sql) or real(sql, params))
+    assert store.metric_id("loss") is None and store.metric_id("loss") is None
+    assert len(reads) == 2
+    created = store.metric_ids([MetricKey("loss")])[MetricKey("loss")]
+    other = Store.open(store.url.render_as_string(hide_password=False))  # a fresh store object
+    try:
+        own = other.read
+        monkeypatch.setattr(other, "read", lambda sql, params=(): reads.append(sql) or own(sql, params))
+        assert other.metric_id("loss") == created and other.metric_id("loss", 0) == created
+        assert len(reads) == 3
+    finally:
+        other.close()
