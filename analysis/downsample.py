@@ -384,11 +384,13 @@ def seed_bands(buckets: pl.DataFrame, runs: pl.DataFrame, keys: Sequence[str]) -
 def rows_budget_per_decade(n_curves: int, decades: float, max_rows: int,
                            per_decade: int = DEFAULT_PER_DECADE) -> int:
     """The largest buckets-per-decade (<= ``per_decade``, >= 4) that keeps n_curves x decades x
-    per_decade under ``max_rows``: a chart of thousands of curves stays a few thousand rows."""
+    per_decade under ``max_rows``: a chart of thousands of curves stays a few thousand rows. It is a
+    divisor of ``per_decade`` where one fits (40: 40, 20, 10, 8, 5 or 4), so selections of any size
+    share a few grids, and the store caches a few bucketed series a run, not one per selection."""
     if n_curves <= 0 or decades <= 0:
         return per_decade
-    fit = int(max_rows / (n_curves * max(decades, 1.0)))
-    return max(4, min(per_decade, fit))
+    fit = max(4, min(per_decade, int(max_rows / (n_curves * max(decades, 1.0)))))
+    return next((d for d in range(fit, 3, -1) if per_decade % d == 0), fit)
 
 
 def _check_per_decade(per_decade: int) -> None:

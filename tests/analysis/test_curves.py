@@ -129,6 +129,11 @@ def test_sql_buckets_match_polars_and_keep_spikes(store):
     assert spiked.height == 1 and spiked["step_lo"][0] <= 12_345 <= spiked["step_hi"][0]
     assert rows_budget_per_decade(5000, 5, 20_000) == 4  # thousands of curves: fewer buckets, >= 4 a decade
     assert rows_budget_per_decade(10, 5, 20_000) == 40
+    # a divisor of the finest grid where one fits: few grids, whatever the selection (the store caches each)
+    assert rows_budget_per_decade(220, 4.1, 20_000) == 20  # 22 fits; 20 divides 40
+    assert {rows_budget_per_decade(n, 4.1, 20_000) for n in range(1, 3000)} == {40, 20, 10, 8, 5, 4}
+    assert rows_budget_per_decade(200, 4.1, 20_000, per_decade=7) == 7 and rows_budget_per_decade(
+        900, 4.1, 20_000, per_decade=7) == 5  # no divisor of 7 in 4..5: the fit as before
 
 
 # ---------------------------------------------------------------------------------------- where
