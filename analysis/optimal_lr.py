@@ -232,7 +232,7 @@ def analyze_runs(table: RunTable, sweep: str, settings: Settings = Settings(),
     groups, runs = index_groups(runs)
     cells, points, boots = optimal_points(runs, settings)
     fits = power_law_fits(points, boots, groups, settings)
-    broken = broken_fits(points, fits, groups)
+    broken = broken_fits(points, groups)
     if grid is not None:
         points, fits = with_fills(points, fits, cells, groups, grid, settings)
     return OptimalLr(sweep, table.budget_step, settings, table.source, groups, cells, points, fits, broken)
@@ -424,17 +424,13 @@ def _boot_matrix(boots: dict, gi: int, gammas: np.ndarray, target: str, n_boot: 
     return np.column_stack(cols) if cols else np.zeros((n_boot, 0))
 
 
-def broken_fits(points: pl.DataFrame, fits: pl.DataFrame, groups: pl.DataFrame) -> pl.DataFrame:
+def broken_fits(points: pl.DataFrame, groups: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for grp in groups.iter_rows(named=True):
         gi = grp["group_idx"]
         pts = points.filter((pl.col("group_idx") == gi) & pl.col("eta_star").is_not_null()
                             & ~pl.col("eta_star_censored"))
-        f = fits.filter((pl.col("group_idx") == gi) & (pl.col("target") == "eta_star"))
-        slope = {r["regime"]: r["exponent"] for r in f.iter_rows(named=True)}
-        bpl: BrokenPowerLaw = broken_power_law(pts["gamma"].to_numpy(), pts["eta_star"].to_numpy(),
-                                               slope_small=slope.get("small_gamma") or 2.0,
-                                               slope_large=slope.get("large_gamma") or 0.5)
+        bpl: BrokenPowerLaw = broken_power_law(pts["gamma"].to_numpy(), pts["eta_star"].to_numpy())
         rows.append(dict(group_idx=gi, slope_small=bpl.slope_small, slope_large=bpl.slope_large,
                          knee_gamma=bpl.knee, prefactor=bpl.prefactor, n_points=bpl.n_points,
                          reason=bpl.reason))

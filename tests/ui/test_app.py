@@ -429,5 +429,5 @@ def test_warm_up_loads_what_the_charts_need() -> None:
     from gammadb.ui.app import warm_up
 
     warm_up()
-    assert {"altair", "scipy.optimize", "scipy.stats"} <= set(sys.modules)
+    assert "altair" in sys.modules
     assert vega_bundle.cache_info().currsize == 1  # the bundle is in memory
