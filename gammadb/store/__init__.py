@@ -66,6 +66,16 @@ def _missing_file(url: URL) -> bool:
     return path.parent.is_dir() and not path.exists()
 
 
+def _abandon(session: Session) -> None:
+    """Roll back after an interrupt (Ctrl-C, SIGTERM) or an unexpected error. A connection the
+    interrupt left mid-command (inside a PostgreSQL ``COPY``) cannot roll back: it is dropped
+    instead, the server discards its transaction, and the interrupt goes on, not a driver error."""
+    try:
+        session.rollback()
+    except Exception:  # noqa: BLE001 - whatever the broken connection says, the original error wins
+        session.invalidate()
+
+
 class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsMixin, BucketCacheMixin,
             SummariesMixin):
     """An open experiment store. ``Store.open(url)`` checks (or creates) the schema."""
@@ -151,7 +161,7 @@ class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsM
             session.rollback()
             raise GammadbError(f"store error: {_one_line(exc)}") from None
         except BaseException:
-            session.rollback()
+            _abandon(session)
             raise
         finally:
             session.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+import numpy as np
 import polars as pl
 
 from gammadb.metrics import LOSS, TEST_LOSS, MetricKey
@@ -159,26 +160,53 @@ class AnalysisReadsMixin:
             return pl.DataFrame(schema=schema)
         metric = loss_id if loss_id is not None else -1
 
-        def last_of(frame: pl.DataFrame) -> pl.DataFrame:
-            return frame.group_by("run_id").agg(pl.col("step").last().alias("last_step"),
-                                                pl.col("value").last().fill_nan(None).alias("final_loss"))
+        def read(run_ids: Sequence[int], lo: Optional[int]) -> dict[str, np.ndarray]:
+            conn = self.raw_connection(read_only=True)
+            try:
+                return chunks.read_series(self.backend, conn, run_ids, [metric], lo=lo, hi=budget)
+            finally:
+                conn.close()
 
-        values = self.values_frame(ids, metric, lo=None if extremes else tail_after + 1, hi=budget)
+        def per_run(got: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """The runs of ``got`` (sorted by run, step), their first rows and their last rows."""
+            r = got["run_id"]
+            if r.size == 0:
+                return r, r, r
+            starts = np.flatnonzero(np.concatenate(([True], r[1:] != r[:-1])))
+            return r[starts], starts, np.append(starts[1:], r.size) - 1
+
+        def last_of(got: dict[str, np.ndarray]) -> pl.DataFrame:
+            runs, _, ends = per_run(got)
+            return pl.DataFrame({"run_id": runs, "last_step": got["step"][ends],
+                                 "final_loss": pl.Series(got["value"][ends], dtype=pl.Float64).fill_nan(None)},
+                                schema={"run_id": pl.Int64, "last_step": pl.Int64, "final_loss": pl.Float64})
+
+        # Per run, in numpy over the rows in (run, step) order: the last row, and the extremes
+        # (np.fmin/fmax skip NaN; a run of NaN only gives NaN, read as null). The tail's sums stay a
+        # polars group_by over the window's rows (its summation order is the one the results had).
+        got = read(ids, None if extremes else tail_after + 1)
+        in_tail = got["step"] > tail_after
+        values = pl.DataFrame({"run_id": got["run_id"][in_tail], "value": got["value"][in_tail]})
         not_nan = pl.col("value").filter(~pl.col("value").is_nan())
-        tail = (values.filter(pl.col("step") > tail_after).group_by("run_id")
-                .agg(not_nan.sum().alias("tail_sum"), not_nan.len().cast(pl.Int64).alias("tail_n"),
-                     pl.len().cast(pl.Int64).alias("tail_rows")))
-        last = last_of(values)
+        tail = values.group_by("run_id").agg(not_nan.sum().alias("tail_sum"), not_nan.len().cast(pl.Int64).alias("tail_n"),
+                                             pl.len().cast(pl.Int64).alias("tail_rows"))
+        last = last_of(got)
         missing = sorted(set(ids) - set(last["run_id"].to_list()))
         if missing:  # nothing in the tail window: the last step before it
-            last = pl.concat([last, last_of(self.values_frame(missing, metric, hi=budget))])
+            last = pl.concat([last, last_of(read(missing, None))])
         out = pl.DataFrame({"run_id": ids}, schema={"run_id": pl.Int64}).join(last, on="run_id", how="left")
         out = out.join(tail, on="run_id", how="left")
         if extremes:
-            ext = values.group_by("run_id").agg(
-                *([not_nan.min().alias("min_loss")] if want_min else []),
-                *([not_nan.max().alias("max_loss")] if want_max else []))
-            out = out.join(ext, on="run_id", how="left")
+            runs, starts, _ = per_run(got)
+            ext = {"run_id": runs}
+            with np.errstate(invalid="ignore"):
+                if want_min:
+                    ext["min_loss"] = pl.Series(np.fmin.reduceat(got["value"], starts) if runs.size else got["value"][:0],
+                                                dtype=pl.Float64).fill_nan(None)
+                if want_max:
+                    ext["max_loss"] = pl.Series(np.fmax.reduceat(got["value"], starts) if runs.size else got["value"][:0],
+                                                dtype=pl.Float64).fill_nan(None)
+            out = out.join(pl.DataFrame(ext).with_columns(pl.col("run_id").cast(pl.Int64)), on="run_id", how="left")
         return out.select(pl.col(c).cast(t) for c, t in schema.items())
 
     def _existing_runs(self, run_ids: Sequence[int]) -> list[int]:

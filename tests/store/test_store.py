@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from gammadb.errors import InvalidSpecError, NotFoundError
 from gammadb.metrics import LOSS, MetricKey
@@ -151,3 +152,29 @@ def test_a_read_only_store_is_never_created(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no gammadb store at"):
         Store.open(f"sqlite:///{path}", read_only=True)
     assert not path.exists()
+
+
+def test_an_interrupt_inside_a_copy_is_the_interrupt_and_the_store_stays_as_it_was(pg_url: str) -> None:
+    """Ctrl-C can land while a PostgreSQL COPY is open on the session's connection (an import's
+    chunks): that connection cannot roll back ("another command is already in progress"). The
+    interrupt must come out as itself, not as a driver error with a traceback (exit 130, not 1), the
+    transaction must be gone, and the store must work on."""
+    store = Store.open(pg_url)
+    try:
+        sweep = store.ensure_sweep("s", {})
+        with pytest.raises(KeyboardInterrupt):
+            with store.session_scope() as s:
+                s.execute(text("INSERT INTO sweeps (name, spec, code_version, created_at) "
+                               "VALUES ('half', '{}', 'x', now())"))
+                raw = s.connection().connection.dbapi_connection
+                raw.pgconn.send_query(b"COPY metric_chunks (run_id, metric_id, first_step, n, vals) FROM STDIN")
+                raise KeyboardInterrupt  # as the signal does, between the COPY's start and its end
+        assert store.sweeps_frame()["name"].to_list() == ["s"]  # 'half' was rolled back
+        (run,) = store.ensure_runs(sweep.id, [RunSpec(model="mlp", dataset="synthetic", loss_fn="mse",
+                                                      optimizer="sgd", depth=2, width=8, batch_size=4, gamma=1.0,
+                                                      eta=0.1, seed=0, dtype="float32", steps_planned=3, config={})])
+        with store.writer() as w:
+            w.log(run.id, 0, {MetricKey(LOSS): 1.0})
+        assert store.series([run.id])["value"].to_list() == [1.0]
+    finally:
+        store.close()
