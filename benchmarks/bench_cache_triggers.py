@@ -4,7 +4,7 @@
     GAMMADB_BENCH_PG_URL=postgresql+psycopg://... python benchmarks/bench_cache_triggers.py   # + 4 writers
 
 The ensemble-shaped stream of ``bench_store_layout.py`` (K members x 5 values a step, through
-``MetricWriter.log_block``) into fresh stores with the ``series_versions`` triggers on ``metric_chunks``
+``MetricWriter.log_block``) into fresh stores with the ``run_versions`` triggers on ``metric_chunks``
 and into stores where they were dropped, alternating, ``--rounds`` times each: the median values per
 second of each and their ratio, measured in this run. With ``GAMMADB_BENCH_PG_URL``, the same for 4
 writer processes into one PostgreSQL server (a fresh database each time).

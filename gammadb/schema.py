@@ -8,7 +8,7 @@ Layout, and why:
 - ``metrics`` is the dictionary of series names: (name, layer), layer 0 = whole model.
 - ``run_summaries`` caches per-run aggregates so sweep-wide questions need not scan every step.
 - ``series_buckets`` caches series reduced onto log-spaced step grids (what charts and the plateau
-  analysis read), checked against ``series_versions``, which triggers bump on every write of a series.
+  analysis read), checked against ``run_versions``, which triggers bump on every write of a run's series.
 """
 
 from __future__ import annotations
@@ -165,21 +165,21 @@ class FloatScale(Base):
     scale: Mapped[float] = mapped_column(Double)
 
 
-class SeriesVersion(Base):
-    """How many times each (run, metric) series has been written: triggers on ``metric_chunks`` (migration
-    0005) bump it on every insert, update and delete, so a derived cache can tell when it is stale."""
+class RunVersion(Base):
+    """How many times a run's series have been written: triggers on ``metric_chunks`` (migration 0005)
+    bump it on every insert, update and delete, so a derived cache can tell when it is stale."""
 
-    __tablename__ = "series_versions"
+    __tablename__ = "run_versions"
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    metric_id: Mapped[int] = mapped_column(SmallInteger, ForeignKey("metrics.id"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True,
+                                        autoincrement=False)
     version: Mapped[int] = mapped_column(BigInteger)
 
 
 class SeriesBuckets(Base):
     """A cache: one series of one run reduced onto a log-spaced grid of ``per_decade`` buckets a decade,
-    packed (``layout``: see :mod:`gammadb.analysis.downsample`), computed from the series at
-    ``version``; a row whose version is not the series' current one is stale and never read."""
+    packed (``layout``: see :mod:`gammadb.analysis.downsample`), computed from the series when the
+    run was at ``version``; a row whose version is not the run's current one is stale and never read."""
 
     __tablename__ = "series_buckets"
 

@@ -1,11 +1,11 @@
-"""The cache of bucketed series: ``series_buckets`` rows, valid while their version is the series' own.
+"""The cache of bucketed series: ``series_buckets`` rows, valid while their version is their run's.
 
-A series' version (``series_versions``) is bumped by triggers on every write of its chunks (migration
-0005), in the writer's own transaction. A reader therefore reads the versions *before* the series
-it reduces: whatever it then reads is at least as new as the version it stores with the result, so a
-cache row can be older than it claims (it is recomputed at the next read) but never newer, and a
-row whose version differs from the current one is never served. The blobs are opaque here (their
-layout belongs to :mod:`gammadb.analysis.downsample`).
+A run's version (``run_versions``) is bumped by triggers on every write of its series' chunks
+(migration 0005), in the writer's own transaction. A reader therefore reads the versions *before*
+the series it reduces: whatever it then reads is at least as new as the version it stores with the
+result, so a cache row can be older than it claims (it is recomputed at the next read) but never
+newer, and a row whose version differs from the run's current one is never served. The blobs are
+opaque here (their layout belongs to :mod:`gammadb.analysis.downsample`).
 
 Filling the cache is best effort: a read-only store, a store locked by a writer for more than a
 moment, or a run deleted meanwhile only means the next read computes again; it is never an error.
@@ -44,10 +44,10 @@ class BucketCacheMixin:
                 cur.execute(
                     "SELECT v.run_id, v.version, r.status, "
                     f"CASE WHEN b.version = v.version AND b.layout = {p} THEN b.buckets END "
-                    "FROM series_versions v JOIN runs r ON r.id = v.run_id "
-                    f"LEFT JOIN series_buckets b ON b.run_id = v.run_id AND b.metric_id = v.metric_id AND b.per_decade = {p} "
-                    f"WHERE v.metric_id = {p} AND v.run_id IN ({', '.join([p] * len(part))})",
-                    (layout, per_decade, metric_id, *part))
+                    "FROM run_versions v JOIN runs r ON r.id = v.run_id "
+                    f"LEFT JOIN series_buckets b ON b.run_id = v.run_id AND b.metric_id = {p} AND b.per_decade = {p} "
+                    f"WHERE v.run_id IN ({', '.join([p] * len(part))})",
+                    (layout, metric_id, per_decade, *part))
                 for run_id, version, status, blob in cur.fetchall():
                     if blob is not None:
                         hits[int(run_id)] = bytes(blob)

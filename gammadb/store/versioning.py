@@ -211,8 +211,11 @@ class VersioningMixin:
 
     @contextlib.contextmanager
     def _revision_errors(self, verb: str, revision: str) -> Iterator[None]:
-        """Alembic's CommandError (an unknown or unreachable revision) as one InvalidSpecError line."""
+        """Alembic's CommandError (an unknown or unreachable revision) as one InvalidSpecError line;
+        a migration the database refuses (a table it expects is gone: a store edited by hand) as one
+        GammadbError line. The migration's transaction is rolled back: the store stays at its revision."""
         from alembic.util import CommandError
+        from sqlalchemy.exc import SQLAlchemyError
 
         try:
             yield
@@ -220,6 +223,11 @@ class VersioningMixin:
             known = ", ".join(["base", *sorted(_known_revisions()), "head"])
             raise InvalidSpecError(
                 f"cannot {verb} {self.display_url} to {revision!r}: {_one_line(exc)} (revisions: {known})"
+            ) from None
+        except SQLAlchemyError as exc:
+            raise GammadbError(
+                f"cannot {verb} {self.display_url} to {revision!r}: the database refused a migration step "
+                f"({_one_line(exc)}); nothing was changed. Was the schema edited by hand?"
             ) from None
 
 

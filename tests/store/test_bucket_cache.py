@@ -211,7 +211,7 @@ def test_deleting_a_sweep_takes_its_cache_and_versions(store: Store) -> None:
     _sweep(store, runs=1, name="other", seed=1)
     bucketed_grids(store, ids, LOSS, GRIDS)
     store.delete_sweep("c")
-    left = store.read("SELECT run_id FROM series_versions")["run_id"].to_list()
+    left = store.read("SELECT run_id FROM run_versions")["run_id"].to_list()
     assert _cached_rows(store) == 0 and len(left) == 1 and left[0] not in ids
 
 
@@ -222,14 +222,14 @@ def test_0005_upgrades_the_0003_fixture_and_downgrades(tmp_path: Path) -> None:
     try:
         store.upgrade()
         assert store.current_revision() == "0005"
-        pairs = store.read("SELECT DISTINCT run_id, metric_id FROM metric_chunks ORDER BY 1, 2").rows()
-        versions = store.read("SELECT run_id, metric_id, version FROM series_versions ORDER BY 1, 2").rows()
-        assert [v[:2] for v in versions] == pairs and {v[2] for v in versions} == {1}
+        runs = store.read("SELECT DISTINCT run_id FROM metric_chunks ORDER BY 1")["run_id"].to_list()
+        versions = store.read("SELECT run_id, version FROM run_versions ORDER BY 1").rows()
+        assert [v[0] for v in versions] == runs and {v[1] for v in versions} == {1}
         ids = store.read("SELECT id FROM runs")["id"].to_list()
         _same(bucketed_grids(store, ids, LOSS, GRIDS), _fresh(store, ids))
         store.downgrade("0004")
         names = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master").fetchall()}
-        assert not names & {"series_versions", "series_buckets", "series_written_insert", "series_written_update",
+        assert not names & {"run_versions", "series_buckets", "series_written_insert", "series_written_update",
                             "series_written_delete"}
         with store.writer() as w:  # the 0004 layout writes without the triggers
             w.log(ids[0], 5, {LOSS: 1.0})

@@ -154,3 +154,22 @@ def test_a_run_migrated_by_0003_keeps_its_identity_for_the_runners(sqlite_url: s
         assert [r.id for r in s.ensure_runs(sweep.id, [run_spec(config)])] == [run.id]
     finally:
         s.close()
+
+
+def test_a_migration_the_database_refuses_is_one_line_and_changes_nothing(store: Store, store_url: str) -> None:
+    """A store edited by hand (a table a downgrade drops is already gone): `gammadb db downgrade`
+    says so in one line, exits non-zero, and the store stays at its revision with its tables."""
+    from typer.testing import CliRunner
+
+    from gammadb.cli import app
+
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE run_versions"))
+    store.close()
+    res = CliRunner().invoke(app, ["db", "downgrade", "0004", "--url", store_url])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert "refused a migration step" in res.output and "nothing was changed" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    with Store.open(store_url, check=False) as again:
+        assert again.current_revision() == head_revision()
+        assert again.read("SELECT COUNT(*) AS n FROM series_buckets")["n"][0] == 0  # still there
