@@ -15,7 +15,7 @@ from typing import Any
 
 from gammadb.errors import GammadbError
 from gammadb.records import RunRecord, RunStatus
-from gammadb.store import Store, worker_id
+from gammadb.store import Store, retry_transient, worker_id
 from gammadb.store.writer import MetricWriter
 from gammadb.runners.config import RunConfig
 from gammadb.runners.plan import WorkOptions
@@ -53,8 +53,10 @@ def _record_end(store: Store, run: RunRecord, outcome: Any, sink: StoreSink, rep
     status = RunStatus.DIVERGED if outcome.status == "diverged" else RunStatus.COMPLETED
     # A restarted run may have left steps beyond where this one ended (e.g. it diverged earlier on a
     # non-deterministic GPU): drop them so the series is exactly this run's.
-    store.delete_steps_after(run.id, outcome.steps_done)
-    store.finish_run(run.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at)
+    # Both are one transaction and safe to repeat: a connection killed under them (a restarted server)
+    # must not leave a trained run 'running' until its heartbeat goes stale.
+    retry_transient(store.delete_steps_after, run.id, outcome.steps_done)
+    retry_transient(store.finish_run, run.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at)
     reporter.run_finished(run, status, outcome.steps_done, sink.last_loss)
     return status
 
@@ -125,7 +127,7 @@ def _failures_recorded(store: Store, runs: Sequence[RunRecord], sinks: Sequence[
         _close_quietly(writer)
         text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
         for run, sink in zip(runs, sinks):
-            store.finish_run(run.id, RunStatus.FAILED, steps_done=sink.last_step, error=text)
+            retry_transient(store.finish_run, run.id, RunStatus.FAILED, steps_done=sink.last_step, error=text)
             reporter.run_finished(run, RunStatus.FAILED, sink.last_step, None)
         failed.append(True)
         return

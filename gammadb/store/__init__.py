@@ -39,6 +39,7 @@ from gammadb.store.engine import (
     _one_line,
     _raw_connection,
     _unavailable,
+    retry_transient,
     utcnow,
     worker_id,
 )
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from gammadb.store.writer import MetricWriter
 
 __all__ = [
-    "SQLITE_BUSY_TIMEOUT_MS", "TAIL_FRACTION", "Store", "head_revision", "migrations_dir",
+    "SQLITE_BUSY_TIMEOUT_MS", "TAIL_FRACTION", "Store", "head_revision", "migrations_dir", "retry_transient",
     "summarize_losses", "utcnow", "worker_id",
 ]
 

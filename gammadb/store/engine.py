@@ -7,9 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
@@ -21,6 +22,7 @@ from gammadb.urls import libpq_uri, mask, sqlite_path
 if TYPE_CHECKING:
     from gammadb.store import Store
 
+T = TypeVar("T")
 SQLITE_MMAP_BYTES = 1 << 30  # address space only: pages are mapped as they are read
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
@@ -31,6 +33,26 @@ def utcnow() -> dt.datetime:
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a store error is worth one more try on a new connection: a backend terminated or
+    restarted, a dropped connection, a lock held a moment too long."""
+    text = str(exc).lower()
+    return any(w in text for w in ("terminat", "connection", "closed", "server", "locked", "busy"))
+
+
+def retry_transient(fn: Callable[..., T], *args: Any, attempts: int = 3, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, tried again (after 0.5 s, then 1 s) when it fails with a transient
+    StoreUnavailableError. Only for calls that are one transaction and safe to repeat (a run's end)."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except StoreUnavailableError as exc:
+            if attempt == attempts - 1 or not transient(exc):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -29,6 +29,7 @@ from gammadb.errors import GammadbError, StoreUnavailableError
 from gammadb.metrics import MetricKey
 from gammadb.store import chunks
 from gammadb.store.chunks import CHUNK_STEPS
+from gammadb.store.engine import transient
 
 Row = tuple[int, int, int, Optional[float]]  # run_id, metric_id, step, value
 
@@ -256,7 +257,7 @@ class MetricWriter:
                     raise
                 except Exception as exc:
                     self._drop_connection()
-                    if attempt == 2 or not _transient(exc):
+                    if attempt == 2 or not transient(exc):
                         raise StoreUnavailableError(
                             f"writing metrics to {self._store.display_url} failed: {str(exc).strip().splitlines()[0]}"
                         ) from None
@@ -348,7 +349,3 @@ def _sqlite_now() -> str:
     # The format SQLAlchemy's SQLite DateTime reads back.
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
 
-
-def _transient(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(w in text for w in ("terminat", "connection", "closed", "server", "locked", "busy"))

@@ -98,6 +98,40 @@ def test_a_killed_database_connection_under_a_writer_loses_nothing(pg_url: str) 
         assert loss["step"].to_list() == list(range(1, 4001))
 
 
+def test_a_connection_killed_at_a_runs_end_does_not_leave_it_running(store_url: str, monkeypatch) -> None:
+    """The kill above can land on the run's end (its summary read, its status write): a trained run
+    must still end completed, not stay 'running' until its heartbeat goes stale. One transient store
+    error there is retried on a new connection; any other error is not (a bug must surface)."""
+    from gammadb.runners.sweep import work
+    from gammadb.store import retry_transient
+
+    (run_id,) = make_sweep(store_url, "end", 1, steps=30)
+    with Store.open(store_url) as store:
+        real = store.finish_run
+        calls: list[int] = []
+
+        def finish_run(*args, **kwargs):  # the real call, after one real-looking connection loss
+            calls.append(1)
+            if len(calls) == 1:
+                raise StoreUnavailableError(f"cannot open {store.display_url}: FATAL: terminating connection "
+                                            "due to administrator command")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "finish_run", finish_run)
+        work(store, "end")
+        assert len(calls) == 2 and store.get_run(run_id).status == RunStatus.COMPLETED
+        assert store.series([run_id])["step"].to_list() == list(range(1, 31))
+
+    def broken() -> None:
+        calls.append(1)
+        raise StoreUnavailableError("store x is read-only: attempt to write a readonly database")
+
+    calls.clear()
+    with pytest.raises(StoreUnavailableError, match="read-only"):
+        retry_transient(broken)
+    assert len(calls) == 1  # not transient: not retried
+
+
 def _tmpfs(path: Path, size: str) -> bool:
     path.mkdir()
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
