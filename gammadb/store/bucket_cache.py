@@ -33,7 +33,9 @@ class BucketCacheMixin:
                        layout: int) -> tuple[dict[int, bytes], dict[int, int]]:
         """The cached blobs of ``run_ids`` on this grid that are current ({run_id: blob}), and the
         current version of each other run whose result may be cached once computed ({run_id:
-        version}: runs with a stored series that are not running). Read before the series itself."""
+        version}: runs with a stored series that are not running). Read before the series itself.
+        A cache the database cannot read (its tables dropped by hand) reads as empty: the caller
+        computes, as it would without a cache."""
         p = "?" if self.backend == "sqlite" else "%s"
         hits: dict[int, bytes] = {}
         versions: dict[int, int] = {}
@@ -54,6 +56,8 @@ class BucketCacheMixin:
                     elif status != RunStatus.RUNNING.value:
                         versions[int(run_id)] = int(version)
             cur.close()
+        except _driver_errors():
+            return {}, {}
         finally:
             conn.close()
         return hits, versions

@@ -237,3 +237,12 @@ def test_0005_upgrades_the_0003_fixture_and_downgrades(tmp_path: Path) -> None:
         assert store.current_revision() == "0005"
     finally:
         store.close()
+
+
+def test_a_cache_table_dropped_by_hand_only_means_computing(store: Store) -> None:
+    """The cache is derived data: with its table gone (a hand edit), reads compute as without it."""
+    ids = _sweep(store, runs=2)
+    want = _fresh(store, ids)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE series_buckets")
+    _same(bucketed_grids(store, ids, LOSS, GRIDS), want)
