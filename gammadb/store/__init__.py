@@ -67,10 +67,18 @@ def _missing_file(url: URL) -> bool:
     return path.parent.is_dir() and not path.exists()
 
 
-def _abandon(session: Session) -> None:
-    """Roll back after an interrupt (Ctrl-C, SIGTERM) or an unexpected error. A connection the
-    interrupt left mid-command (inside a PostgreSQL ``COPY``) cannot roll back: it is dropped
-    instead, the server discards its transaction, and the interrupt goes on, not a driver error."""
+def _abandon(session: Session, exc: BaseException) -> None:
+    """Undo the session's transaction after an interrupt (Ctrl-C, SIGTERM) or an unexpected error.
+
+    An interrupt can leave the connection mid-command (inside a PostgreSQL ``COPY``), where a
+    ROLLBACK cannot even be sent ("another command is already in progress"): the connection is
+    dropped instead, unused, and the database discards its transaction (PostgreSQL when the
+    connection closes, SQLite from its journal). Nothing is logged and the interrupt goes on as
+    itself. After another error the connection is sound and rolls back; should that fail, it is
+    dropped the same way and the original error wins."""
+    if not isinstance(exc, Exception):
+        session.invalidate()
+        return
     try:
         session.rollback()
     except Exception:  # noqa: BLE001 - whatever the broken connection says, the original error wins
@@ -161,8 +169,8 @@ class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsM
         except SQLAlchemyError as exc:
             session.rollback()
             raise GammadbError(f"store error: {_one_line(exc)}") from None
-        except BaseException:
-            _abandon(session)
+        except BaseException as exc:
+            _abandon(session, exc)
             raise
         finally:
             session.close()
