@@ -67,16 +67,16 @@ def _missing_file(url: URL) -> bool:
     return path.parent.is_dir() and not path.exists()
 
 
-def _abandon(session: Session, exc: BaseException) -> None:
+def _abandon(session: Session, exc: BaseException, backend: str) -> None:
     """Undo the session's transaction after an interrupt (Ctrl-C, SIGTERM) or an unexpected error.
 
-    An interrupt can leave the connection mid-command (inside a PostgreSQL ``COPY``), where a
+    On PostgreSQL an interrupt can leave the connection mid-command (inside a ``COPY``), where a
     ROLLBACK cannot even be sent ("another command is already in progress"): the connection is
-    dropped instead, unused, and the database discards its transaction (PostgreSQL when the
-    connection closes, SQLite from its journal). Nothing is logged and the interrupt goes on as
-    itself. After another error the connection is sound and rolls back; should that fail, it is
-    dropped the same way and the original error wins."""
-    if not isinstance(exc, Exception):
+    dropped instead, unused, the server discards its transaction when it closes, nothing is logged
+    and the interrupt goes on as itself. SQLite's calls are never cut in half by a signal (Python runs
+    the handler between them), so its connection rolls back as after any error. Should a rollback
+    fail, the connection is dropped the same way and the original error wins."""
+    if backend == "postgresql" and not isinstance(exc, Exception):
         session.invalidate()
         return
     try:
@@ -170,7 +170,7 @@ class Store(VersioningMixin, SweepsMixin, QueueMixin, ReadsMixin, AnalysisReadsM
             session.rollback()
             raise GammadbError(f"store error: {_one_line(exc)}") from None
         except BaseException as exc:
-            _abandon(session, exc)
+            _abandon(session, exc, self.backend)
             raise
         finally:
             session.close()
