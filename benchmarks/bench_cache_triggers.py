@@ -13,6 +13,7 @@ writer processes into one PostgreSQL server (a fresh database each time).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -79,8 +80,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    import os
-
     k, steps = args.members, args.steps
     on: list[float] = []
     off: list[float] = []

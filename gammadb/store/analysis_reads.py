@@ -112,12 +112,17 @@ class AnalysisReadsMixin:
         metric_id = metric if isinstance(metric, int) else self.metric_id(metric.name, metric.layer)
         if metric_id is None or not run_ids:
             return pl.DataFrame(schema={"run_id": pl.Int64, "step": pl.Int64, "value": pl.Float64})
+        got = self._series_arrays(run_ids, metric_id, lo=lo, hi=hi)
+        return pl.DataFrame({"run_id": got["run_id"], "step": got["step"], "value": got["value"]})
+
+    def _series_arrays(self, run_ids: Sequence[int], metric_id: int, *, lo: Optional[int] = None,
+                       hi: Optional[int] = None) -> dict[str, np.ndarray]:
+        """:meth:`values_frame`'s rows as numpy arrays (:func:`gammadb.store.chunks.read_series`)."""
         conn = self.raw_connection(read_only=True)
         try:
-            got = chunks.read_series(self.backend, conn, run_ids, [metric_id], lo=lo, hi=hi)
+            return chunks.read_series(self.backend, conn, run_ids, [metric_id], lo=lo, hi=hi)
         finally:
             conn.close()
-        return pl.DataFrame({"run_id": got["run_id"], "step": got["step"], "value": got["value"]})
 
     def _series_ends(self, run_ids: Sequence[int], metric_id: Optional[int]) -> pl.DataFrame:
         """Per run: first_step and max_step of one series (from the chunk keys) and initial_train, its
@@ -160,13 +165,6 @@ class AnalysisReadsMixin:
             return pl.DataFrame(schema=schema)
         metric = loss_id if loss_id is not None else -1
 
-        def read(run_ids: Sequence[int], lo: Optional[int]) -> dict[str, np.ndarray]:
-            conn = self.raw_connection(read_only=True)
-            try:
-                return chunks.read_series(self.backend, conn, run_ids, [metric], lo=lo, hi=budget)
-            finally:
-                conn.close()
-
         def per_run(got: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             """The runs of ``got`` (sorted by run, step), their first rows and their last rows."""
             r = got["run_id"]
@@ -184,7 +182,7 @@ class AnalysisReadsMixin:
         # Per run, in numpy over the rows in (run, step) order: the last row, and the extremes
         # (np.fmin/fmax skip NaN; a run of NaN only gives NaN, read as null). The tail's sums stay a
         # polars group_by over the window's rows (its summation order is the one the results had).
-        got = read(ids, None if extremes else tail_after + 1)
+        got = self._series_arrays(ids, metric, lo=None if extremes else tail_after + 1, hi=budget)
         in_tail = got["step"] > tail_after
         values = pl.DataFrame({"run_id": got["run_id"][in_tail], "value": got["value"][in_tail]})
         not_nan = pl.col("value").filter(~pl.col("value").is_nan())
@@ -193,7 +191,7 @@ class AnalysisReadsMixin:
         last = last_of(got)
         missing = sorted(set(ids) - set(last["run_id"].to_list()))
         if missing:  # nothing in the tail window: the last step before it
-            last = pl.concat([last, last_of(read(missing, None))])
+            last = pl.concat([last, last_of(self._series_arrays(missing, metric, hi=budget))])
         out = pl.DataFrame({"run_id": ids}, schema={"run_id": pl.Int64}).join(last, on="run_id", how="left")
         out = out.join(tail, on="run_id", how="left")
         if extremes:

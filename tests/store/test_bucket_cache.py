@@ -95,7 +95,7 @@ def test_every_kind_of_write_makes_the_cache_compute_again(store: Store) -> None
     _same(got, _fresh(store, ids))
     assert got[40].filter(pl.col("run_id") == ids[0])["max"].max() == 123.0
     # a resume's truncation
-    _truncate(store, ids[2], 999)
+    store.delete_steps_after(ids[2], 999)  # a resume's truncation
     got = bucketed_grids(store, ids, LOSS, GRIDS)
     _same(got, _fresh(store, ids))
     assert got[40].filter(pl.col("run_id") == ids[2])["step_hi"].max() == 999
@@ -124,22 +124,6 @@ def test_every_kind_of_write_makes_the_cache_compute_again(store: Store) -> None
     assert got[40].filter((pl.col("run_id") == ids[1]) & (pl.col("step_lo") >= 1024) & (pl.col("step_hi") < 2048))[
         "mean"].unique().to_list() == [2.0]
     assert got[40].filter(pl.col("run_id") == ids[3])["step_hi"].max() == 2047
-
-
-def _truncate(store: Store, run_id: int, step: int) -> None:
-    from gammadb.store import chunks
-
-    conn = store.raw_connection()
-    try:
-        if store.backend == "sqlite":
-            conn.execute("BEGIN IMMEDIATE")
-            chunks.truncate_after(store.backend, conn, run_id, step)
-            conn.execute("COMMIT")
-        else:
-            with conn.transaction():
-                chunks.truncate_after(store.backend, conn, run_id, step)
-    finally:
-        conn.close()
 
 
 def test_a_stale_or_damaged_row_is_never_served(store: Store) -> None:
