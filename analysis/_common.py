@@ -118,16 +118,20 @@ def _load_runs(store: "Store", sweep: str, *, budget: Optional[int], want_min: b
 
     ok_ids = ok["run_id"].to_list()
     dense = (pl.col("s_steps") == pl.col("s_final_step") - pl.col("first_step") + 1)
+    # The stored summaries answer for a budget at every run's last step when every step was logged;
+    # the largest loss only from summaries written since migration 0006 (s_max, null before).
     use_summaries = (
-        not force_sql and not want_max and not want_test
+        not force_sql and not want_test
         and ok.select((pl.col("s_final_step").eq(budget) & pl.col("max_step").eq(budget)
-                       & pl.col("s_final").is_not_null() & dense.fill_null(False)).all()).item()
+                       & pl.col("s_final").is_not_null() & dense.fill_null(False)
+                       & (pl.col("s_max").is_not_null() if want_max else pl.lit(True))).all()).item()
     )
     if use_summaries:
         # A summary's tail mean is null only when a NaN/inf is stored in its tail window (these runs
         # have logged steps): a divergence, as the SQL path's tail mean says, so it reads as NaN.
         agg = ok.select("run_id", pl.col("s_final_step").alias("last_step"), pl.col("s_final").alias("final_loss"),
-                        pl.col("s_tail").fill_null(math.nan).alias("tail_mean_loss"), pl.col("s_min").alias("min_loss"))
+                        pl.col("s_tail").fill_null(math.nan).alias("tail_mean_loss"), pl.col("s_min").alias("min_loss"),
+                        *([pl.col("s_max").alias("max_loss")] if want_max else []))
         source = "summaries"
     else:
         agg = _sql_aggregates(store, ok, budget, want_min=want_min, want_max=want_max)
@@ -135,7 +139,7 @@ def _load_runs(store: "Store", sweep: str, *, budget: Optional[int], want_min: b
     if want_test:
         agg = agg.join(_test_values(store, ok_ids, budget), on="run_id", how="left")
     frame = (
-        runs.drop("s_final_step", "s_steps", "s_final", "s_min", "s_tail", "s_diverged", "max_step", "status",
+        runs.drop("s_final_step", "s_steps", "s_final", "s_min", "s_max", "s_tail", "s_diverged", "max_step", "status",
                   "diverged_at")
         .join(agg, on="run_id", how="left")
     )
@@ -200,7 +204,7 @@ def _with_initial_loss(runs: pl.DataFrame) -> pl.DataFrame:
 def _cast_runs(runs: pl.DataFrame) -> pl.DataFrame:
     ints = ["run_id", "depth", "width", "batch_size", "seed", "diverged_at", "s_final_step", "s_steps",
             "first_step", "max_step"]
-    floats = ["gamma", "eta", "s_final", "s_min", "s_tail", "initial_loss"]
+    floats = ["gamma", "eta", "s_final", "s_min", "s_max", "s_tail", "initial_loss"]
     strings = ["model", "dataset", "loss_fn", "optimizer", "status"]
     return runs.with_columns(
         *(pl.col(c).cast(pl.Int64) for c in ints),

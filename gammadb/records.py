@@ -142,6 +142,7 @@ class SummaryRecord:
     tail_mean_loss: Optional[float]
     diverged: bool
     steps_logged: int
+    max_loss: Optional[float] = None  # the largest finite loss (None: none, or a summary from before 0006)
 
 
 #: Columns of the ``run_overview`` view a ``--where`` condition may name, with their kinds.

@@ -202,6 +202,7 @@ class RunSummary(Base):
     final_step: Mapped[Optional[int]]
     min_loss: Mapped[Optional[float]] = mapped_column(Double)
     min_loss_step: Mapped[Optional[int]]
+    max_loss: Mapped[Optional[float]] = mapped_column(Double)  # largest finite loss (migration 0006)
     tail_mean_loss: Mapped[Optional[float]] = mapped_column(Double)  # mean over the last 10% of steps
     diverged: Mapped[bool]
     steps_logged: Mapped[int]

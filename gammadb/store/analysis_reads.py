@@ -62,9 +62,9 @@ class AnalysisReadsMixin:
 
         Columns: run_id, the run columns (:data:`gammadb.records.RUN_COLUMNS`), gamma, eta, seed,
         status, diverged_at; from ``run_summaries`` (null without one) s_final_step, s_steps
-        (steps_logged), s_final, s_min, s_tail (final, min and tail-mean loss), s_diverged (a NaN or
-        inf at any stored step); first_step and
-        max_step (the first and last logged loss step, null without any); initial_test (the logged
+        (steps_logged), s_final, s_min, s_max, s_tail (final, min, largest finite and tail-mean loss;
+        s_max is null in a summary written before migration 0006), s_diverged (a NaN or inf at any
+        stored step); first_step and max_step (the first and last logged loss step, null without any); initial_test (the logged
         test loss at the first loss step, null where not measured: not rescaled), initial_train (the
         loss at the first step; null for a NaN on SQLite, which stores NaN as NULL) and config (the
         run's stored config as JSON text). An unknown sweep gives an empty frame.
@@ -76,7 +76,7 @@ class AnalysisReadsMixin:
         runs = self.read(
             f"SELECT r.id AS run_id, {cols}, r.gamma, r.eta, r.seed, r.status, r.diverged_at, "
             "u.final_step AS s_final_step, u.steps_logged AS s_steps, u.final_loss AS s_final, "
-            "u.min_loss AS s_min, u.tail_mean_loss AS s_tail, u.diverged AS s_diverged, "
+            "u.min_loss AS s_min, u.max_loss AS s_max, u.tail_mean_loss AS s_tail, u.diverged AS s_diverged, "
             "CAST(r.config AS TEXT) AS config "
             "FROM runs r JOIN sweeps s ON s.id = r.sweep_id LEFT JOIN run_summaries u ON u.run_id = r.id "
             "WHERE s.name = ? AND r.status IN (?, ?) ORDER BY r.id",
@@ -99,7 +99,7 @@ class AnalysisReadsMixin:
             *(pl.col(c).cast(_run_column_type(c)) for c in RUN_COLUMNS),
             *(pl.col(c).cast(pl.Int64) for c in ("run_id", "seed", "diverged_at", "s_final_step", "s_steps",
                                                   "first_step", "max_step")),
-            *(pl.col(c).cast(pl.Float64) for c in ("gamma", "eta", "s_final", "s_min", "s_tail", "initial_test",
+            *(pl.col(c).cast(pl.Float64) for c in ("gamma", "eta", "s_final", "s_min", "s_max", "s_tail", "initial_test",
                                                     "initial_train")),
             pl.col("status").cast(pl.String), pl.col("config").cast(pl.String),
         )

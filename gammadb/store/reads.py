@@ -108,7 +108,7 @@ class ReadsMixin:
                 for r in s.scalars(select(RunSummary).where(RunSummary.run_id.in_(chunk))):
                     out[r.run_id] = SummaryRecord(
                         r.run_id, r.initial_loss, r.final_loss, r.final_step, r.min_loss,
-                        r.min_loss_step, r.tail_mean_loss, r.diverged, r.steps_logged,
+                        r.min_loss_step, r.tail_mean_loss, r.diverged, r.steps_logged, r.max_loss,
                     )
             return out
 

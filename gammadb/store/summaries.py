@@ -1,5 +1,5 @@
 """Run summaries: the maths from a loss series to one summary row per run (initial, final, min,
-tail mean, diverged), and their replacement in the ``run_summaries`` table."""
+max, tail mean, diverged), and their replacement in the ``run_summaries`` table."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def summarize_losses(loss: pl.DataFrame, run_ids: Sequence[int]) -> list[dict[st
         g = by_run.get(int(run_id))
         if g is None or g.is_empty():
             rows.append(dict(run_id=run_id, initial_loss=None, final_loss=None, final_step=None,
-                             min_loss=None, min_loss_step=None, tail_mean_loss=None, diverged=False,
+                             min_loss=None, min_loss_step=None, max_loss=None, tail_mean_loss=None, diverged=False,
                              steps_logged=0))
             continue
         steps = g["step"].to_list()
@@ -58,6 +58,7 @@ def summarize_losses(loss: pl.DataFrame, run_ids: Sequence[int]) -> list[dict[st
         rows.append(dict(
             run_id=run_id, initial_loss=_finite_or_none(values[0]), final_loss=_finite_or_none(values[-1]),
             final_step=steps[-1], min_loss=min_val, min_loss_step=min_step,
+            max_loss=max(v for _, v in finite) if finite else None,
             tail_mean_loss=(sum(tail) / len(tail)) if all(math.isfinite(v) for v in tail) else None,
             diverged=diverged, steps_logged=len(values),
         ))

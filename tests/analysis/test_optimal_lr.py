@@ -223,6 +223,30 @@ def test_summaries_and_sql_paths_agree(synth_store: Store) -> None:
     assert_frame_equal(a.points, b.points, check_exact=False, rel_tol=1e-12)
 
 
+def test_the_largest_loss_comes_from_the_summaries_and_agrees_with_sql(synth_store: Store) -> None:
+    """The phase map's max_loss: from run_summaries.max_loss (migration 0006) where every summary has
+    one, the same numbers as the pass over the steps; a summary without it (written before 0006)
+    sends the whole table back to the SQL path."""
+    fast = load_runs(synth_store, "law", want_max=True)
+    slow = load_runs(synth_store, "law", want_max=True, force_sql=True)
+    assert (fast.source, slow.source) == ("summaries", "sql")
+    cols = ["run_id", "diverged", "final_loss", "max_loss"]
+    assert fast.frame["max_loss"].drop_nulls().len() > 0
+    assert_frame_equal(fast.frame.select(cols), slow.frame.select(cols), check_exact=False, rel_tol=1e-12)
+    one = int(fast.frame.filter(~pl.col("diverged"))["run_id"][0])
+    kept = synth_store.summaries([one])[one].max_loss
+    assert kept is not None
+    try:  # the store is shared by the session's read-only tests: put the value back
+        with synth_store.engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE run_summaries SET max_loss = NULL WHERE run_id = {one}")
+        old = load_runs(synth_store, "law", want_max=True)
+        assert old.source == "sql"
+        assert_frame_equal(old.frame.select(cols), slow.frame.select(cols), check_exact=False, rel_tol=1e-12)
+    finally:
+        with synth_store.engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE run_summaries SET max_loss = {kept!r} WHERE run_id = {one}")
+
+
 @pytest.mark.parametrize("criterion", list(Criterion), ids=[c.value for c in Criterion])
 def test_every_criterion_finds_the_law(synth_store: Store, criterion: Criterion) -> None:
     res = olr.analyze(synth_store, "law", budget=20, settings=olr.Settings(criterion=criterion, n_boot=50))

@@ -65,17 +65,19 @@ def test_finished_runs_with_loss_ends(store: Store) -> None:
     df = store.finished_runs_with_loss_ends("tiny")
     assert df.columns == ["run_id", "model", "dataset", "loss_fn", "optimizer", "depth", "width", "batch_size",
                           "gamma", "eta", "seed", "status", "diverged_at", "s_final_step", "s_steps", "s_final",
-                          "s_min", "s_tail", "s_diverged", "first_step", "max_step", "initial_test", "initial_train",
+                          "s_min", "s_max", "s_tail", "s_diverged", "first_step", "max_step", "initial_test", "initial_train",
                           "config"]
     assert df["s_diverged"].cast(pl.Boolean).to_list() == [False, False, True]
     # the pending run d and the other sweep's run are not there
     assert df["run_id"].to_list() == [ids["a"], ids["b"], ids["c"]]
-    got = df.select("status", "diverged_at", "s_final_step", "s_steps", "s_final", "s_min", "s_tail", "first_step",
+    got = df.select("status", "diverged_at", "s_final_step", "s_steps", "s_final", "s_min", "s_max", "s_tail", "first_step",
                     "max_step", "initial_test", "initial_train", "depth", "width")
     want = pl.DataFrame({
         "status": ["completed", "completed", "diverged"], "diverged_at": [None, None, 19],
         "s_final_step": [40, 41, 40], "s_steps": [41, 21, 41], "s_final": [60.0, 159.0, 260.0],
-        "s_min": [60.0, 159.0, 260.0], "s_tail": [62.0, 161.0, 262.0],  # the last ceil(10%) of the steps
+        "s_min": [60.0, 159.0, 260.0],
+        "s_max": [100.0, 199.0, 300.0],  # the largest finite loss (c's NaN at step 19 left out)
+        "s_tail": [62.0, 161.0, 262.0],  # the last ceil(10%) of the steps
         "first_step": [0, 1, 0], "max_step": [40, 41, 40],
         "initial_test": [50.0, None, None], "initial_train": [100.0, 199.0, 300.0],
         "depth": [3, 3, 3], "width": [None, None, None],

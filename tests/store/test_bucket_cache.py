@@ -204,7 +204,7 @@ def test_0005_upgrades_the_0003_fixture_and_downgrades(tmp_path: Path) -> None:
     shutil.copy(FIXTURE, path)
     store = Store.open(f"sqlite:///{path}", check=False)
     try:
-        store.upgrade()
+        store.upgrade("0005")
         assert store.current_revision() == "0005"
         runs = store.read("SELECT DISTINCT run_id FROM metric_chunks ORDER BY 1")["run_id"].to_list()
         versions = store.read("SELECT run_id, version FROM run_versions ORDER BY 1").rows()
@@ -217,7 +217,7 @@ def test_0005_upgrades_the_0003_fixture_and_downgrades(tmp_path: Path) -> None:
                             "series_written_delete"}
         with store.writer() as w:  # the 0004 layout writes without the triggers
             w.log(ids[0], 5, {LOSS: 1.0})
-        store.upgrade()
+        store.upgrade("0005")
         assert store.current_revision() == "0005"
     finally:
         store.close()

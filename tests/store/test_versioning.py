@@ -24,7 +24,7 @@ def _diff(store: Store) -> list:
 
 
 def test_one_head() -> None:
-    assert head_revision() == "0005"
+    assert head_revision() == "0006"
     from gammadb.migrations import HEAD_REVISION
 
     assert HEAD_REVISION == head_revision()  # the constant Store.open compares with, without alembic
@@ -173,3 +173,29 @@ def test_a_migration_the_database_refuses_is_one_line_and_changes_nothing(store:
     with Store.open(store_url, check=False) as again:
         assert again.current_revision() == head_revision()
         assert again.read("SELECT COUNT(*) AS n FROM series_buckets")["n"][0] == 0  # still there
+
+
+def test_0006_fills_each_summary_s_largest_loss_and_downgrades(tmp_path: Path) -> None:
+    """The 0003 fixture (NaN, +-inf and the largest float64 inside a series, a diverged run, a
+    resumed run, a pending run without a summary's values): 0006 fills run_summaries.max_loss with
+    what ``gammadb db summarize`` computes from the series, and its downgrade drops the column."""
+    path = tmp_path / "s.sqlite"
+    shutil.copy(DATA / "store_0003.sqlite", path)
+    url = f"sqlite:///{path}"
+    s = Store.open(url, check=False)
+    try:
+        s.upgrade("0005")
+        before = s.read("SELECT * FROM run_summaries ORDER BY run_id")
+        s.upgrade()
+        migrated = s.summaries([1, 2, 3, 4])
+        # the largest finite loss: 1.797e308 in the completed run, 1.5^39 before the NaNs, and the
+        # resumed run's first segment (3.0 at step 0, kept); none for the pending run
+        assert [migrated[i].max_loss for i in (1, 2, 3, 4)] == [1.7976931348623157e308, 1.5**39, 3.0, None]
+        assert s.rebuild_summaries("fixture") == 4
+        assert {i: r.max_loss for i, r in s.summaries([1, 2, 3, 4]).items()} == {
+            i: r.max_loss for i, r in migrated.items()}
+        s.downgrade("0005")
+        assert s.read("SELECT * FROM run_summaries ORDER BY run_id").columns == before.columns
+        assert s.upgrade() == ("0005", head_revision())
+    finally:
+        s.close()
