@@ -151,10 +151,9 @@ def curves_chart(bands: pl.DataFrame, marks: Optional[pl.DataFrame] = None, *, x
     layers: list[Any] = [band, line]
     if marks is not None and not marks.is_empty():
         layers += _mark_layers(marks, x, yscale, by, log_y)
-    chart = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT)
-    if title:
-        chart = chart.properties(title=alt.Title(title, subtitle=subtitle) if subtitle else title)
-    return chart
+    # the size and title as constructor arguments: each .properties() deep-copies every layer
+    titled = {"title": alt.Title(title, subtitle=subtitle) if subtitle else title} if title else {}
+    return alt.layer(*layers, width=WIDTH, height=HEIGHT, **titled)
 
 
 def _mark_layers(marks: pl.DataFrame, x: str, yscale: Any, by: str, log_y: bool) -> list[Any]:
@@ -341,7 +340,7 @@ def scaling_chart(scaling: dict[str, Any], *, measure: str = "plateau length (st
         layers.append(alt.Chart(_data(pl.DataFrame(lines))).mark_line(strokeDash=[6, 3]).encode(
             x=alt.X("gamma:Q", scale=alt.Scale(type="log")), y=alt.Y("fit:Q", scale=alt.Scale(type="log")),
             color=alt.Color("group:N"), tooltip=["label:N"]))
-    return alt.layer(*layers).properties(width=360, height=260)
+    return alt.layer(*layers, width=360, height=260)
 
 
 # ---------------------------------------------------------------------------------------- figures
