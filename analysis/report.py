@@ -93,7 +93,9 @@ def _summary_section(page: Page, store: "Store", sweep: str, include_lr: bool) -
     def claims() -> None:
         from gammadb.analysis.claims import verdict
 
-        rep = verdict(store, sweep, n_boot=200)
+        # the defaults of `gammadb analyze claims` and the dashboard: the same verdict everywhere, and
+        # the optimal-lr analysis is the page's own (the eta* section and the U-curve share it)
+        rep = verdict(store, sweep)
         counts = {v: sum(r.verdict.value == v for r in rep.rows) for v in ("consistent", "inconsistent",
                                                                               "not testable here")}
         page.text(sec, f"Claims of docs/theory.md against this sweep: {counts['consistent']} consistent, "

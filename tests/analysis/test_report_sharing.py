@@ -62,8 +62,8 @@ def _count(monkeypatch: pytest.MonkeyPatch, calls: Counter, mod: Any, name: str,
 
 def test_one_report_build_runs_each_analysis_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: Counter = Counter()
-    # the optimal-lr analysis: the page's (eta*, U-curve, eta* section) once, and the claims' own once
-    # (the report asks the claims for 200 bootstrap draws: other intervals, so another analysis)
+    # the optimal-lr analysis once: the claims ask for the page's settings (the CLI's and the
+    # dashboard's: the same verdict everywhere), so the eta*, U-curve and eta* section share theirs
     _count(monkeypatch, calls, optimal_lr, "analyze_runs", lambda t, s, settings=None, grid=None:
            f"analyze_runs n_boot={settings.n_boot}")
     _count(monkeypatch, calls, optimal_lr, "with_fills")
@@ -76,12 +76,12 @@ def test_one_report_build_runs_each_analysis_once(store: Store, monkeypatch: pyt
                         classmethod(lambda cls, *a: calls.update(["SweepGrid.read"]) or real_grid(cls, *a)))
     text, sections = build_report(store, SWEEP)
     assert all(s.ok for s in sections if s.id != "metrics"), [(s.id, s.notes) for s in sections]
-    assert calls == Counter({f"analyze_runs n_boot={DEFAULT_BOOT}": 1, "analyze_runs n_boot=200": 1,
+    assert calls == Counter({f"analyze_runs n_boot={DEFAULT_BOOT}": 1,
                              "with_fills": 1, "load_runs want_max=False": 1, "load_runs want_max=True": 1,
                              "phase_map": 1, "collapse_frame": 1, "detect_plateaus": 1, "SweepGrid.read": 1})
     calls.clear()
     build_report(store, SWEEP)  # the next page computes afresh: nothing is kept between pages
-    assert calls["analyze_runs n_boot=200"] == 1 and calls["phase_map"] == 1 and calls["load_runs want_max=True"] == 1
+    assert calls[f"analyze_runs n_boot={DEFAULT_BOOT}"] == 1 and calls["phase_map"] == 1 and calls["load_runs want_max=True"] == 1
 
 
 def test_the_report_shows_what_the_analyses_give_on_their_own(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,7 +112,7 @@ def test_the_report_shows_what_the_analyses_give_on_their_own(store: Store, monk
     pm = phase.analyze(store, SWEEP)
     for title, df in phase.report_tables(pm):
         assert_frame_equal(got[("phases", title)], df)
-    assert_frame_equal(got[("summary", "claims verdict")], verdict(store, SWEEP, n_boot=200).table())
+    assert_frame_equal(got[("summary", "claims verdict")], verdict(store, SWEEP).table())
     rep = collapse.analyze_collapse(store, SWEEP, along="fixed", gamma_min=1.0)
     assert_frame_equal(got[("collapse", "per run")], rep.runs)
 
