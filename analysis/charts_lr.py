@@ -97,8 +97,8 @@ def fit_lines(fits: pl.DataFrame, target: str) -> pl.DataFrame:
     """Two endpoints per fitted regime line (a straight line in log-log) of ``target``, and the theory
     guide with the theory exponent through the middle of the fitted line. Each (target, regime, kind)
     is its own line (``line``), so lines of different regimes or targets are never joined; ``label``
-    is the slope as written on the chart ("fit 2.03 [1.99, 2.17]", "theory 2"), ``end`` marks the
-    endpoint it is written at."""
+    is the slope as written in the chart's subtitle and tooltip ("fit 2.03 [1.99, 2.17]", "theory 2"),
+    ``end`` marks the endpoint that carries it."""
     rows = []
     name = TARGET_NAMES.get(target, target)
     for f in fits.filter(pl.col("target") == target).iter_rows(named=True):
@@ -124,27 +124,42 @@ def fit_lines(fits: pl.DataFrame, target: str) -> pl.DataFrame:
 
 
 def _line_layers(alt: Any, lines: pl.DataFrame, color: Optional[str] = None, grid: bool = True) -> list[Any]:
-    """Fitted lines (solid, coloured by target) and theory lines (dashed, grey), a 'line' legend for
-    the two kinds, and each line's slope written at one end (fit: right end, theory: left end)."""
+    """Fitted lines (solid, coloured by target) and theory lines (dashed, grey), and a 'line' legend
+    for the two kinds whose dashed entry names the theory slopes. The fitted slopes go in the chart's
+    subtitle (:func:`slope_lines`): written on the lines they crowded each other, the cells of a heat
+    map and, on a narrow chart, the legend."""
     if lines.is_empty():
         return []
     x, y = _axes(alt, grid=grid)
     base = alt.Chart(lines)
-    dash = alt.StrokeDash("kind:N", title="line",
+    theory = sorted({lab.removeprefix("theory ") for lab in lines.filter(pl.col("kind") == "theory")["label"]},
+                    key=lambda t: -float(t))
+    legend = alt.Legend(labelExpr=f"datum.label == 'theory' ? {_js('theory: slope ' + ', '.join(theory))} : datum.label",
+                        labelLimit=300) if theory else alt.Legend()
+    dash = alt.StrokeDash("kind:N", title="line", legend=legend,
                           scale=alt.Scale(domain=list(LINE_DASHES), range=list(LINE_DASHES.values())))
     enc = dict(x=x, y=y, detail=alt.Detail("line:N"), strokeDash=dash, tooltip=[alt.Tooltip("label:N")])
     col = alt.value(color) if color else alt.Color("target:N", title="target", scale=alt.Scale(
         domain=list(TARGET_COLORS), range=list(TARGET_COLORS.values())))
     fit = base.transform_filter(alt.datum.kind == "fit").mark_line(strokeWidth=2).encode(color=col, **enc)
-    theory = base.transform_filter(alt.datum.kind == "theory").mark_line(strokeWidth=1.5).encode(
+    guide = base.transform_filter(alt.datum.kind == "theory").mark_line(strokeWidth=1.5).encode(
         color=alt.value(THEORY_COLOR), **enc)
-    ends = base.transform_filter(alt.datum.end)
-    fit_txt = ends.transform_filter(alt.datum.kind == "fit").mark_text(
-        align="right", baseline="bottom", dx=-2, dy=-6, fontSize=11, fontWeight="bold").encode(
-        x=x, y=y, text="label:N", color=col)
-    theory_txt = ends.transform_filter(alt.datum.kind == "theory").mark_text(
-        align="left", baseline="top", dx=2, dy=6, fontSize=10, color=THEORY_COLOR).encode(x=x, y=y, text="label:N")
-    return [fit, theory, fit_txt, theory_txt]
+    return [fit, guide]
+
+
+def slope_lines(lines: pl.DataFrame) -> list[str]:
+    """One subtitle line per target of :func:`fit_lines` rows: its fitted slopes with their 95%
+    intervals and regimes, e.g. "eta* slope 1.96 [1.94, 1.98] at small gamma, 0.709 [0.689, 0.729]
+    at large gamma"."""
+    out = []
+    fits = lines.filter((pl.col("kind") == "fit") & pl.col("end"))
+    for target in [t for t in TARGET_NAMES if t in fits["target"].to_list()] + sorted(
+            set(fits["target"].to_list()) - set(TARGET_NAMES)):
+        name = TARGET_NAMES.get(target, target)
+        parts = [f"{r['label'].removeprefix(name + ' fit ')} at {r['line'].removeprefix(target + ' fit ')}"
+                 for r in fits.filter(pl.col("target") == target).iter_rows(named=True)]
+        out.append(f"{name} slope " + ", ".join(parts))
+    return out
 
 
 def _bound_shape(alt: Any, frame: pl.DataFrame, col: str) -> dict[str, Any]:
@@ -194,14 +209,15 @@ def phase_portrait(result: "OptimalLr", group_idx: int = 0) -> "alt.LayerChart":
                                       stroke="#ffffff", strokeWidth=1).encode(
         x=x, y=y, **_bound_shape(alt, star, "eta_star_censored"),
         tooltip=[alt.Tooltip("gamma:Q", format=".3g"), alt.Tooltip("eta:Q", title="eta*", format=".3g")])
-    lines = _line_layers(alt, fit_lines(result.fits.filter(pl.col("group_idx") == group_idx), "eta_star"),
-                         color=TARGET_COLORS["eta_star"], grid=False)
+    fitted = fit_lines(result.fits.filter(pl.col("group_idx") == group_idx), "eta_star")
+    lines = _line_layers(alt, fitted, color=TARGET_COLORS["eta_star"], grid=False)
     # the layer's settings as constructor arguments: each .resolve_scale() / .properties() deep-copies
     # every layer (a tenth of a report's time went to such copies)
     return alt.layer(
         heat, div, cross, bars, dots, *lines, resolve=alt.Resolve(scale=alt.ScaleResolveMap(color="independent")),
         title=alt.Title(f"loss at step {result.budget_step} over (gamma, eta), sweep {result.sweep}",
-                        subtitle=[_group_title(group), "dark x: diverged; pink: eta* with its bootstrap interval"]),
+                        subtitle=[_group_title(group), "dark x: diverged; pink: eta* with its bootstrap interval",
+                                  *slope_lines(fitted)]),
         width=300, height=280)
 
 
@@ -227,12 +243,13 @@ def eta_vs_gamma(result: "OptimalLr", group_idx: int = 0) -> "alt.LayerChart":
     bars = alt.Chart(long.filter(pl.col("eta_star_lo").is_not_null())).mark_rule().encode(
         x=x, y=_axes(alt, y_field="eta_star_lo")[1], y2=alt.Y2("eta_star_hi:Q"), color=color)
     fits = result.fits.filter(pl.col("group_idx") == group_idx)
-    lines = _line_layers(alt, pl.concat([fit_lines(fits, "eta_star"), fit_lines(fits, "eta_max")]))
+    fitted = pl.concat([fit_lines(fits, "eta_star"), fit_lines(fits, "eta_max")])
+    lines = _line_layers(alt, fitted)
     return alt.layer(
         bars, dots, *lines, resolve=alt.Resolve(scale=alt.ScaleResolveMap(color="shared")),
         title=alt.Title(f"eta* and eta_max against gamma, sweep {result.sweep}",
-                        subtitle=[_group_title(group), "solid: fitted power law, slope [95% CI]; "
-                                                        "dashed: theory slope"]),
+                        subtitle=[_group_title(group), "solid: fitted power law, slope [95% CI]; dashed: theory",
+                                  *slope_lines(fitted)]),
         width=300, height=280)
 
 

@@ -116,7 +116,7 @@ def _summary_section(page: Page, store: "Store", sweep: str, include_lr: bool) -
         gi = charts_lr._largest_group(res)
         page.chart(sec, charts_lr.eta_vs_gamma(res, gi),
                    "eta* (pink, with bootstrap intervals) and eta_max (blue) against gamma; solid: fitted power "
-                   "laws with slope [95% CI] written on them; dashed: the theory slopes 2 and 2/L per regime")
+                   "laws, their slopes [95% CI] in the subtitle; dashed: the theory slopes 2 and 2/L per regime")
         page.chart(sec, chart, f"loss at step {info['budget_step']} against eta, one line per gamma "
                                f"({info['curves']} gammas, {info['etas']} etas; {info['diverged_cells']} diverged "
                                "cells marked by crosses)")

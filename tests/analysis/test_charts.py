@@ -4,6 +4,8 @@ learning-rate U-curve's values. Each chart is also rendered to PNG."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import polars as pl
 import pytest
@@ -142,12 +144,20 @@ def test_eta_chart_writes_slopes_and_keeps_regimes_and_targets_apart(lr, tmp_pat
     from gammadb.analysis.charts_lr import _bound_shape
 
     assert _bound_shape(alt, pl.DataFrame({"c": [False, False]}), "c") == {}  # constant: no legend
-    from gammadb.analysis.charts_lr import _line_layers
+    from gammadb.analysis.charts_lr import _line_layers, slope_lines
 
     layers = _layers(chart_spec(alt.layer(*_line_layers(alt, lines))))
     dash = [la["encoding"]["strokeDash"] for la in layers if "strokeDash" in la.get("encoding", {})]
     assert dash and dash[0]["scale"]["domain"] == ["fit", "theory"] and dash[0]["title"] == "line"
-    assert any(la["mark"]["type"] == "text" for la in layers)
+    # the theory slopes in the dashed line's legend entry, the fitted ones in the subtitle, one line
+    # per target with its regimes: nothing written over the lines, where labels crowded each other
+    assert "theory: slope 2, 0.667" in dash[0]["legend"]["labelExpr"]
+    assert not any(la["mark"]["type"] == "text" for la in layers)
+    assert slope_lines(lines) == ["eta* slope 2.03 [1.99, 2.17] at small gamma, 0.7 [0.6, 0.8] at large gamma",
+                                  "eta_max slope 0.6 [0.5, 0.7] at large gamma"]
+    with_fits = dataclasses.replace(lr, fits=fits.with_columns(pl.lit(0).alias("group_idx")))
+    subtitle = chart_spec(eta_vs_gamma(with_fits))["title"]["subtitle"]
+    assert subtitle[-2:] == slope_lines(lines)
     save_chart(eta_vs_gamma(lr), tmp_path / "e.png")
 
 
