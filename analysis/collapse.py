@@ -385,7 +385,7 @@ def _chart_frame(runs: pl.DataFrame, buckets: pl.DataFrame, table: pl.DataFrame,
 # ---------------------------------------------------------------------------------------- store edge
 def parse_metric(text: str) -> MetricKey:
     """``loss``, ``weight_change.l2`` (layer 2) or ``weight_change:2``."""
-    from gammadb.transfer import metric_key
+    from gammadb.metrics import metric_key
 
     t = text.strip()
     if not t:

@@ -7,6 +7,7 @@ layers 1..L, matching W_1..W_L in docs/theory.md.
 from __future__ import annotations
 
 import enum
+import re
 from typing import NamedTuple
 
 
@@ -18,6 +19,20 @@ class MetricKind(str, enum.Enum):
 class MetricKey(NamedTuple):
     name: str
     layer: int = 0
+
+
+_LAYER = re.compile(r"^(?P<name>.+)\.l(?P<layer>\d+)$")
+
+
+def metric_key(column: str) -> MetricKey:
+    """The series a file column or a wide frame's column holds: ``weight_change.l2`` is layer 2."""
+    m = _LAYER.match(column)
+    return MetricKey(m["name"], int(m["layer"])) if m else MetricKey(column, 0)
+
+
+def column_name(key: MetricKey) -> str:
+    """The column of a series in files and wide frames (:func:`metric_key`'s inverse)."""
+    return key.name if key.layer == 0 else f"{key.name}.l{key.layer}"
 
 
 # Every step.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -21,15 +20,13 @@ import polars as pl
 from gammadb.errors import InvalidSpecError
 from gammadb import import_stream
 from gammadb.import_stream import Repeat, SeenSteps, open_batches
-from gammadb.metrics import LOSS, MetricKey
+from gammadb.metrics import LOSS, MetricKey, column_name, metric_key  # noqa: F401 (re-exported)
 from gammadb.records import POINT_COLUMNS, RUN_COLUMNS, RunSpec
-from gammadb.schema import Metric, Run
 from gammadb.store import Store
 from gammadb.store.imports import ImportBatch, ValueConflictError, import_batches
 
 REQUIRED = ("gamma", "eta", "seed", "step", "loss")
 IGNORED = ("run_id", "sweep", "status", "point_key")
-_LAYER = re.compile(r"^(?P<name>.+)\.l(?P<layer>\d+)$")
 _RUN_DEFAULTS: dict[str, Any] = {"model": "unknown", "dataset": "unknown", "loss_fn": "mse",
                                  "optimizer": "sgd", "depth": None, "width": None, "batch_size": None}
 _RUN_INTS = ("depth", "width", "batch_size")
@@ -53,15 +50,6 @@ class ImportReport:
     replaced: int
     diverged: int
     metrics: tuple[str, ...]
-
-
-def metric_key(column: str) -> MetricKey:
-    m = _LAYER.match(column)
-    return MetricKey(m["name"], int(m["layer"])) if m else MetricKey(column, 0)
-
-
-def column_name(key: MetricKey) -> str:
-    return key.name if key.layer == 0 else f"{key.name}.l{key.layer}"
 
 
 def import_frame(store: Store, df: pl.DataFrame, sweep: str, *, source: str = "import",
@@ -218,6 +206,8 @@ class _FileRows:
 def _metric_columns(schema: pl.Schema, source: str) -> list[str]:
     """The file's metric columns (numeric, not a run column); or an InvalidSpecError naming the
     first bad column."""
+    from gammadb.schema import Metric
+
     numeric = {c for c, t in schema.items() if t.is_numeric()}
     for c in (*REQUIRED, *(c for c in _RUN_INTS if c in schema)):
         if c not in numeric:
@@ -239,6 +229,8 @@ def _metric_columns(schema: pl.Schema, source: str) -> list[str]:
 
 def _row_checks(schema: pl.Schema) -> list[tuple[str, pl.Expr, str]]:
     """(column, true where a row breaks the rule, the rule), in the order they are reported."""
+    from gammadb.schema import Run
+
     checks: list[tuple[str, pl.Expr, str]] = []
     for c in ("gamma", "eta"):
         x = pl.col(c).cast(pl.Float64)

@@ -18,7 +18,6 @@ import polars as pl
 
 from gammadb.metrics import LOSS, TEST_LOSS, MetricKey
 from gammadb.records import RUN_COLUMNS, WHERE_COLUMNS, Condition, RunStatus, value_bounds
-from gammadb.schema import Run
 from gammadb.store import chunks
 from gammadb.store.engine import _chunks
 
@@ -266,10 +265,18 @@ def where_sql(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
     return " AND ".join(parts), params
 
 
+#: The polars type of each run column (:data:`gammadb.records.RUN_COLUMNS`): the ORM model's column
+#: types (tests/store/test_analysis_reads.py holds them to gammadb.schema.Run), written out so a read
+#: never imports the ORM.
+RUN_COLUMN_TYPES: dict[str, pl.DataType] = {
+    "model": pl.String(), "dataset": pl.String(), "loss_fn": pl.String(), "optimizer": pl.String(),
+    "depth": pl.Int64(), "width": pl.Int64(), "batch_size": pl.Int64(),
+}
+
+
 def _run_column_type(name: str) -> pl.DataType:
-    """The polars type of a ``runs`` column, from the ORM's column type."""
-    kind = Run.__table__.c[name].type.python_type
-    return pl.Int64() if kind is int else pl.Float64() if kind is float else pl.String()
+    """The polars type of a ``runs`` column."""
+    return RUN_COLUMN_TYPES[name]
 
 
 def _cast_ints(df: pl.DataFrame, *cols: str) -> pl.DataFrame:

@@ -13,7 +13,6 @@ from sqlalchemy import select, update
 
 from gammadb.metrics import LOSS
 from gammadb.records import RunRecord, RunStatus
-from gammadb.schema import Run, Sweep
 from gammadb.store.chunks import truncate_after
 from gammadb.store.engine import utcnow, worker_id
 from gammadb.store.summaries import _replace_summaries, summarize_losses
@@ -25,6 +24,8 @@ class QueueMixin:
     """Claims, heartbeats and run ends of :class:`gammadb.store.Store`."""
 
     def mark_running(self, run_id: int, *, worker: str | None = None, device: str | None = None) -> None:
+        from gammadb.schema import Run
+
         values: dict[str, Any] = dict(
             status=RunStatus.RUNNING, worker=worker or worker_id(), heartbeat_at=utcnow(),
             started_at=utcnow(), error=None, finished_at=None,
@@ -41,6 +42,8 @@ class QueueMixin:
         PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite: the session's ``BEGIN IMMEDIATE``
         makes the select-and-update one writer at a time. No run is ever claimed twice.
         """
+        from gammadb.schema import Run, Sweep
+
         with self.session_scope() as s:
             q = select(Run).where(Run.sweep_id == sweep_id, Run.status == RunStatus.PENDING)
             if run_ids is not None:
@@ -58,6 +61,8 @@ class QueueMixin:
     def claim_many(self, sweep_id: int, run_ids: Sequence[int], *, limit: int,
                    worker: str | None = None) -> list[RunRecord]:
         """Claim up to ``limit`` pending runs among ``run_ids`` in one transaction (an ensemble)."""
+        from gammadb.schema import Run, Sweep
+
         if not run_ids or limit < 1:
             return []
         with self.session_scope() as s:
@@ -74,6 +79,8 @@ class QueueMixin:
             return [_run_record(r, name) for r in rows]
 
     def heartbeat(self, run_id: int, steps_done: int | None = None) -> None:
+        from gammadb.schema import Run
+
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if steps_done is not None:
             values["steps_done"] = steps_done
@@ -85,6 +92,8 @@ class QueueMixin:
                    summarize: bool = True) -> None:
         """Record a run's end and (for a finished run) its summary, in one transaction: a run is never
         'completed' without its summary, whatever interrupts this call."""
+        from gammadb.schema import Run
+
         rows = []
         if status.finished and summarize:
             rows = summarize_losses(self.series([run_id], metrics=[LOSS]), [run_id])
@@ -101,6 +110,8 @@ class QueueMixin:
     def finish_runs(self, ends: Sequence[tuple[int, RunStatus, int, Optional[int]]]) -> None:
         """Record many runs' ends, (run_id, status, steps_done, diverged_at), in one transaction
         (imports); summaries are rebuilt separately with :meth:`rebuild_summaries`."""
+        from gammadb.schema import Run
+
         if not ends:
             return
         now = utcnow()
@@ -114,6 +125,8 @@ class QueueMixin:
     def reset_runs(self, run_ids: Sequence[int]) -> int:
         """Put running runs back to pending (their committed steps stay and are overwritten on
         rerun); runs that already ended are left alone."""
+        from gammadb.schema import Run
+
         if not run_ids:
             return 0
         with self.session_scope() as s:
@@ -126,6 +139,8 @@ class QueueMixin:
 
     def release_worker(self, worker: str | None = None) -> int:
         """Put every run that ``worker`` (default: this process) holds as running back to pending."""
+        from gammadb.schema import Run
+
         with self.session_scope() as s:
             res = s.execute(
                 update(Run).where(Run.worker == (worker or worker_id()), Run.status == RunStatus.RUNNING)
@@ -138,6 +153,8 @@ class QueueMixin:
         """Put stale running runs (heartbeat older than ``stale_after_s``, or owned by a dead local
         process) and, with ``failed``, failed runs back to pending. Diverged runs are results and
         are never requeued. Returns the requeued run ids."""
+        from gammadb.schema import Run, Sweep
+
         now = utcnow()
         ids: list[int] = []
         host = socket.gethostname()

@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from gammadb.errors import GammadbError, StoreUnavailableError
 from gammadb.metrics import LOSS, MetricKey, kind_of
 from gammadb.records import RunStatus, SummaryRecord
-from gammadb.schema import Metric, RunSummary
 from gammadb.store import chunks
 from gammadb.store.engine import _chunks, _one_line
 from gammadb.urls import libpq_uri
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 class ReadsMixin:
@@ -102,6 +103,8 @@ class ReadsMixin:
                 .sort("run_id", "metric", "layer", "step"))
 
     def summaries(self, run_ids: Sequence[int]) -> dict[int, SummaryRecord]:
+        from gammadb.schema import RunSummary
+
         with self.session_scope() as s:
             out: dict[int, SummaryRecord] = {}
             for chunk in _chunks(list(run_ids), 500):
@@ -185,6 +188,8 @@ def _empty_series() -> pl.DataFrame:
 def ensure_metric_ids(s: Session, keys: Iterable[MetricKey]) -> dict[MetricKey, int]:
     """Every series id the store knows, with ``keys`` created inside the session's transaction where
     missing (so a transaction that fails adds none)."""
+    from gammadb.schema import Metric
+
     known = {MetricKey(n, l): i for n, l, i in s.execute(select(Metric.name, Metric.layer, Metric.id))}
     for k in keys:
         if k not in known:

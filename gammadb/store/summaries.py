@@ -6,15 +6,16 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
 from sqlalchemy import delete
-from sqlalchemy.orm import Session
 
 from gammadb.metrics import LOSS
-from gammadb.schema import RunSummary
 from gammadb.store.engine import _chunks, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 TAIL_FRACTION = 0.1  # run summaries' tail mean: the last 10% of logged steps
 
@@ -67,6 +68,8 @@ def summarize_losses(loss: pl.DataFrame, run_ids: Sequence[int]) -> list[dict[st
 
 def _replace_summaries(session: Session, rows: list[dict[str, Any]], now: dt.datetime) -> None:
     """Inside the caller's transaction: the summaries of ``rows``' runs become ``rows``."""
+    from gammadb.schema import RunSummary
+
     if not rows:
         return
     for chunk in _chunks([r["run_id"] for r in rows], 500):

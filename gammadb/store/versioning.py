@@ -19,7 +19,6 @@ from gammadb.errors import (
     SchemaTooNewError,
     StoreUnavailableError,
 )
-from gammadb.schema import Run
 from gammadb.store.engine import _one_line
 from gammadb.urls import sqlite_path
 
@@ -240,6 +239,8 @@ def _has_tables(conn: Any) -> bool:
 def _foreign_tables(conn: Any) -> list[str]:
     """The tables in the database that are neither gammadb's nor alembic's, sorted."""
     from sqlalchemy import inspect
+
+    from gammadb.schema import Run
 
     ours = set(Run.metadata.tables) | {"alembic_version"}
     return sorted(set(inspect(conn).get_table_names()) - ours)

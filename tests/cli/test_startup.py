@@ -21,3 +21,33 @@ def test_option_defaults_are_the_eta_family_thresholds() -> None:
     from gammadb.analysis import etas, thresholds
 
     assert (etas.CONVERGED, etas.LEFT_PLATEAU) == (thresholds.CONVERGED, thresholds.LEFT_PLATEAU) == (0.1, 0.9)
+
+
+def test_read_only_commands_never_import_the_orm(tmp_path) -> None:
+    """A report, a chart and the analyses read through SQLAlchemy Core and the drivers: the ORM (its
+    import and mapper set-up, 0.1-0.15 s of every such command) is left to the commands that write."""
+    import math
+
+    import polars as pl
+
+    from gammadb.store import Store
+    from gammadb.transfer import import_frame
+
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    rows = [{"gamma": g, "eta": e, "seed": s, "step": t, "loss": math.exp(-e * t / g) + 0.01 * s}
+            for g in (0.1, 1.0, 10.0) for e in (0.01, 0.1, 1.0) for s in (0, 1) for t in range(0, 200)]
+    with Store.open(url) as store:
+        import_frame(store, pl.DataFrame(rows), "tiny")
+    check = ("import atexit, runpy, sys; "
+             "atexit.register(lambda: print('ORM' if 'sqlalchemy.orm' in sys.modules else 'no ORM', file=sys.stderr)); "
+             "sys.argv = ['gammadb', *sys.argv[1:]]; runpy.run_module('gammadb', run_name='__main__')")
+    for args in (["report", "--sweep", "tiny", "--out", str(tmp_path / "r.html")],
+                 ["plot", "curves", "--sweep", "tiny", "--out", str(tmp_path / "c.html")],
+                 ["analyze", "optimal-lr", "--sweep", "tiny"], ["analyze", "phase", "--sweep", "tiny"],
+                 ["analyze", "claims", "--sweep", "tiny"], ["runs", "ls", "--sweep", "tiny"]):
+        out = subprocess.run([sys.executable, "-c", check, *args, "--url", url], capture_output=True, text=True)
+        assert out.stderr.strip().splitlines()[-1] == "no ORM", (args, out.returncode, out.stderr[-2000:])
+    # and a command that writes still does, through the ORM
+    out = subprocess.run([sys.executable, "-c", check, "runs", "requeue", "--sweep", "tiny", "--url", url],
+                         capture_output=True, text=True)
+    assert out.stderr.strip().splitlines()[-1] == "ORM", out.stderr[-2000:]

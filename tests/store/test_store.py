@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import polars as pl
 import pytest
 from sqlalchemy import text
 
 from gammadb.errors import InvalidSpecError, NotFoundError
 from gammadb.metrics import LOSS, MetricKey
-from gammadb.records import RunSpec
+from gammadb.records import RUN_COLUMNS, RunSpec
 from gammadb.records import RunStatus
 from gammadb.store import Store
 
@@ -183,3 +184,22 @@ def test_an_interrupt_inside_a_copy_is_the_interrupt_and_the_store_stays_as_it_w
         assert store.series([run.id])["value"].to_list() == [1.0]
     finally:
         store.close()
+
+
+def test_the_core_reads_use_the_orm_models_columns(store: Store) -> None:
+    """get_sweep reads through a Core table and the analysis reads cast run columns from a written-out
+    map (so a read-only command never imports the ORM): both must say what the models say."""
+    from gammadb.schema import Run, Sweep
+    from gammadb.store.analysis_reads import RUN_COLUMN_TYPES
+    from gammadb.store.sweeps import _SWEEPS
+
+    assert [c.name for c in _SWEEPS.c] == [c.name for c in Sweep.__table__.c]
+    for core, orm in zip(_SWEEPS.c, Sweep.__table__.c):
+        assert type(core.type) is type(orm.type) and getattr(core.type, "length", None) == getattr(orm.type, "length", None)
+        assert getattr(core.type, "timezone", None) == getattr(orm.type, "timezone", None)
+    kinds = {int: pl.Int64(), float: pl.Float64(), str: pl.String()}
+    assert RUN_COLUMN_TYPES == {c: kinds[Run.__table__.c[c].type.python_type] for c in RUN_COLUMNS}
+    made = store.ensure_sweep("core", {"gamma": [0.1, 1.0], "nested": {"a": [1, 2]}})
+    assert store.get_sweep("core") == made
+    with pytest.raises(NotFoundError, match="no sweep named 'nope' \\(sweeps: core\\)"):
+        store.get_sweep("nope")
