@@ -29,11 +29,12 @@ from tests.ui.cdp import Browser, Page, find_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = "live"
-STEPS = 3000
+STEPS = 6000
 RUNS = 9
-# 3 gammas x 3 etas, one seed, one run at a time (no ensemble, so runs finish one by one): about 3 s a
-# run alone on a CPU core, 20-40 s for the sweep here; the writer commits progress every 2 s, so a run
-# shows a step count between 0 and STEPS while it trains.
+# 3 gammas x 3 etas, one seed, one run at a time (no ensemble, so runs finish one by one): 4.5-6 s a
+# run alone on a CPU core, 40-60 s for the sweep here; the writer commits progress every 2 s, so a run
+# shows a step count between 0 and STEPS while it trains. (3,000 steps took 2.2-3.0 s: the one commit
+# inside a run could come too late for the pages' polls to show, and the test failed 2 times in 4.)
 RUN_ARGS = ["--name", SWEEP, "--model", "mlp", "--task", "teacher", "--depth", "3", "--width", "16",
             "--gamma", "0.1,1,10", "--eta", "0.01,0.1,1", "--seeds", "1", "--steps", str(STEPS), "--full-grid",
             "--ensemble", "1", "--device", "cpu", "--threads", "1", "--quiet"]
