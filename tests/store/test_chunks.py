@@ -31,6 +31,15 @@ def test_split_cuts_at_gaps_and_windows_and_expand_inverts_it() -> None:
     assert [(f, n) for f, n, _ in rows] == [(0, 3), (5, 2), (1022, 2), (1024, 2), (3000, 1)]
     got_steps, got_values = chunks.expand(*zip(*rows))
     assert got_steps.tolist() == steps.tolist() and got_values.tobytes() == values.tobytes()
+    # rows of several series one after another (as a read returns them): the steps fall back to the
+    # next series' first step; each row's steps are its first step onwards, whatever came before
+    rng = np.random.default_rng(7)
+    many = [(int(rng.integers(0, 5000)), int(rng.integers(1, 1025)), b"") for _ in range(300)]
+    many = [(f, n, np.full(n, f, dtype="<f8").tobytes()) for f, n, _ in many]
+    got_steps, got_values = chunks.expand(*zip(*many))
+    assert got_steps.tolist() == [f + i for f, n, _ in many for i in range(n)]
+    assert got_values.tolist() == [float(f) for f, n, _ in many for _ in range(n)]
+    assert chunks.expand([42], [1], [b"\0" * 8])[0].tolist() == [42]
 
 
 def test_merge_and_last_wins() -> None:
