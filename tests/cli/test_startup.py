@@ -51,3 +51,19 @@ def test_read_only_commands_never_import_the_orm(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", check, "runs", "requeue", "--sweep", "tiny", "--url", url],
                          capture_output=True, text=True)
     assert out.stderr.strip().splitlines()[-1] == "ORM", out.stderr[-2000:]
+
+
+def test_the_process_ends_without_the_collector_and_keeps_its_exit_status() -> None:
+    """main() leaves the exit's garbage collection out (0.3-0.4 s after a report), only at exit:
+    a caller that catches its SystemExit keeps a working collector, and exit statuses are unchanged."""
+    code = ("import atexit, gc, sys; from gammadb.cli import main; "
+            "atexit.register(lambda: print('at exit: collector', 'on' if gc.isenabled() else 'off', "
+            "'frozen' if gc.get_freeze_count() else 'not frozen')); "
+            "sys.argv = ['gammadb', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n"
+            "    print('caught', exc.code, 'collector', 'on' if gc.isenabled() else 'off'); raise")
+    ok = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "caught 0 collector on" in ok.stdout, ok.stdout + ok.stderr
+    assert ok.stdout.strip().endswith("at exit: collector off frozen"), ok.stdout
+    bad = subprocess.run([sys.executable, "-c", code, "no-such-command"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "No such command" in bad.stderr, bad.stdout + bad.stderr
