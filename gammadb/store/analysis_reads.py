@@ -63,10 +63,11 @@ class AnalysisReadsMixin:
         status, diverged_at; from ``run_summaries`` (null without one) s_final_step, s_steps
         (steps_logged), s_final, s_min, s_max, s_tail (final, min, largest finite and tail-mean loss;
         s_max is null in a summary written before migration 0006), s_diverged (a NaN or inf at any
-        stored step); first_step and max_step (the first and last logged loss step, null without any); initial_test (the logged
-        test loss at the first loss step, null where not measured: not rescaled), initial_train (the
-        loss at the first step; null for a NaN on SQLite, which stores NaN as NULL) and config (the
-        run's stored config as JSON text). An unknown sweep gives an empty frame.
+        stored step); first_step and max_step (the first and last logged loss step, null without
+        any); initial_test (the logged test loss at the first loss step, null where not measured:
+        not rescaled), initial_train (the loss at the first step; null for a NaN on SQLite, which
+        stores NaN as NULL) and config (the run's stored config as JSON text). An unknown sweep gives
+        an empty frame.
         """
         loss_id = self.metric_id(LOSS)
         test_id = self.metric_id(TEST_LOSS)
@@ -95,7 +96,7 @@ class AnalysisReadsMixin:
         tail = ["first_step", "max_step", "initial_test", "initial_train", "config"]
         order = [c for c in runs.columns if c not in tail] + tail
         return runs.select(order).with_columns(
-            *(pl.col(c).cast(_run_column_type(c)) for c in RUN_COLUMNS),
+            *(pl.col(c).cast(RUN_COLUMN_TYPES[c]) for c in RUN_COLUMNS),
             *(pl.col(c).cast(pl.Int64) for c in ("run_id", "seed", "diverged_at", "s_final_step", "s_steps",
                                                   "first_step", "max_step")),
             *(pl.col(c).cast(pl.Float64) for c in ("gamma", "eta", "s_final", "s_min", "s_max", "s_tail", "initial_test",
@@ -272,11 +273,6 @@ RUN_COLUMN_TYPES: dict[str, pl.DataType] = {
     "model": pl.String(), "dataset": pl.String(), "loss_fn": pl.String(), "optimizer": pl.String(),
     "depth": pl.Int64(), "width": pl.Int64(), "batch_size": pl.Int64(),
 }
-
-
-def _run_column_type(name: str) -> pl.DataType:
-    """The polars type of a ``runs`` column."""
-    return RUN_COLUMN_TYPES[name]
 
 
 def _cast_ints(df: pl.DataFrame, *cols: str) -> pl.DataFrame:

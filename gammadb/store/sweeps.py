@@ -63,7 +63,7 @@ class SweepsMixin:
                     raise NotFoundError(f"no sweep named {name!r}{hint}")
         except SQLAlchemyError as exc:
             raise GammadbError(f"store error: {_one_line(exc)}") from None
-        return SweepRecord(row.id, row.name, dict(row.spec), row.code_version, row.created_at)
+        return _sweep_record(row)
 
     def ensure_runs(self, sweep_id: int, specs: Sequence[RunSpec]) -> list[RunRecord]:
         """Create the runs that do not exist yet (by point key); return all, in ``specs`` order."""
@@ -126,7 +126,8 @@ class SweepsMixin:
             return len(ids)
 
 
-def _sweep_record(row: Sweep) -> SweepRecord:
+def _sweep_record(row: "Sweep | sa.Row[Any]") -> SweepRecord:
+    """A sweep's record from its ORM row or a Core row of :data:`_SWEEPS`."""
     return SweepRecord(row.id, row.name, dict(row.spec), row.code_version, row.created_at)
 
 
