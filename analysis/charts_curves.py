@@ -16,7 +16,7 @@ import polars as pl
 from gammadb.analysis.clock import tau_expr
 from gammadb.analysis.downsample import (
     DEFAULT_PER_DECADE,
-    bands_per_decade,
+    bands_grid,
     bucketed_grids,
     bucketed_series,
     curve_bands,
@@ -364,7 +364,7 @@ def curves_figure(store: "Store", sweep: str, *, metric: str = "loss", where: Se
     o = (opts or PlateauOptions(per_decade=per_decade)) if marks and key.name == LOSS and key.layer == 0 else None
     with shared_reads(store):
         # one read of the series feeds both grids: the bands' (coarsened to the row budget) and the marks'
-        bucketed_grids(store, ids, key, [bands_per_decade(runs, per_decade, max_rows), *([o.per_decade] if o else [])])
+        bucketed_grids(store, ids, key, [bands_grid(runs, per_decade, max_rows)[0], *([o.per_decade] if o else [])])
         bands = curve_bands(store, runs, key, per_decade=per_decade, max_rows=max_rows)
         mk = None
         if o is not None:

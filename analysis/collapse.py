@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import polars as pl
 
-from gammadb.analysis.downsample import DEFAULT_PER_DECADE, bucketed_series
+from gammadb.analysis.downsample import bucketed_series
+from gammadb.buckets import DEFAULT_PER_DECADE
 from gammadb.analysis.clock import step_at_tau, tau, tau_expr
 from gammadb.analysis.etas import group_columns, select_family, varying_columns
 from gammadb.analysis.fits import power_law_regression

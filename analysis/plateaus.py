@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import polars as pl
 
-from gammadb.analysis.downsample import DEFAULT_PER_DECADE, bucket_frame, bucketed_series
+from gammadb.analysis.downsample import bucketed_series
+from gammadb.buckets import DEFAULT_PER_DECADE, bucket_frame
 from gammadb.analysis.etas import group_columns, select_family, varying_columns
 from gammadb.analysis.fits import power_law_regression
 from gammadb.analysis.smoothing import LN10, MIN_SPAN_DECADES, smooth_log_curve

@@ -45,8 +45,10 @@ def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: 
     return status
 
 
-def _record_end(store: Store, run: RunRecord, outcome: Any, sink: StoreSink, reporter: Reporter) -> RunStatus:
-    """Record how a trained run ended (a gammadb.runners.train.RunOutcome); return its status."""
+def _record_end(store: Store, run: RunRecord, outcome: Any, sink: StoreSink, reporter: Reporter, *,
+                cache: bool = True) -> RunStatus:
+    """Record how a trained run ended (a gammadb.runners.train.RunOutcome); return its status.
+    ``cache``: bucket its loss into the store's cache too (an ensemble does its members' at once)."""
     if outcome.status == "stopped":  # interrupted on request: resumable, not a result
         store.reset_runs([run.id])
         return RunStatus.PENDING
@@ -56,7 +58,8 @@ def _record_end(store: Store, run: RunRecord, outcome: Any, sink: StoreSink, rep
     # Both are one transaction and safe to repeat: a connection killed under them (a restarted server)
     # must not leave a trained run 'running' until its heartbeat goes stale.
     retry_transient(store.delete_steps_after, run.id, outcome.steps_done)
-    retry_transient(store.finish_run, run.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at)
+    retry_transient(store.finish_run, run.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at,
+                    cache=cache)
     reporter.run_finished(run, status, outcome.steps_done, sink.last_loss)
     return status
 
@@ -160,7 +163,9 @@ def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: Wor
                                   checkpoints=[_checkpoint_policy(options, r) for r in runs])
     if failed:
         return [RunStatus.FAILED] * len(runs)
-    statuses = [_record_end(store, r, outcome, sink, reporter) for r, sink, outcome in zip(runs, sinks, outcomes)]
+    statuses = [_record_end(store, r, outcome, sink, reporter, cache=False)
+                for r, sink, outcome in zip(runs, sinks, outcomes)]
+    store.cache_loss_buckets([r.id for r in runs])  # the members' loss bucketed in one pass, not K
     stop_if_requested()
     return statuses
 

@@ -4,8 +4,13 @@ A run's version (``run_versions``) is bumped by triggers on every write of its s
 (migration 0005), in the writer's own transaction. A reader therefore reads the versions *before*
 the series it reduces: whatever it then reads is at least as new as the version it stores with the
 result, so a cache row can be older than it claims (it is recomputed at the next read) but never
-newer, and a row whose version differs from the run's current one is never served. The blobs are
-opaque here (their layout belongs to :mod:`gammadb.analysis.downsample`).
+newer, and a row whose version differs from the run's current one is never served. The blobs'
+layout and the bucketing maths belong to :mod:`gammadb.buckets`.
+
+Wherever a run's summary is written (the run's end, an import, ``gammadb db summarize``), its training
+loss is bucketed on the 40-a-decade grid and cached too (:meth:`BucketCacheMixin.cache_loss_buckets`):
+the grid the report, ``plot curves`` and the plateau analysis read for every run, so the first
+command after a sweep does not read and bucket every value first.
 
 Filling the cache is best effort: a read-only store, a store locked by a writer for more than a
 moment, or a run deleted meanwhile only means the next read computes again; it is never an error.
@@ -15,19 +20,69 @@ Runs still running are not cached (their next chunk would make the row stale at 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+from gammadb.buckets import BUCKET_LAYOUT, DEFAULT_PER_DECADE, bucket_frame, pack_buckets
 from gammadb.errors import GammadbError
+from gammadb.metrics import LOSS
 from gammadb.records import RunStatus
+from gammadb.store.chunks import last_steps
 from gammadb.store.engine import _chunks
 
 _IN = 900  # ids per IN list (SQLite's default limit of bound parameters is 999 on old builds)
 CACHE_WRITE_WAIT_MS = 250  # how long a cache write waits for a writer's lock before giving up
+_FILL_RUNS = 500  # runs bucketed at a time by cache_loss_buckets
+FILL_VALUES = 2_000_000  # loss values bucketed at a time by cache_loss_buckets (memory: ~100 B a value)
 
 
 class BucketCacheMixin:
     """Reads and writes of ``series_buckets`` for :class:`gammadb.store.Store`."""
 
     read_only: bool
+
+    def cache_loss_buckets(self, run_ids: Sequence[int]) -> int:
+        """Bucket the training loss of those of ``run_ids`` that have ended and are not cached at
+        their current version, on the 40-a-decade grid, and cache it, a slice of runs at a time
+        (about :data:`FILL_VALUES` values). Best effort, like every cache write: nothing on a
+        read-only store, and a store that refuses (locked, a series it cannot decode) only leaves
+        the rest to the next read. Returns how many runs it cached."""
+        loss_id = self.metric_id(LOSS, 0)
+        if loss_id is None or self.read_only or not run_ids:
+            return 0
+        cached = 0
+        try:
+            for part in self._by_loss_size(sorted({int(r) for r in run_ids})):
+                _, versions = self.cached_buckets(part, loss_id, DEFAULT_PER_DECADE, BUCKET_LAYOUT)  # before the series
+                if not versions:
+                    continue
+                frame = bucket_frame(self.values_frame(list(versions), loss_id), DEFAULT_PER_DECADE)
+                packed = pack_buckets(frame)
+                rows = [(r, v, packed[r]) for r, v in versions.items() if r in packed]
+                if self.cache_buckets(loss_id, DEFAULT_PER_DECADE, BUCKET_LAYOUT, rows):
+                    cached += len(rows)
+        except (GammadbError, *_driver_errors()):
+            pass
+        return cached
+
+    def _by_loss_size(self, run_ids: list[int]) -> Iterator[list[int]]:
+        """``run_ids`` in slices of at most :data:`_FILL_RUNS` runs and about :data:`FILL_VALUES`
+        stored steps (a run's last step bounds its loss values)."""
+        conn = self.raw_connection(read_only=True)
+        try:
+            last = last_steps(self.backend, conn, run_ids)
+        finally:
+            conn.close()
+        part: list[int] = []
+        size = 0
+        for run_id in run_ids:
+            n = last.get(run_id, -1) + 1
+            if part and (len(part) == _FILL_RUNS or size + n > FILL_VALUES):
+                yield part
+                part, size = [], 0
+            part.append(run_id)
+            size += n
+        if part:
+            yield part
 
     def cached_buckets(self, run_ids: Sequence[int], metric_id: int, per_decade: int,
                        layout: int) -> tuple[dict[int, bytes], dict[int, int]]:

@@ -124,6 +124,7 @@ def import_batches(store: Any, sweep: str, sweep_spec: Mapping[str, Any], batche
             if "operational" in type(exc).__name__.lower():
                 raise _unavailable(store, exc) from None
             raise GammadbError(f"import failed: {_one_line(exc)}") from None
+    store.cache_loss_buckets(run_ids)  # as at a run's end; after the commit, best effort
     return ImportResult(run_ids=run_ids, new_runs=new_runs, values=values, replaced=replaced, diverged=diverged)
 
 

@@ -89,9 +89,11 @@ class QueueMixin:
 
     def finish_run(self, run_id: int, status: RunStatus, *, steps_done: int,
                    diverged_at: int | None = None, error: str | None = None,
-                   summarize: bool = True) -> None:
+                   summarize: bool = True, cache: bool = True) -> None:
         """Record a run's end and (for a finished run) its summary, in one transaction: a run is never
-        'completed' without its summary, whatever interrupts this call."""
+        'completed' without its summary, whatever interrupts this call. Then, with ``cache``, best
+        effort, the summarised run's loss is bucketed into the store's cache
+        (:meth:`cache_loss_buckets`; a caller ending many runs at once does them in one call)."""
         from gammadb.schema import Run
 
         rows = []
@@ -106,6 +108,8 @@ class QueueMixin:
                 )
             )
             _replace_summaries(s, rows, now)
+        if rows and cache:
+            self.cache_loss_buckets([run_id])
 
     def finish_runs(self, ends: Sequence[tuple[int, RunStatus, int, Optional[int]]]) -> None:
         """Record many runs' ends, (run_id, status, steps_done, diverged_at), in one transaction

@@ -24,7 +24,8 @@ class SummariesMixin:
     """Summary rebuilds of :class:`gammadb.store.Store`."""
 
     def rebuild_summaries(self, sweep: str | None = None, run_ids: Sequence[int] | None = None) -> int:
-        """Recompute run summaries from the stored loss series. Returns the number of runs."""
+        """Recompute run summaries from the stored loss series, and cache the bucketed loss of the
+        runs not cached yet (:meth:`cache_loss_buckets`). Returns the number of runs."""
         if run_ids is None:
             run_ids = [r.id for r in self.runs(sweep=sweep)]
         if not run_ids:
@@ -35,6 +36,7 @@ class SummariesMixin:
             rows.extend(summarize_losses(loss, chunk))
         with self.session_scope() as s:
             _replace_summaries(s, rows, utcnow())
+        self.cache_loss_buckets(run_ids)
         return len(rows)
 
 

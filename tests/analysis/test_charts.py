@@ -71,25 +71,34 @@ def test_curves_leave_diverged_runs_out_and_key_colour_to_log_gamma(store, tmp_p
 
 
 def test_curves_and_their_plateau_marks_come_from_one_read(store, monkeypatch):
-    """The bands (coarsened to the row budget: 4 buckets a decade here) and the marks (40 a decade)
-    are bucketed from one read of the loss, and draw what the two separate reads drew."""
+    """The bands (coarsened to the row budget: 4 buckets a decade here, merged from the 40 grid) and
+    the marks (40 a decade) come from one read of the loss, and draw what the separate reads drew;
+    with the loss cached where the runs were summarised (here the import), from no read at all."""
+    from sqlalchemy import text
+
     from gammadb.analysis.charts_curves import curves_chart, plateau_marks, split_diverged
-    from gammadb.analysis.downsample import bands_per_decade, bucketed_series, curve_bands
+    from gammadb.analysis.downsample import bands_grid, bands_per_decade, bucketed_series, curve_bands
     from gammadb.analysis.plateaus import PlateauOptions, detect_plateaus
     from gammadb.metrics import MetricKey
 
-    monkeypatch.setattr(store, "cache_buckets", lambda *a, **k: False)  # the store's cache stays empty: reads count
     runs, _ = split_diverged(store.runs_frame("demo"))
     table, drops = detect_plateaus(bucketed_series(store, runs["run_id"].to_list(), "loss", 40), runs,
                                    PlateauOptions())
     want = curves_chart(curve_bands(store, runs, MetricKey("loss"), max_rows=100), plateau_marks(table, drops))
-    assert bands_per_decade(runs, 40, 100) == 4
+    assert bands_per_decade(runs, 40, 100) == 4 and bands_grid(runs, 40, 100) == (40, 10)
     reads = []
     real = store.values_frame
     monkeypatch.setattr(store, "values_frame", lambda ids, *a, **k: reads.append(list(ids)) or real(ids, *a, **k))
     chart, info = curves_figure(store, "demo", max_rows=100)
+    assert reads == [] and info["marks"] > 0
+    assert chart_spec(chart)["datasets"] == chart_spec(want)["datasets"]
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM series_buckets"))
+    monkeypatch.setattr(store, "cache_buckets", lambda *a, **k: False)  # the store's cache stays empty: reads count
+    chart, info = curves_figure(store, "demo", max_rows=100)
     assert len(reads) == 1 and info["marks"] > 0
     assert chart_spec(chart)["datasets"] == chart_spec(want)["datasets"]
+
 
 def test_log_y_despite_a_few_zeros():
     df = pl.DataFrame({"mean": [0.0] + list(np.logspace(-3, 3, 30))})

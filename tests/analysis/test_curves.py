@@ -23,7 +23,6 @@ from gammadb.analysis.collapse import (
     rms_distance,
 )
 from gammadb.analysis.downsample import (
-    bucket_frame,
     bucketed_series,
     parse_where,
     rows_budget_per_decade,
@@ -39,6 +38,7 @@ from gammadb.analysis.plateaus import (
     plateaus_of_steps,
 )
 from gammadb.analysis.smoothing import smooth_log_curve
+from gammadb.buckets import bucket_frame
 from gammadb.errors import AnalysisError, InvalidSpecError
 from gammadb.metrics import MetricKey
 from gammadb.transfer import import_frame

@@ -1,4 +1,4 @@
-"""gammadb.analysis.downsample's reduction: bucket_frames (contiguous stretches, no hashing) gives bit for
+"""gammadb.buckets' reduction: bucket_frames (contiguous stretches, no hashing) gives bit for
 bit what a polars group_by over (run_id, bucket) gives, on every grid, from one pass; bucketed_grids
 reads a series once for several grids."""
 
@@ -10,8 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gammadb.analysis import downsample
-from gammadb.analysis.downsample import BUCKET_SCHEMA, bucket_frame, bucket_frames, bucketed_grids, bucketed_series
+from gammadb import buckets
+from gammadb.analysis.downsample import bucketed_grids, bucketed_series
+from gammadb.buckets import BUCKET_SCHEMA, bucket_frame, bucket_frames
 from gammadb.metrics import MetricKey
 from gammadb.transfer import import_frame
 
@@ -20,7 +21,7 @@ def grouped(series: pl.DataFrame, per_decade: int) -> pl.DataFrame:
     """The definition: the group_by over (run_id, bucket) that bucket_frame was until it got fast."""
     return (
         series.lazy().filter((pl.col("step") >= 1) & pl.col("value").is_finite())
-        .with_columns(downsample.bucket_index(pl.col("step"), per_decade).alias("bucket"))
+        .with_columns(buckets.bucket_index(pl.col("step"), per_decade).alias("bucket"))
         .group_by("run_id", "bucket")
         .agg(pl.col("step").min().alias("step_lo"), pl.col("step").max().alias("step_hi"),
              pl.col("step").cast(pl.Float64).log().mean().exp().alias("step"), pl.len().cast(pl.Int64).alias("n"),
@@ -101,6 +102,23 @@ def kahan_mean(values: list[float]) -> float:
     return total / len(values)
 
 
+@pytest.mark.parametrize("case", ["store order", "a few rows left out", "sparse large steps"])
+def test_merged_buckets_are_the_coarse_grid_up_to_rounding(case: str) -> None:
+    """A chart's coarser grid merged from the 40 grid (what the store caches) is the coarse grid
+    bucketed from the values: the same buckets, counts, extremes and step ranges exactly; the means
+    and the steps' geometric means up to rounding."""
+    df = CASES[case]()
+    fine = bucket_frame(df, 40)
+    for coarse in (20, 10, 8, 5, 4, 1):
+        got, want = buckets.merge_buckets(fine, 40 // coarse), bucket_frame(df, coarse)
+        assert got.columns == [c for c in BUCKET_SCHEMA if c != "mean_log"]
+        exact = ["run_id", "bucket", "step_lo", "step_hi", "n", "min", "max"]
+        assert got.select(exact).equals(want.select(exact)), coarse
+        for c in ("mean", "step"):
+            np.testing.assert_allclose(got[c].to_numpy(), want[c].to_numpy(), rtol=1e-12, err_msg=f"{c} {coarse}")
+    assert buckets.merge_buckets(fine, 1).equals(fine.drop("mean_log"))
+
+
 def test_stretch_means_are_kahan_sums_in_row_order() -> None:
     """The sum a polars group_by takes; a plain or pairwise sum differs in the last bits (it did, in
     a quarter of the buckets of a 5 M-value sweep, and moved a drop step by one grid point)."""
@@ -108,7 +126,7 @@ def test_stretch_means_are_kahan_sums_in_row_order() -> None:
     x = rng.lognormal(size=5000) * 10 ** rng.uniform(-8, 8, 5000)
     n = np.array([0, 1, 2, 17, 900, 3, 0, 2048, 1000, 1])
     starts = np.concatenate(([0], np.cumsum(n)[:-1]))
-    (got,) = downsample._stretch_means((x,), starts, n)
+    (got,) = buckets._stretch_means((x,), starts, n)
     want = [kahan_mean(x[a:a + k].tolist()) if k else math.nan for a, k in zip(starts, n)]
     assert np.array_equal(got, np.array(want), equal_nan=True)
     assert any(g != float(np.sum(x[a:a + k]) / k) for g, a, k in zip(got, starts, n) if k > 100)

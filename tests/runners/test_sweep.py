@@ -39,6 +39,14 @@ def count_values(store: Store) -> int:
     return int(store.read("SELECT COUNT(*) AS n FROM metric_values")["n"][0])
 
 
+def loss_cached(store: Store) -> set[int]:
+    """The runs whose loss the store's cache holds (40 a decade) at the run's current version."""
+    return set(store.read(
+        "SELECT b.run_id FROM series_buckets b JOIN run_versions v ON v.run_id = b.run_id AND v.version = b.version "
+        "JOIN metrics m ON m.id = b.metric_id WHERE m.name = 'loss' AND m.layer = 0 AND b.per_decade = 40"
+    )["run_id"].to_list())
+
+
 def test_sweep_records_every_step_and_reruns_add_nothing(store: Store) -> None:
     rep = run_sweep(store, plan(), WorkOptions(device="cpu"))
     assert (rep.total, rep.completed + rep.diverged, rep.failed) == (4, 4, 0)
@@ -50,6 +58,7 @@ def test_sweep_records_every_step_and_reruns_add_nothing(store: Store) -> None:
     wc = store.series(runs["run_id"].to_list(), metrics=["weight_change"])
     assert sorted(wc["layer"].unique().to_list()) == [1, 2, 3]
     assert runs["final_loss"].is_not_null().all()
+    assert loss_cached(store) == set(runs["run_id"].to_list())  # each run's end bucketed its loss
     n = count_values(store)
     again = run_sweep(store, plan(), WorkOptions(device="cpu"))
     assert again.skipped == 4 and again.completed == 0
@@ -306,9 +315,18 @@ def test_ensemble_sweep_records_each_member_as_its_own_run(sqlite_url: str) -> N
     configs = [tiny(gamma=g, eta=e, dtype="float64", cadence="none", ntk=False, sharpness=False)
                for g in (0.5, 2.0) for e in (0.05, 1e6)]
     with Store.open(sqlite_url) as store:
+        fills: list[list[int]] = []
+        real = store.cache_loss_buckets
+        store.cache_loss_buckets = lambda ids: fills.append(sorted(ids)) or real(ids)  # type: ignore[method-assign]
         rep = run_sweep(store, SweepPlan(name="ens", spec={}, configs=configs), WorkOptions(device="cpu", ensemble=4))
         assert (rep.completed, rep.diverged) == (2, 2)
         stacked = store.runs_frame("ens").sort("gamma", "eta")
+        # the members' losses are bucketed in one pass at the ensemble's end: every run with a finite
+        # loss past step 0 is cached
+        assert fills == [sorted(stacked["run_id"].to_list())]
+        finite = store.series(stacked["run_id"].to_list(), metrics=["loss"]).filter(
+            (pl.col("step") >= 1) & pl.col("value").is_finite())["run_id"].unique().to_list()
+        assert loss_cached(store) == set(finite) and len(finite) >= 2
         alone_url = sqlite_url.replace("store.sqlite", "alone.sqlite")
     with Store.open(alone_url) as alone:
         run_sweep(alone, SweepPlan(name="ens", spec={}, configs=configs), WorkOptions(device="cpu"))

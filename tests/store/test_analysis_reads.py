@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from gammadb.analysis.downsample import BUCKET_SCHEMA, bucketed_series, parse_where
+from gammadb.analysis.downsample import bucketed_series, parse_where
+from gammadb.buckets import BUCKET_SCHEMA
 from gammadb.records import Condition
 from gammadb.store.analysis_reads import where_sql
 from gammadb.metrics import MetricKey

@@ -1,7 +1,8 @@
 """The cache of bucketed series (``series_buckets``, migration 0005): served only while the series is
 as it was, bit for bit what computing again gives, refreshed after every kind of write (the writer, a
 resume's truncation, an import that replaces, hand-written SQL), never written through a read-only
-store, given up on (not waited for) when a writer holds the lock, and migrated both ways."""
+store, given up on (not waited for) when a writer holds the lock, and migrated both ways. Wherever a
+run's summary is written (its end, an import, db summarize) its loss is cached on the 40 grid."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from sqlalchemy import text
 
-from gammadb.analysis import downsample
-from gammadb.analysis.downsample import bucket_frames, bucketed_grids, pack_buckets, unpack_buckets
+from gammadb.analysis.downsample import bucketed_grids
+from gammadb.buckets import BUCKET_SCHEMA, bucket_frames, pack_buckets, unpack_buckets
 from gammadb.metrics import MetricKey
-from gammadb.records import RunStatus
+from gammadb.records import RunSpec, RunStatus
 from gammadb.store import Store
 from gammadb.transfer import import_frame
 
@@ -35,7 +37,13 @@ def _sweep(store: Store, runs: int = 4, steps: int = 3000, *, seed: int = 0, nam
         loss[7 * k] = np.nan if k % 2 else loss[7 * k]  # a NaN inside one series in two
         frames.append(pl.DataFrame({"gamma": 10.0 ** (k - 1), "eta": 0.1, "seed": 0, "step": t, "loss": loss}))
     import_frame(store, pl.concat(frames), name)
+    _empty_cache(store)  # the import cached the loss on the 40 grid: these tests start from a cold cache
     return store.runs_frame(name)["run_id"].to_list()
+
+
+def _empty_cache(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM series_buckets"))
 
 
 def _fresh(store: Store, ids: list[int]) -> dict[int, pl.DataFrame]:
@@ -56,7 +64,7 @@ def test_pack_round_trips_bit_for_bit() -> None:
     df = pl.DataFrame({"run_id": [3, 3, 9], "bucket": [0, 5, 1], "step_lo": [1, 2, 1], "step_hi": [1, 3, 1],
                        "step": [1.0, 2.449, 1.0], "n": [1, 2, 1], "mean": [-0.0, 5e-324, np.inf],
                        "min": [-0.0, 1e-300, 1.0], "max": [1.0, np.nextafter(1.0, 2.0), np.inf],
-                       "mean_log": [None, -3.25, 0.0]}, schema=downsample.BUCKET_SCHEMA)
+                       "mean_log": [None, -3.25, 0.0]}, schema=BUCKET_SCHEMA)
     packed = pack_buckets(df)
     assert sorted(packed) == [3, 9] and len(packed[3]) == 2 * 72
     back = unpack_buckets(packed)
@@ -149,7 +157,6 @@ def test_a_stale_or_damaged_row_is_never_served(store: Store) -> None:
 
 def test_running_runs_are_not_cached(store: Store) -> None:
     ids = _sweep(store, runs=2)
-    from sqlalchemy import text
 
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE runs SET status = :s WHERE id = :i"), {"s": RunStatus.RUNNING.value, "i": ids[0]})
@@ -230,3 +237,119 @@ def test_a_cache_table_dropped_by_hand_only_means_computing(store: Store) -> Non
     with store.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE series_buckets")
     _same(bucketed_grids(store, ids, LOSS, GRIDS), want)
+    # and every write that fills the cache as it goes (an import, a run's end) still lands
+    import_frame(store, pl.DataFrame({"gamma": 1.0, "eta": 0.1, "seed": 0, "step": range(100), "loss": 1.0}), "after-drop")
+    (run,) = store.ensure_runs(store.get_sweep("after-drop").id, [_spec(0.2)])
+    store.mark_running(run.id, worker="w", device="cpu")
+    with store.writer() as w:
+        for t in range(50):
+            w.log(run.id, t, {LOSS: 1.0 / (t + 1)})
+    store.finish_run(run.id, RunStatus.COMPLETED, steps_done=49)
+    assert store.get_run(run.id).status == RunStatus.COMPLETED
+    assert store.read("SELECT COUNT(*) AS n FROM run_summaries")["n"][0] == 4
+
+
+# ------------------------------------------------------------------- the loss cached where summaries are written
+def _spec(eta: float) -> RunSpec:
+    return RunSpec(model="mlp", dataset="teacher", loss_fn="mse", optimizer="sgd", depth=3, width=16,
+                   batch_size=8, gamma=1.0, eta=eta, seed=0, dtype="float32", steps_planned=3000,
+                   config={"eta": eta})
+
+
+def _loss_cache(store: Store) -> dict[int, tuple[int, bytes]]:
+    """{run_id: (version, blob)} of the loss's 40-a-decade rows, each at its run's current version."""
+    rows = store.read(
+        "SELECT b.run_id, b.version, b.buckets FROM series_buckets b JOIN run_versions v "
+        "ON v.run_id = b.run_id AND v.version = b.version "
+        "WHERE b.per_decade = 40 AND b.layout = 1 AND b.metric_id = (SELECT id FROM metrics WHERE name = 'loss' AND layer = 0)")
+    return {int(r): (int(v), bytes(b)) for r, v, b in rows.iter_rows()}
+
+
+def _no_series_read(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    reads: list[list[int]] = []
+    real = store.values_frame
+    monkeypatch.setattr(store, "values_frame", lambda run_ids, *a, **k: reads.append(list(run_ids)) or real(run_ids, *a, **k))
+    return reads
+
+
+def test_an_import_caches_every_run_s_loss_on_the_report_s_grid(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    t = np.arange(3000)
+    frames = [pl.DataFrame({"gamma": g, "eta": 0.1, "seed": 0, "step": t,
+                            "loss": np.exp(-t / 500.0) * rng.lognormal(sigma=0.1, size=t.size)})
+              for g in (0.1, 1.0, 10.0)]
+    frames[2] = frames[2].with_columns(pl.when(pl.col("step") >= 2000).then(np.inf).otherwise(pl.col("loss")).alias("loss"))
+    import_frame(store, pl.concat(frames), "imp")
+    ids = store.runs_frame("imp")["run_id"].to_list()
+    want = bucket_frames(store.values_frame(ids, store.metric_id("loss", 0)), [40])[40]
+    cache = _loss_cache(store)
+    assert sorted(cache) == sorted(ids)  # the diverged run too: its finite steps
+    assert unpack_buckets({r: b for r, (_, b) in cache.items()}).equals(want)
+    reads = _no_series_read(store, monkeypatch)
+    assert bucketed_grids(store, ids, LOSS, [40])[40].equals(want)
+    assert reads == []  # the first read after the import reads no value
+
+
+def test_a_run_s_end_caches_its_loss_and_a_failed_run_s_does_not(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep = store.ensure_sweep("ends", {})
+    done, failed = store.ensure_runs(sweep.id, [_spec(0.1), _spec(0.2)])
+    for run in (done, failed):
+        store.mark_running(run.id, worker="w", device="cpu")
+    with store.writer() as w:
+        for t in range(3000):
+            w.log(done.id, t, {LOSS: 1.0 / (t + 1)})
+            w.log(failed.id, t, {LOSS: 2.0 / (t + 1)})
+    store.finish_run(failed.id, RunStatus.FAILED, steps_done=2999, error="boom")
+    assert _loss_cache(store) == {}
+    store.finish_run(done.id, RunStatus.COMPLETED, steps_done=2999)
+    assert sorted(_loss_cache(store)) == [done.id]
+    reads = _no_series_read(store, monkeypatch)
+    got = bucketed_grids(store, [done.id], LOSS, [40])[40]
+    assert reads == [] and got["n"].sum() == 2999 and got["step_hi"].max() == 2999
+    # a resume that rewrites steps makes the row stale: served no more, computed again
+    store.mark_running(done.id, worker="w", device="cpu")
+    with store.writer() as w:
+        w.log(done.id, 10, {LOSS: 7.0})
+    assert _loss_cache(store) == {}
+    store.finish_run(done.id, RunStatus.COMPLETED, steps_done=2999)
+    assert sorted(_loss_cache(store)) == [done.id]
+    assert bucketed_grids(store, [done.id], LOSS, [40])[40].filter(pl.col("step_lo") == 10)["max"][0] == 7.0
+
+
+def test_db_summarize_caches_the_runs_left_uncached_and_a_read_only_store_writes_nothing(store_url: str) -> None:
+    with Store.open(store_url) as rw:
+        ids = _sweep(rw, runs=3)  # imported, then the cache emptied
+        assert _loss_cache(rw) == {}
+    with Store.open(store_url, read_only=True) as ro:
+        assert ro.cache_loss_buckets(ids) == 0
+    with Store.open(store_url) as rw:
+        assert _loss_cache(rw) == {}
+        assert rw.rebuild_summaries("c") == 3
+        assert sorted(_loss_cache(rw)) == sorted(ids)
+        assert rw.cache_loss_buckets(ids) == 0  # all current: nothing bucketed again
+
+
+def test_the_fill_gives_up_on_a_locked_sqlite_store_and_loses_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    with Store.open(sqlite_url) as store:
+        ids = _sweep(store, runs=2)
+        holder = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # a writer mid-transaction
+        try:
+            t0 = time.perf_counter()
+            assert store.cache_loss_buckets(ids) == 0
+            assert time.perf_counter() - t0 < 20  # not the 60 s busy timeout of the store's own writes
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert store.cache_loss_buckets(ids) == 2
+
+
+def test_the_fill_reads_a_bounded_slice_of_values_at_a_time(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gammadb.store import bucket_cache
+
+    ids = _sweep(store, runs=4, steps=3000)
+    monkeypatch.setattr(bucket_cache, "FILL_VALUES", 6500)  # two runs' values a slice
+    reads = _no_series_read(store, monkeypatch)
+    assert store.cache_loss_buckets(ids) == 4
+    assert reads == [ids[:2], ids[2:]]
+    assert unpack_buckets({r: b for r, (_, b) in _loss_cache(store).items()}).equals(_fresh(store, ids)[40])

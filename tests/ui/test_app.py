@@ -122,10 +122,22 @@ def test_claims_fragment_holds_the_verdict(client: TestClient) -> None:
     assert "eta* ~ gamma^2" in r.text and "not testable here" in r.text
 
 
-def test_the_charts_of_one_state_of_a_sweep_share_their_reads(client: TestClient,
+@pytest.mark.parametrize("cache", ["as the import left it", "emptied"])
+def test_the_charts_of_one_state_of_a_sweep_share_their_reads(ui_url: str, cache: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Curves, claims (plateaus of the runs the scaling fits, collapse of some) and the other charts,
-    requested one by one as a page does, read each run's loss series once and the finished runs once."""
+    requested one by one as a page does, read each run's loss series once and the finished runs once;
+    with the store's cache as the import left it (each run's loss bucketed), no loss series at all."""
+    from sqlalchemy import text
+
+    if cache == "emptied":
+        with Store.open(ui_url) as rw, rw.engine.begin() as conn:
+            conn.execute(text("DELETE FROM series_buckets"))
+    with TestClient(create_app(ui_url)) as client:
+        _one_read_each(client, monkeypatch, cold=cache == "emptied")
+
+
+def _one_read_each(client: TestClient, monkeypatch: pytest.MonkeyPatch, *, cold: bool) -> None:
     from gammadb.analysis.plateaus import scaling_run_ids
 
     st = client.app.state.store  # type: ignore[attr-defined]
@@ -145,11 +157,14 @@ def test_the_charts_of_one_state_of_a_sweep_share_their_reads(client: TestClient
     for path in ("charts/curves", "claims", "charts/optimal-lr", "charts/phase"):
         prefix = "/sweeps" if path == "claims" else "/api/sweeps"
         assert client.get(f"{prefix}/{SWEEP}/{path}").status_code == 200
+    assert finished == [SWEEP]
+    if not cold:
+        assert series == []
+        return
     assert sorted(series) == sorted(set(series)) and len(series) == 8
     # the eta* family the curves draw (6), which holds the runs the plateau scaling fits, and the
     # collapse's runs at one eta: the claims no longer read the plateaus of all 12 runs
     assert set(scaling_run_ids(st.runs_frame(SWEEP))) < set(series)
-    assert finished == [SWEEP]
 
 
 def test_missing_sweep_run_and_chart_are_404(client: TestClient) -> None:
