@@ -74,3 +74,38 @@ def test_the_wheel_holds_only_gammadb_and_its_migrations_work(tmp_path: Path) ->
     cur = subprocess.run([sys.executable, "-m", "gammadb", "db", "current", "--url", url],
                          cwd=tmp_path, env=env, capture_output=True, text=True)
     assert cur.returncode == 0 and "(head " in cur.stdout and "up to date" in cur.stdout, cur.stdout + cur.stderr
+
+
+# The layers of docs/architecture.md: what each may import of gammadb's (relative to the repository)
+_BELOW = {
+    "shared": ("gammadb.errors", "gammadb.records", "gammadb.metrics", "gammadb.urls", "gammadb.buckets"),
+    "store": ("gammadb.store", "gammadb.schema", "gammadb.migrations"),
+}
+_LAYERS = {
+    **{f"gammadb/{m.split('.')[1]}.py": _BELOW["shared"] for m in _BELOW["shared"]},
+    "gammadb/store": _BELOW["shared"] + _BELOW["store"],
+    "gammadb/schema.py": _BELOW["shared"],
+}
+
+
+def _gammadb_imports(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n == "gammadb" or n.startswith("gammadb.")}
+
+
+@pytest.mark.parametrize("room", sorted(_LAYERS))
+def test_data_flows_one_way_the_store_and_the_shared_modules_import_nothing_above_them(room: str) -> None:
+    allowed = _LAYERS[room]
+    files = sorted((ROOT / room).glob("*.py")) if (ROOT / room).is_dir() else [ROOT / room]
+    assert files
+    for path in files:
+        above = {n for n in _gammadb_imports(path)
+                 if n != "gammadb" and not any(n == a or n.startswith(f"{a}.") for a in allowed)}
+        assert not above, f"{path.relative_to(ROOT)} imports {sorted(above)}, above its layer"
