@@ -353,3 +353,8 @@ def test_the_fill_reads_a_bounded_slice_of_values_at_a_time(store: Store, monkey
     assert store.cache_loss_buckets(ids) == 4
     assert reads == [ids[:2], ids[2:]]
     assert unpack_buckets({r: b for r, (_, b) in _loss_cache(store).items()}).equals(_fresh(store, ids)[40])
+    # a run longer than a slice on its own is left to its first read, not held whole in memory
+    _empty_cache(store)
+    reads.clear()
+    monkeypatch.setattr(bucket_cache, "FILL_VALUES", 2999)
+    assert store.cache_loss_buckets(ids) == 0 and reads == [] and _loss_cache(store) == {}
