@@ -44,9 +44,10 @@ class BucketCacheMixin:
     def cache_loss_buckets(self, run_ids: Sequence[int]) -> int:
         """Bucket the training loss of those of ``run_ids`` that have ended and are not cached at
         their current version, on the 40-a-decade grid, and cache it, a slice of runs at a time
-        (about :data:`FILL_VALUES` values; a longer run is left to its first read). Best effort, like every cache write: nothing on a
-        read-only store, and a store that refuses (locked, a series it cannot decode) only leaves
-        the rest to the next read. Returns how many runs it cached."""
+        (about :data:`FILL_VALUES` values; a longer run is left to its first read). Best effort,
+        like every cache write: nothing on a read-only store, and a store that refuses (locked, a
+        series it cannot decode) only leaves the rest to the next read. Returns how many runs it
+        cached."""
         loss_id = self.metric_id(LOSS, 0)
         if loss_id is None or self.read_only or not run_ids:
             return 0
