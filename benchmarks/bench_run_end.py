@@ -5,8 +5,9 @@ without bucketing the run's loss into the store's cache afterwards, alternating,
 
 Writes ``--runs`` runs of ``--steps`` loss values into a fresh SQLite store (and, with ``--pg-url``
 or ``GAMMADB_BENCH_PG_URL``, into that PostgreSQL database), then ends every run once with the fill
-and once without, twice each, and prints the median milliseconds a run and their ratio. An ensemble
-ends its members first and buckets all of them in one call; that call's time is printed too.
+and once without, twice each, and prints the median milliseconds a run and their ratio. Then an
+ensemble's end: all the runs ended by one ``finish_runs`` (one read of their losses, one commit, one
+bucketing pass) against one ``finish_run`` each, alternating, twice each.
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ def measure(url: str, runs: int, steps: int) -> None:
             for r in records:
                 w.write_rows(zip([r.id] * steps, [loss_id] * steps, range(steps), values))
 
-        def end_all(cache: bool) -> float:
+        def reset() -> None:
             with store.engine.begin() as conn:  # every run running again, none cached
                 conn.execute(text("DELETE FROM series_buckets"))
             for r in records:
                 store.mark_running(r.id, worker="bench", device="cpu")
+
+        def end_all(cache: bool) -> float:
+            reset()
             times = []
             for r in records:
                 t0 = time.perf_counter()
@@ -60,17 +64,24 @@ def measure(url: str, runs: int, steps: int) -> None:
         for _ in range(2):
             for cache in (True, False):
                 got[cache].append(end_all(cache))
-        with store.engine.begin() as conn:
-            conn.execute(text("DELETE FROM series_buckets"))
-        t0 = time.perf_counter()
-        n = store.cache_loss_buckets([r.id for r in records])
-        batch = time.perf_counter() - t0
+        together: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(2):
+            for at_once in (True, False):
+                reset()
+                t0 = time.perf_counter()
+                if at_once:
+                    store.finish_runs([(r.id, RunStatus.COMPLETED, steps - 1, None) for r in records])
+                else:
+                    for r in records:
+                        store.finish_run(r.id, RunStatus.COMPLETED, steps_done=steps - 1)
+                together[at_once].append(time.perf_counter() - t0)
         store.delete_sweep(sweep.name)
     with_fill, without = statistics.median(got[True]), statistics.median(got[False])
     print(f"{url.split(':')[0]}: finish_run {1000 * with_fill:.1f} ms a run with the loss bucketed, "
           f"{1000 * without:.1f} ms without ({with_fill / without:.2f}x, +{1000 * (with_fill - without):.1f} ms); "
-          f"all {n} runs bucketed in one call (an ensemble's end): {1000 * batch:.0f} ms, "
-          f"{1000 * batch / max(n, 1):.1f} ms a run")
+          f"an ensemble's end, {runs} runs with their losses bucketed: one finish_runs "
+          f"{statistics.median(together[True]):.2f} s, one finish_run each {statistics.median(together[False]):.2f} s "
+          f"({statistics.median(together[False]) / statistics.median(together[True]):.1f}x)")
 
 
 def main() -> None:

@@ -45,23 +45,34 @@ def train_claimed(store: Store, run: RunRecord, options: WorkOptions, reporter: 
     return status
 
 
-def _record_end(store: Store, run: RunRecord, outcome: Any, sink: StoreSink, reporter: Reporter, *,
-                cache: bool = True) -> RunStatus:
-    """Record how a trained run ended (a gammadb.runners.train.RunOutcome); return its status.
-    ``cache``: bucket its loss into the store's cache too (an ensemble does its members' at once)."""
-    if outcome.status == "stopped":  # interrupted on request: resumable, not a result
-        store.reset_runs([run.id])
-        return RunStatus.PENDING
-    status = RunStatus.DIVERGED if outcome.status == "diverged" else RunStatus.COMPLETED
-    # A restarted run may have left steps beyond where this one ended (e.g. it diverged earlier on a
-    # non-deterministic GPU): drop them so the series is exactly this run's.
-    # Both are one transaction and safe to repeat: a connection killed under them (a restarted server)
-    # must not leave a trained run 'running' until its heartbeat goes stale.
-    retry_transient(store.delete_steps_after, run.id, outcome.steps_done)
-    retry_transient(store.finish_run, run.id, status, steps_done=outcome.steps_done, diverged_at=outcome.diverged_at,
-                    cache=cache)
-    reporter.run_finished(run, status, outcome.steps_done, sink.last_loss)
+def _record_end(store: Store, run: RunRecord, outcome: Any, sink: StoreSink, reporter: Reporter) -> RunStatus:
+    """Record how a trained run ended (a gammadb.runners.train.RunOutcome); return its status."""
+    (status,) = _record_ends(store, [run], [outcome], [sink], reporter)
     return status
+
+
+def _record_ends(store: Store, runs: Sequence[RunRecord], outcomes: Sequence[Any], sinks: Sequence[StoreSink],
+                 reporter: Reporter) -> list[RunStatus]:
+    """Record how trained runs ended (gammadb.runners.train.RunOutcome each); return their statuses.
+    An ensemble's members end together: a few transactions for all of them, not a few each."""
+    statuses = [RunStatus.PENDING if o.status == "stopped"  # interrupted on request: resumable, not a result
+                else RunStatus.DIVERGED if o.status == "diverged" else RunStatus.COMPLETED for o in outcomes]
+    stopped = [r.id for r, st in zip(runs, statuses) if st == RunStatus.PENDING]
+    ended = [(r.id, st, o.steps_done, o.diverged_at) for r, o, st in zip(runs, outcomes, statuses)
+             if st != RunStatus.PENDING]
+    if stopped:
+        store.reset_runs(stopped)
+    if ended:
+        # A restarted run may have left steps beyond where this one ended (e.g. it diverged earlier on
+        # a non-deterministic GPU): drop them so the series is exactly this run's.
+        # Both are one transaction and safe to repeat: a connection killed under them (a restarted
+        # server) must not leave a trained run 'running' until its heartbeat goes stale.
+        retry_transient(store.delete_steps_after_each, {run_id: done for run_id, _, done, _ in ended})
+        retry_transient(store.finish_runs, ended)
+    for run, status, outcome, sink in zip(runs, statuses, outcomes, sinks):
+        if status != RunStatus.PENDING:
+            reporter.run_finished(run, status, outcome.steps_done, sink.last_loss)
+    return statuses
 
 
 def _checkpoint_policy(options: WorkOptions, run: RunRecord) -> Any:
@@ -129,8 +140,9 @@ def _failures_recorded(store: Store, runs: Sequence[RunRecord], sinks: Sequence[
     except Exception as exc:  # a bug or a bad config in one run must not stop the sweep
         _close_quietly(writer)
         text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+        retry_transient(store.finish_runs, [(run.id, RunStatus.FAILED, sink.last_step, None)
+                                            for run, sink in zip(runs, sinks)], error=text)
         for run, sink in zip(runs, sinks):
-            retry_transient(store.finish_run, run.id, RunStatus.FAILED, steps_done=sink.last_step, error=text)
             reporter.run_finished(run, RunStatus.FAILED, sink.last_step, None)
         failed.append(True)
         return
@@ -163,9 +175,7 @@ def train_claimed_ensemble(store: Store, runs: Sequence[RunRecord], options: Wor
                                   checkpoints=[_checkpoint_policy(options, r) for r in runs])
     if failed:
         return [RunStatus.FAILED] * len(runs)
-    statuses = [_record_end(store, r, outcome, sink, reporter, cache=False)
-                for r, sink, outcome in zip(runs, sinks, outcomes)]
-    store.cache_loss_buckets([r.id for r in runs])  # the members' loss bucketed in one pass, not K
+    statuses = _record_ends(store, runs, outcomes, sinks, reporter)
     stop_if_requested()
     return statuses
 

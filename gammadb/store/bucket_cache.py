@@ -53,7 +53,7 @@ class BucketCacheMixin:
             return 0
         cached = 0
         try:
-            for part in self._by_loss_size(sorted({int(r) for r in run_ids})):
+            for part in self._loss_slices(sorted({int(r) for r in run_ids})):
                 _, versions = self.cached_buckets(part, loss_id, DEFAULT_PER_DECADE, BUCKET_LAYOUT)  # before the series
                 if not versions:
                     continue
@@ -66,10 +66,17 @@ class BucketCacheMixin:
             pass
         return cached
 
-    def _by_loss_size(self, run_ids: list[int]) -> Iterator[list[int]]:
+    def _loss_slices(self, run_ids: Sequence[int], *, keep_long: bool = False) -> Iterator[list[int]]:
         """``run_ids`` in slices of at most :data:`_FILL_RUNS` runs and about :data:`FILL_VALUES`
-        stored steps (a run's last step bounds its loss values). A run longer than that on its own
-        is left out, to its first read: a run's end must not hold its whole series in memory."""
+        stored steps (a run's last step bounds its loss values), so a caller holds one slice's
+        values at a time. A run longer than that on its own is a slice of its own with
+        ``keep_long``, else left out (the cache leaves it to its first read: a run's end must not
+        hold a huge series whole in memory for it)."""
+        if not run_ids:
+            return
+        if keep_long and len(run_ids) == 1:  # a slice whatever its length: no need to ask
+            yield [run_ids[0]]
+            return
         conn = self.raw_connection(read_only=True)
         try:
             last = last_steps(self.backend, conn, run_ids)
@@ -79,7 +86,7 @@ class BucketCacheMixin:
         size = 0
         for run_id in run_ids:
             n = last.get(run_id, -1) + 1
-            if n > FILL_VALUES:
+            if n > FILL_VALUES and not keep_long:
                 continue
             if part and (len(part) == _FILL_RUNS or size + n > FILL_VALUES):
                 yield part

@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from sqlalchemy import select, update
 
-from gammadb.metrics import LOSS
+from gammadb.metrics import LOSS, MetricKey
 from gammadb.records import RunRecord, RunStatus
 from gammadb.store.chunks import truncate_after
 from gammadb.store.engine import utcnow, worker_id
@@ -90,41 +90,37 @@ class QueueMixin:
     def finish_run(self, run_id: int, status: RunStatus, *, steps_done: int,
                    diverged_at: int | None = None, error: str | None = None,
                    summarize: bool = True, cache: bool = True) -> None:
-        """Record a run's end and (for a finished run) its summary, in one transaction: a run is never
-        'completed' without its summary, whatever interrupts this call. Then, with ``cache``, best
-        effort, the summarised run's loss is bucketed into the store's cache
-        (:meth:`cache_loss_buckets`; a caller ending many runs at once does them in one call)."""
-        from gammadb.schema import Run
+        """Record a run's end and (for a finished run) its summary: :meth:`finish_runs` of one run."""
+        self.finish_runs([(run_id, status, steps_done, diverged_at)], error=error, summarize=summarize, cache=cache)
 
-        rows = []
-        if status.finished and summarize:
-            rows = summarize_losses(self.series([run_id], metrics=[LOSS]), [run_id])
-        now = utcnow()
-        with self.session_scope() as s:
-            s.execute(
-                update(Run).where(Run.id == run_id).values(
-                    status=status, steps_done=steps_done, diverged_at=diverged_at,
-                    error=mask(error)[:4000] if error else None, finished_at=now, heartbeat_at=now,
-                )
-            )
-            _replace_summaries(s, rows, now)
-        if rows and cache:
-            self.cache_loss_buckets([run_id])
-
-    def finish_runs(self, ends: Sequence[tuple[int, RunStatus, int, Optional[int]]]) -> None:
-        """Record many runs' ends, (run_id, status, steps_done, diverged_at), in one transaction
-        (imports); summaries are rebuilt separately with :meth:`rebuild_summaries`."""
+    def finish_runs(self, ends: Sequence[tuple[int, RunStatus, int, Optional[int]]], *, error: str | None = None,
+                    summarize: bool = True, cache: bool = True) -> None:
+        """Record runs' ends, (run_id, status, steps_done, diverged_at) each, and the summaries of
+        those that finished, in one transaction: a run is never 'completed' without its summary,
+        whatever interrupts this call, and it is safe to repeat. The summaries come from one read of
+        the runs' loss series, a slice of runs at a time, so an ensemble's K members end in one read
+        and one commit, not K. Then, with ``cache``, best effort, the summarised runs' losses are
+        bucketed into the store's cache in one call (:meth:`cache_loss_buckets`). ``error``: the
+        text recorded for each of them (a failure's)."""
         from gammadb.schema import Run
 
         if not ends:
             return
+        done = [int(rid) for rid, st, _, _ in ends if st.finished] if summarize else []
+        rows: list[dict[str, Any]] = []
+        for part in self._loss_slices(done, keep_long=True):  # read through the driver: no ADBC connection (50 ms)
+            rows += summarize_losses(self.values_frame(part, MetricKey(LOSS)), part)
         now = utcnow()
+        text = mask(error)[:4000] if error else None
         with self.session_scope() as s:
             s.execute(update(Run), [
-                {"id": rid, "status": st, "steps_done": done, "diverged_at": div, "error": None,
+                {"id": rid, "status": st, "steps_done": n, "diverged_at": div, "error": text,
                  "finished_at": now, "heartbeat_at": now}
-                for rid, st, done, div in ends
+                for rid, st, n, div in ends
             ])
+            _replace_summaries(s, rows, now)
+        if rows and cache:
+            self.cache_loss_buckets(done)
 
     def reset_runs(self, run_ids: Sequence[int]) -> int:
         """Put running runs back to pending (their committed steps stay and are overwritten on
@@ -185,8 +181,14 @@ class QueueMixin:
 
     def delete_steps_after(self, run_id: int, step: int) -> None:
         """Drop a run's values after ``step`` (a restarted run rewrites them)."""
+        self.delete_steps_after_each({run_id: step})
+
+    def delete_steps_after_each(self, last: Mapping[int, int]) -> None:
+        """:meth:`delete_steps_after` of each run of ``last`` ({run_id: step}), in one transaction."""
         with self.session_scope() as s:
-            truncate_after(self.backend, s.connection().connection.dbapi_connection, run_id, step)
+            conn = s.connection().connection.dbapi_connection
+            for run_id, step in last.items():
+                truncate_after(self.backend, conn, run_id, step)
 
 
 def _dead_local_worker(worker: str | None, host: str) -> bool:

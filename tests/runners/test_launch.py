@@ -107,17 +107,17 @@ def test_a_connection_killed_at_a_runs_end_does_not_leave_it_running(store_url: 
 
     (run_id,) = make_sweep(store_url, "end", 1, steps=30)
     with Store.open(store_url) as store:
-        real = store.finish_run
+        real = store.finish_runs
         calls: list[int] = []
 
-        def finish_run(*args, **kwargs):  # the real call, after one real-looking connection loss
+        def finish_runs(*args, **kwargs):  # the real call, after one real-looking connection loss
             calls.append(1)
             if len(calls) == 1:
                 raise StoreUnavailableError(f"cannot open {store.display_url}: FATAL: terminating connection "
                                             "due to administrator command")
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(store, "finish_run", finish_run)
+        monkeypatch.setattr(store, "finish_runs", finish_runs)
         work(store, "end")
         assert len(calls) == 2 and store.get_run(run_id).status == RunStatus.COMPLETED
         assert store.series([run_id])["step"].to_list() == list(range(1, 31))
