@@ -62,8 +62,8 @@ class BucketCacheMixin:
                 rows = [(r, v, packed[r]) for r, v in versions.items() if r in packed]
                 if self.cache_buckets(loss_id, DEFAULT_PER_DECADE, BUCKET_LAYOUT, rows):
                     cached += len(rows)
-        except (GammadbError, *_driver_errors()):
-            pass
+        except Exception:  # derived data: whatever fails here only leaves the rest to the next read,
+            pass           # which computes the same and says what is wrong, if anything is
         return cached
 
     def _loss_slices(self, run_ids: Sequence[int], *, keep_long: bool = False) -> Iterator[list[int]]:

@@ -358,3 +358,23 @@ def test_the_fill_reads_a_bounded_slice_of_values_at_a_time(store: Store, monkey
     reads.clear()
     monkeypatch.setattr(bucket_cache, "FILL_VALUES", 2999)
     assert store.cache_loss_buckets(ids) == 0 and reads == [] and _loss_cache(store) == {}
+
+
+def test_a_failing_fill_never_fails_the_run_s_end(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever goes wrong while bucketing (here a bug's exception) leaves the cache to the next read;
+    the run's end, already committed, stands and the call returns."""
+    from gammadb.store import bucket_cache
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the bucketing")
+
+    monkeypatch.setattr(bucket_cache, "bucket_frame", broken)
+    sweep = store.ensure_sweep("broken", {})
+    (run,) = store.ensure_runs(sweep.id, [_spec(0.1)])
+    store.mark_running(run.id, worker="w", device="cpu")
+    with store.writer() as w:
+        for t in range(100):
+            w.log(run.id, t, {LOSS: 1.0 / (t + 1)})
+    store.finish_run(run.id, RunStatus.COMPLETED, steps_done=99)
+    assert store.get_run(run.id).status == RunStatus.COMPLETED and _loss_cache(store) == {}
+    assert store.read(f"SELECT final_loss FROM run_summaries WHERE run_id = {run.id}")["final_loss"][0] == 0.01
