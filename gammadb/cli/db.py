@@ -77,7 +77,8 @@ def reader_role(name: Annotated[str, typer.Argument(help="Name of the LOGIN role
 @app.command("summarize")
 def summarize(url: UrlOpt = None,
               sweep: Annotated[str | None, typer.Option("--sweep", "-s", help="Only this sweep.")] = None) -> None:
-    """Rebuild the per-run summaries from the stored loss series.
+    """Rebuild the per-run summaries from the stored loss series, and bucket each run's loss into
+    the store's cache of chart grids where it is missing (as a run's end does).
 
     Example: gammadb db summarize --sweep quick
     """
