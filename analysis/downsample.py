@@ -142,7 +142,6 @@ def rows_budget_per_decade(n_curves: int, decades: float, max_rows: int,
     return next((d for d in range(fit, 3, -1) if per_decade % d == 0), fit)
 
 
-
 # ---------------------------------------------------------------------------------------- run selection
 _OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "IN"}
 

@@ -26,7 +26,7 @@ from gammadb.buckets import BUCKET_LAYOUT, DEFAULT_PER_DECADE, bucket_frame, pac
 from gammadb.errors import GammadbError
 from gammadb.metrics import LOSS
 from gammadb.records import RunStatus
-from gammadb.store.chunks import last_steps
+from gammadb.store.chunks import by_length, last_steps
 from gammadb.store.engine import _chunks
 
 _IN = 900  # ids per IN list (SQLite's default limit of bound parameters is 999 on old builds)
@@ -82,19 +82,7 @@ class BucketCacheMixin:
             last = last_steps(self.backend, conn, run_ids)
         finally:
             conn.close()
-        part: list[int] = []
-        size = 0
-        for run_id in run_ids:
-            n = last.get(run_id, -1) + 1
-            if n > FILL_VALUES and not keep_long:
-                continue
-            if part and (len(part) == _FILL_RUNS or size + n > FILL_VALUES):
-                yield part
-                part, size = [], 0
-            part.append(run_id)
-            size += n
-        if part:
-            yield part
+        yield from by_length(run_ids, last, max_runs=_FILL_RUNS, max_values=FILL_VALUES, keep_long=keep_long)
 
     def cached_buckets(self, run_ids: Sequence[int], metric_id: int, per_decade: int,
                        layout: int) -> tuple[dict[int, bytes], dict[int, int]]:

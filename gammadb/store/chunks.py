@@ -19,7 +19,7 @@ The SQL views (``metric_values``, ``loss_curves``, ``metric_series``) decode the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -356,3 +356,24 @@ def last_steps(backend: str, conn: Any, run_ids: Sequence[int]) -> dict[int, int
     finally:
         cur.close()
     return out
+
+
+def by_length(run_ids: Sequence[int], last: Mapping[int, int], *, max_runs: int, max_values: int,
+              keep_long: bool = True) -> Iterator[list[int]]:
+    """``run_ids`` in order, in slices of at most ``max_runs`` runs and about ``max_values`` stored
+    steps (``last``: each run's last step, :func:`last_steps`, which bounds a series' length), so a
+    caller holds one slice's values at a time. A run longer than ``max_values`` on its own is a slice
+    of its own with ``keep_long``, else left out."""
+    part: list[int] = []
+    size = 0
+    for run_id in run_ids:
+        n = last.get(run_id, -1) + 1
+        if n > max_values and not keep_long:
+            continue
+        if part and (len(part) == max_runs or size + n > max_values):
+            yield part
+            part, size = [], 0
+        part.append(run_id)
+        size += n
+    if part:
+        yield part

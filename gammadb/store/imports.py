@@ -234,19 +234,8 @@ def _finish(s: Session, backend: str, raw: Any, run_ids: Sequence[int]) -> int:
 def _by_size(backend: str, raw: Any, run_ids: list[int]) -> Iterator[tuple[list[int], dict[int, int]]]:
     """The runs in chunks of at most 400 runs and about FINISH_VALUES stored steps (a run's last
     step bounds its loss values), each with the runs' last stored steps."""
-    last: dict[int, int] = {}
-    for part in _chunks(run_ids, 900):
-        last.update(chunks.last_steps(backend, raw, part))
-    chunk: list[int] = []
-    size = 0
-    for run_id in run_ids:
-        n = last.get(run_id, -1) + 1
-        if chunk and (len(chunk) == 400 or size + n > FINISH_VALUES):
-            yield chunk, {r: last[r] for r in chunk if r in last}
-            chunk, size = [], 0
-        chunk.append(run_id)
-        size += n
-    if chunk:
+    last = chunks.last_steps(backend, raw, run_ids)
+    for chunk in chunks.by_length(run_ids, last, max_runs=400, max_values=FINISH_VALUES):
         yield chunk, {r: last[r] for r in chunk if r in last}
 
 
